@@ -1,0 +1,446 @@
+r"""Shared-latent generative model of multimodal representations (the *calibrator*).
+
+Model, for instance :math:`i` and modality :math:`m`:
+
+.. math::
+    \beta_i \sim \mathcal N(0, I_k), \qquad
+    z_{im} = W_m \beta_i + \mu_m + \varepsilon_{im}, \quad
+    \varepsilon_{im} \sim \mathcal N(0, \sigma_m^2 I_{d_m}).
+
+Only the observed modalities :math:`O_i` of an instance enter its posterior, so the
+posterior covariance depends on :math:`O_i` alone and is computed once per distinct
+missing *pattern* of a batch (a loop over at most :math:`2^M` patterns, never over
+instances). Everything is pure PyTorch, dtype- and device-agnostic, and independent of
+any trainer: use :meth:`SharedLatentCalibrator.posterior`, :meth:`~SharedLatentCalibrator.impute`,
+:meth:`~SharedLatentCalibrator.sufficient_stats` and :meth:`~SharedLatentCalibrator.m_step`
+from your own loop, or the scikit-learn style :meth:`~SharedLatentCalibrator.fit`.
+
+Modalities may have different widths :math:`d_m` (pass ``dims``): they are stored
+zero-padded to ``D = max(d_m)``; the padded rows of :math:`W_m, \mu_m` stay exactly zero
+under EM and are excluded from every count of dimensions.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, fields
+from typing import Iterable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .validation import check_embeddings
+
+__all__ = ["SharedLatentCalibrator", "Posterior", "Imputation", "SufficientStats", "missing_patterns"]
+
+
+def missing_patterns(mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Distinct rows of a ``(B, M)`` mask: ``(patterns (P, M) bool, index (B,), counts (P,))``."""
+    patterns, index, counts = torch.unique(mask.to(torch.uint8), dim=0, return_inverse=True,
+                                           return_counts=True)
+    return patterns.bool(), index, counts
+
+
+@dataclass
+class Posterior:
+    r"""Posterior :math:`p(\beta_i \mid z_{i,O_i}) = \mathcal N(\text{mean}_i, V_{O_i})`.
+
+    ``cov[p]`` and ``chol[p]`` belong to ``patterns[p]``; ``pattern_index[i]`` maps instance
+    ``i`` to its pattern. ``rhs`` is :math:`r_i = \sum_{m\in O_i} W_m^\top (z_{im}-\mu_m)/\sigma_m^2`.
+    """
+
+    mean: Tensor           # (B, k)
+    cov: Tensor            # (P, k, k)
+    chol: Tensor           # (P, k, k) lower Cholesky factor of the precision P_O
+    patterns: Tensor       # (P, M) bool
+    pattern_index: Tensor  # (B,)
+    counts: Tensor         # (P,)
+    rhs: Tensor            # (B, k)
+
+    def instance_cov(self) -> Tensor:
+        """Per-instance covariance ``(B, k, k)`` (materialises ``B*k*k`` numbers)."""
+        return self.cov[self.pattern_index]
+
+
+@dataclass
+class Imputation:
+    r"""Imputed modalities :math:`\hat z_{im} = W_m \mathbb E[\beta_i] + \mu_m`.
+
+    ``values`` ``(B, M, D)`` holds the imputations for every cell (observed cells are
+    imputed too, which is useful for diagnostics); ``filled`` keeps observed cells and
+    replaces only missing ones. ``predictive_var[i, m]`` is
+    :math:`\operatorname{tr}(W_m V_{O_i} W_m^\top)/d_m + \sigma_m^2`, the mean per-feature
+    variance of the predictive distribution :math:`\mathcal N(\hat z_{im}, W_m V_O W_m^\top + \sigma_m^2 I)`.
+    ``confidence[i, m]`` is :math:`1 - \operatorname{tr}(W_m V_{O_i} W_m^\top)/\operatorname{tr}(W_m W_m^\top)`
+    in ``[0, 1]``: the fraction of the latent-driven variance of modality ``m`` that the
+    observed modalities of instance ``i`` resolve (1 = fully determined, 0 = prior only).
+    """
+
+    values: Tensor
+    filled: Tensor
+    mask: Tensor
+    predictive_var: Tensor
+    confidence: Tensor
+
+
+_STAT_FIELDS = ("n", "sz", "szb", "sb", "sbb", "szz")
+
+
+@dataclass
+class SufficientStats:
+    r"""Additive sufficient statistics of the M-step, per modality :math:`m` over the
+    instances :math:`S_m` where it is observed:
+
+    ``n`` :math:`=|S_m|`, ``sz`` :math:`=\sum z`, ``szb`` :math:`=\sum z\,\mathbb E[\beta]^\top`,
+    ``sb`` :math:`=\sum \mathbb E[\beta]`, ``sbb`` :math:`=\sum \mathbb E[\beta\beta^\top]`,
+    ``szz`` :math:`=\sum \lVert z\rVert^2`.
+
+    Statistics of disjoint batches (or processes) add exactly: ``s1 + s2``. For
+    stochastic EM, blend with :meth:`ema`. :meth:`flatten` / :meth:`unflatten_like` pack
+    them into one vector for a single ``all_reduce``.
+    """
+
+    n: Tensor    # (M,)
+    sz: Tensor   # (M, D)
+    szb: Tensor  # (M, D, k)
+    sb: Tensor   # (M, k)
+    sbb: Tensor  # (M, k, k)
+    szz: Tensor  # (M,)
+
+    def __add__(self, other: "SufficientStats") -> "SufficientStats":
+        return SufficientStats(*(getattr(self, f) + getattr(other, f) for f in _STAT_FIELDS))
+
+    def scale(self, a: float) -> "SufficientStats":
+        return SufficientStats(*(getattr(self, f) * a for f in _STAT_FIELDS))
+
+    def ema(self, new: "SufficientStats", momentum: float) -> "SufficientStats":
+        r""":math:`s \leftarrow (1-\eta)\, s + \eta\, s_{new}` (stochastic-approximation EM)."""
+        return self.scale(1.0 - momentum) + new.scale(momentum)
+
+    def flatten(self) -> Tensor:
+        return torch.cat([getattr(self, f).reshape(-1) for f in _STAT_FIELDS])
+
+    def unflatten_like(self, flat: Tensor) -> "SufficientStats":
+        out, i = [], 0
+        for f in _STAT_FIELDS:
+            t = getattr(self, f)
+            out.append(flat[i: i + t.numel()].view_as(t))
+            i += t.numel()
+        return SufficientStats(*out)
+
+    @staticmethod
+    def zeros(M: int, D: int, k: int, *, dtype=None, device=None) -> "SufficientStats":
+        kw = dict(dtype=dtype, device=device)
+        return SufficientStats(torch.zeros(M, **kw), torch.zeros(M, D, **kw), torch.zeros(M, D, k, **kw),
+                               torch.zeros(M, k, **kw), torch.zeros(M, k, k, **kw), torch.zeros(M, **kw))
+
+    def to(self, *args, **kwargs) -> "SufficientStats":
+        return SufficientStats(*(getattr(self, f).to(*args, **kwargs) for f in _STAT_FIELDS))
+
+
+class SharedLatentCalibrator(nn.Module):
+    r"""Shared-latent Gaussian model over ``M`` modalities with closed-form E and M steps.
+
+    Parameters are buffers (not trained by back-propagation): ``W`` ``(M, D, k)``,
+    ``mu`` ``(M, D)``, ``sigma2`` ``(M,)``. They are saved by ``state_dict``.
+
+    Args:
+        n_modalities: ``M``.
+        dim: ``D``, the (maximum) embedding width.
+        latent_dim: ``k``. The paper's default is ``D // 2``.
+        dims: optional per-modality widths ``d_m <= D`` (zero-padded storage).
+        names: optional modality names, used in error messages.
+        jitter: added to the diagonal of every matrix that is factorised.
+        sigma2_floor: lower bound of :math:`\sigma_m^2` (guards collapse to 0).
+        min_count: an M-step skips (with a warning) a modality observed in fewer
+            instances than this.
+    """
+
+    def __init__(self, n_modalities: int, dim: int, latent_dim: int, *, dims: Sequence[int] | None = None,
+                 names: Sequence[str] | None = None, jitter: float = 1e-6, sigma2_floor: float = 1e-6,
+                 min_count: int = 2, dtype: torch.dtype | None = None, device=None):
+        super().__init__()
+        if n_modalities < 1 or dim < 1 or latent_dim < 1:
+            raise ValueError(f"n_modalities, dim and latent_dim must be >= 1, got {n_modalities}, {dim}, {latent_dim}")
+        if dims is not None:
+            dims = [int(d) for d in dims]
+            if len(dims) != n_modalities or min(dims) < 1 or max(dims) > dim:
+                raise ValueError(f"dims must list {n_modalities} widths in [1, {dim}], got {dims}")
+        if names is not None and len(names) != n_modalities:
+            raise ValueError(f"names must have {n_modalities} entries, got {len(names)}")
+        self.M, self.D, self.k = int(n_modalities), int(dim), int(latent_dim)
+        self.names = list(names) if names is not None else None
+        self.jitter, self.sigma2_floor, self.min_count = float(jitter), float(sigma2_floor), int(min_count)
+        kw = dict(dtype=dtype or torch.get_default_dtype(), device=device)
+        self.register_buffer("W", torch.zeros(self.M, self.D, self.k, **kw))
+        self.register_buffer("mu", torch.zeros(self.M, self.D, **kw))
+        self.register_buffer("sigma2", torch.ones(self.M, **kw))
+        self.register_buffer("dims", torch.tensor(dims or [self.D] * self.M, dtype=torch.long, device=device))
+        self.register_buffer("initialized", torch.tensor(False, device=device))
+        self.history_: list[float] = []
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def row_mask(self) -> Tensor:
+        """``(M, D)`` boolean: which stored rows are real features (not padding)."""
+        return torch.arange(self.D, device=self.W.device)[None, :] < self.dims[:, None]
+
+    def _check(self, Z: Tensor, mask: Tensor | None, require_observed: bool = True) -> tuple[Tensor, Tensor]:
+        Z, mask = check_embeddings(Z, mask, self.M, self.D, names=self.names, require_observed=require_observed)
+        if Z.dtype != self.W.dtype or Z.device != self.W.device:
+            Z = Z.to(dtype=self.W.dtype, device=self.W.device)
+        return Z, mask.to(self.W.device)
+
+    def _eye(self, n: int) -> Tensor:
+        return torch.eye(n, dtype=self.W.dtype, device=self.W.device)
+
+    def _cholesky(self, A: Tensor, what: str) -> Tensor:
+        """Cholesky of SPD ``A``; if it fails, retried with ``jitter * I`` escalated x10 up to 6 times.
+
+        The posterior precision is ``I + PSD`` (eigenvalues >= 1) and needs no jitter, so
+        exact results are kept whenever the plain factorisation succeeds.
+        """
+        if not bool(torch.isfinite(A).all()):
+            raise FloatingPointError(f"{what} contains NaN/inf; the calibrator parameters are corrupt")
+        eye = self._eye(A.shape[-1])
+        jitter = 0.0
+        for attempt in range(8):
+            L, info = torch.linalg.cholesky_ex(A + jitter * eye if jitter else A)
+            if not bool((info > 0).any()):
+                return L
+            jitter = self.jitter if attempt == 0 else jitter * 10.0
+        raise FloatingPointError(f"{what} is not positive definite even with jitter {jitter:g}")
+
+    # ------------------------------------------------------------------ E-step
+    def posterior(self, Z: Tensor, mask: Tensor | None = None, *, validate: bool = True) -> Posterior:
+        r"""Closed-form posterior of :math:`\beta` given the observed modalities.
+
+        :math:`P_O = I + \sum_{m\in O} W_m^\top W_m/\sigma_m^2`, :math:`V_O = P_O^{-1}`,
+        :math:`\mathbb E[\beta_i] = V_O \sum_{m\in O} W_m^\top (z_{im}-\mu_m)/\sigma_m^2`.
+        One Cholesky per distinct pattern; the means come from triangular solves.
+        Differentiable in ``Z`` (useful when gradients should pass through imputations).
+        """
+        if validate:
+            Z, mask = self._check(Z, mask)
+        W, s2 = self.W, self.sigma2
+        patterns, index, counts = missing_patterns(mask)
+        A = W.transpose(1, 2) @ W / s2[:, None, None]                       # (M, k, k)
+        prec = self._eye(self.k) + torch.einsum("pm,mkl->pkl", patterns.to(W.dtype), A)
+        L = self._cholesky(prec, "posterior precision")                     # (P, k, k)
+        X = (Z - self.mu) * (mask.to(W.dtype) / s2)[..., None]               # (B, M, D)
+        rhs = torch.einsum("bmd,mdk->bk", X, W)                             # (B, k)
+        mean = torch.zeros_like(rhs)
+        for p in range(patterns.shape[0]):                                   # <= 2^M patterns
+            idx = (index == p).nonzero().flatten()
+            mean = mean.index_put((idx,), torch.cholesky_solve(rhs[idx].T, L[p]).T)
+        cov = torch.cholesky_inverse(L)
+        return Posterior(mean, cov, L, patterns, index, counts, rhs)
+
+    def transform(self, Z: Tensor, mask: Tensor | None = None) -> Tensor:
+        r"""Posterior mean :math:`\mathbb E[\beta_i \mid z_{i,O_i}]`, shape ``(B, k)``."""
+        return self.posterior(Z, mask).mean
+
+    def impute(self, Z: Tensor, mask: Tensor | None = None, posterior: Posterior | None = None) -> Imputation:
+        r"""Impute every modality as :math:`W_m\mathbb E[\beta_i]+\mu_m` with a confidence."""
+        Z, mask = self._check(Z, mask)
+        post = posterior if posterior is not None else self.posterior(Z, mask, validate=False)
+        values = torch.einsum("mdk,bk->bmd", self.W, post.mean) + self.mu
+        filled = torch.where(mask[..., None], Z, values)
+        # tr(W_m V_p W_m^T) = <W_m^T W_m, V_p>_F, per pattern then gathered per instance.
+        WtW = self.W.transpose(1, 2) @ self.W                                 # (M, k, k)
+        tr_post = torch.einsum("mkl,pkl->pm", WtW, post.cov)                  # (P, M)
+        tr_prior = WtW.diagonal(dim1=1, dim2=2).sum(-1)                       # (M,)
+        d = self.dims.to(self.W.dtype)
+        pred_var = (tr_post / d + self.sigma2)[post.pattern_index]
+        conf = (1.0 - tr_post / tr_prior.clamp_min(torch.finfo(self.W.dtype).tiny)).clamp(0.0, 1.0)
+        return Imputation(values, filled, mask, pred_var, conf[post.pattern_index])
+
+    # ------------------------------------------------------------------ M-step
+    def sufficient_stats(self, Z: Tensor, mask: Tensor | None = None, posterior: Posterior | None = None
+                         ) -> SufficientStats:
+        """E-step statistics of a batch (see :class:`SufficientStats`). No gradient."""
+        with torch.no_grad():
+            Z, mask = self._check(Z, mask)
+            post = posterior if posterior is not None else self.posterior(Z, mask, validate=False)
+            w = mask.to(Z.dtype)
+            Eb = post.mean.detach()
+            n = w.sum(0)
+            sz = torch.einsum("bm,bmd->md", w, Z)
+            szb = torch.einsum("bmd,bk->mdk", Z * w[..., None], Eb)
+            sb = w.T @ Eb
+            sbb = torch.einsum("bm,bk,bl->mkl", w, Eb, Eb) + torch.einsum(
+                "pm,pkl->mkl", post.patterns.to(Z.dtype) * post.counts[:, None].to(Z.dtype), post.cov)
+            szz = torch.einsum("bm,bmd->m", w, Z * Z)
+            return SufficientStats(n, sz, szb, sb, sbb, szz)
+
+    def m_step(self, stats: SufficientStats) -> Tensor:
+        r"""Closed-form update from (summed) statistics; returns the ``(M,)`` bool of
+        modalities that were updated.
+
+        :math:`[W_m\ \mu_m] = (\sum z b^\top)(\sum B)^{-1}` with :math:`b=[\mathbb E\beta; 1]`,
+        :math:`B=\mathbb E[bb^\top]`; then
+        :math:`\sigma_m^2 = \frac{1}{d_m n_m}\big(\sum\lVert z\rVert^2 - 2\operatorname{tr}(\Theta^\top \sum z b^\top)
+        + \operatorname{tr}(\Theta^\top\Theta \sum B)\big)`, floored at ``sigma2_floor``.
+        """
+        with torch.no_grad():
+            st = stats.to(dtype=self.W.dtype, device=self.W.device)
+            for f in _STAT_FIELDS:
+                if not bool(torch.isfinite(getattr(st, f)).all()):
+                    raise FloatingPointError(f"sufficient statistic '{f}' holds NaN/inf")
+            M, k = self.M, self.k
+            SB = torch.zeros(M, k + 1, k + 1, dtype=self.W.dtype, device=self.W.device)
+            SB[:, :k, :k] = st.sbb
+            SB[:, :k, k] = st.sb
+            SB[:, k, :k] = st.sb
+            SB[:, k, k] = st.n
+            SZB = torch.cat([st.szb, st.sz[..., None]], dim=-1)                 # (M, D, k+1)
+            ok = st.n >= self.min_count
+            if not bool(ok.all()):
+                bad = [self.names[m] if self.names else m for m in (~ok).nonzero().flatten().tolist()]
+                warnings.warn(f"M-step skipped for modality(ies) {bad}: observed in fewer than "
+                              f"{self.min_count} instances; their parameters are kept", RuntimeWarning)
+            if not bool(ok.any()):
+                return ok
+            # Scale-aware jitter: the statistics grow with n.
+            scale = SB.diagonal(dim1=1, dim2=2).mean(-1).clamp_min(1.0)
+            L = self._cholesky(SB[ok] / scale[ok, None, None], "M-step normal matrix")
+            theta = torch.cholesky_solve(SZB[ok].transpose(1, 2) / scale[ok, None, None], L).transpose(1, 2)
+            theta = theta * self.row_mask[ok][..., None]
+            cross = (theta * SZB[ok]).sum((1, 2))
+            quad = ((theta.transpose(1, 2) @ theta) * SB[ok]).sum((1, 2))
+            d = self.dims[ok].to(self.W.dtype)
+            s2 = (st.szz[ok] - 2 * cross + quad) / (d * st.n[ok])
+            self.W[ok] = theta[..., :k]
+            self.mu[ok] = theta[..., k]
+            self.sigma2[ok] = s2.clamp_min(self.sigma2_floor)
+            self.initialized.fill_(True)
+            return ok
+
+    # ------------------------------------------------------------------ likelihood
+    def log_likelihood(self, Z: Tensor, mask: Tensor | None = None, posterior: Posterior | None = None) -> Tensor:
+        r"""Per-instance marginal log-likelihood of the observed part, ``(B,)``.
+
+        :math:`z_O \sim \mathcal N(\mu_O, W_O W_O^\top + \Sigma_O)`; with the determinant
+        lemma :math:`\log|C| = \log|P_O| + \sum_{m\in O} d_m\log\sigma_m^2` and Woodbury
+        :math:`x^\top C^{-1}x = \sum_{m\in O}\lVert x_m\rVert^2/\sigma_m^2 - r^\top \mathbb E[\beta]`.
+        """
+        Z, mask = self._check(Z, mask)
+        post = posterior if posterior is not None else self.posterior(Z, mask, validate=False)
+        w = mask.to(Z.dtype)
+        d = self.dims.to(Z.dtype)
+        X = Z - self.mu
+        quad = (w * (X * X).sum(-1) / self.sigma2).sum(-1) - (post.rhs * post.mean).sum(-1)
+        logdetP = 2 * torch.log(post.chol.diagonal(dim1=1, dim2=2)).sum(-1)[post.pattern_index]
+        logdet = logdetP + (w * d * torch.log(self.sigma2)).sum(-1)
+        D_obs = (w * d).sum(-1)
+        return -0.5 * (D_obs * math.log(2 * math.pi) + logdet + quad)
+
+    # ------------------------------------------------------------------ initialisation
+    def init_from_data(self, Z: Tensor, mask: Tensor | None = None, *, method: str = "pca",
+                       max_samples: int = 20000, generator: torch.Generator | None = None) -> "SharedLatentCalibrator":
+        r"""Initialise ``W, mu, sigma2``.
+
+        ``"pca"``: :math:`\mu_m` = mean of the observed rows; missing cells are mean-filled,
+        the modalities concatenated and the closed-form PPCA solution of that matrix taken:
+        :math:`W = U_k(\Lambda_k - \bar\sigma^2 I)^{1/2}` split per modality, with
+        :math:`\sigma_m^2` the per-feature residual variance of modality :math:`m` outside the
+        top-:math:`k` subspace. A subsample of at most ``max_samples`` instances is used.
+        ``"random"``: small random ``W``, data means and variances (for tests of EM itself).
+        """
+        if method not in ("pca", "random"):
+            raise ValueError(f"unknown init method '{method}'; valid: 'pca', 'random'")
+        Z, mask = self._check(Z, mask)
+        with torch.no_grad():
+            if Z.shape[0] > max_samples:
+                sel = torch.randperm(Z.shape[0], generator=generator)[:max_samples].to(Z.device)
+                Z, mask = Z[sel], mask[sel]
+            w = mask.to(Z.dtype)
+            n = w.sum(0).clamp_min(1.0)
+            mu = torch.einsum("bm,bmd->md", w, Z) / n[:, None]
+            X = torch.where(mask[..., None], Z - mu, torch.zeros((), dtype=Z.dtype, device=Z.device))
+            d = self.dims.to(Z.dtype)
+            var = (X * X).sum((0, 2)) / (n * d)                                  # per-feature variance
+            rows = self.row_mask
+            if method == "random":
+                g = generator if generator is not None else torch.Generator().manual_seed(0)
+                W = torch.randn(self.M, self.D, self.k, generator=g).to(Z) * (0.1 * var.sqrt())[:, None, None]
+                self.W.copy_(W * rows[..., None])
+                self.sigma2.copy_(var.clamp_min(self.sigma2_floor))
+            else:
+                Xc = X[:, rows]                                                   # (B, sum d_m)
+                C = Xc.T @ Xc / Xc.shape[0]
+                evals, evecs = torch.linalg.eigh(C)
+                evals, evecs = evals.flip(0), evecs.flip(1)
+                k = min(self.k, C.shape[0])
+                resid = evals[k:].clamp_min(0).mean() if C.shape[0] > k else evals.new_tensor(self.sigma2_floor)
+                Wc = evecs[:, :k] * (evals[:k] - resid).clamp_min(0).sqrt()        # (sum d_m, k)
+                W = torch.zeros(self.M, self.D, self.k, dtype=Z.dtype, device=Z.device)
+                W_rows = torch.zeros(Wc.shape[0], self.k, dtype=Z.dtype, device=Z.device)
+                W_rows[:, :k] = Wc
+                W[rows] = W_rows                                                 # row-major: (m, d)
+                # Per-modality residual variance outside the leading subspace.
+                proj = Xc @ evecs[:, :k]
+                R = Xc - proj @ evecs[:, :k].T
+                offs = torch.cumsum(torch.cat([self.dims.new_zeros(1), self.dims]), 0).tolist()
+                s2 = torch.stack([(R[:, offs[m]:offs[m + 1]] ** 2).sum() / (n[m] * d[m])
+                                  for m in range(self.M)])                       # loop over modalities
+                self.W.copy_(W)
+                self.sigma2.copy_(s2.clamp_min(max(self.sigma2_floor, 1e-3 * float(var.mean()))))
+            self.mu.copy_(mu * rows)
+            self.initialized.fill_(True)
+        return self
+
+    # ------------------------------------------------------------------ fitting
+    def _batches(self, Z: Tensor, mask: Tensor, batch_size: int | None) -> Iterable[tuple[Tensor, Tensor]]:
+        if batch_size is None or batch_size >= Z.shape[0]:
+            yield Z, mask
+            return
+        for s in range(0, Z.shape[0], batch_size):
+            yield Z[s: s + batch_size], mask[s: s + batch_size]
+
+    def accumulate(self, Z: Tensor, mask: Tensor | None = None, batch_size: int | None = None
+                   ) -> tuple[SufficientStats, float]:
+        """One E-step pass: summed statistics and total log-likelihood under the current parameters."""
+        Z, mask = self._check(Z, mask)
+        total, ll = None, 0.0
+        with torch.no_grad():
+            for Zb, mb in self._batches(Z, mask, batch_size):
+                post = self.posterior(Zb, mb, validate=False)
+                st = self.sufficient_stats(Zb, mb, post)
+                ll += float(self.log_likelihood(Zb, mb, post).sum())
+                total = st if total is None else total + st
+        return total, ll
+
+    def fit(self, Z: Tensor, mask: Tensor | None = None, *, n_iter: int = 100, tol: float = 1e-6,
+            batch_size: int | None = None, init: str | None = "pca", verbose: bool = False
+            ) -> "SharedLatentCalibrator":
+        r"""EM until the mean log-likelihood per instance improves by less than ``tol``.
+
+        ``init=None`` continues from the current parameters. The per-iteration mean
+        log-likelihood (before each M-step) is kept in ``history_``. Data larger than
+        memory: pass ``batch_size`` (statistics are summed over batches exactly).
+        """
+        Z, mask = self._check(Z, mask)
+        if init is not None:
+            self.init_from_data(Z, mask, method=init)
+        elif not bool(self.initialized):
+            raise RuntimeError("calibrator is not initialised: call fit(init='pca') or init_from_data first")
+        self.history_ = []
+        N = Z.shape[0]
+        for it in range(n_iter):
+            stats, ll = self.accumulate(Z, mask, batch_size)
+            self.history_.append(ll / N)
+            if verbose:
+                print(f"EM iter {it}: mean log-likelihood {ll / N:.6f}")
+            if it > 0 and abs(self.history_[-1] - self.history_[-2]) < tol * max(1.0, abs(self.history_[-2])):
+                break
+            self.m_step(stats)
+        return self
+
+    def score(self, Z: Tensor, mask: Tensor | None = None) -> float:
+        """Mean marginal log-likelihood per instance."""
+        return float(self.log_likelihood(Z, mask).mean())
+
+    def extra_repr(self) -> str:
+        return f"n_modalities={self.M}, dim={self.D}, latent_dim={self.k}"

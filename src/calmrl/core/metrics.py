@@ -1,0 +1,88 @@
+r"""Retrieval and imputation metrics.
+
+Retrieval: query :math:`q_i` has the single correct gallery item :math:`g_{t_i}`; its rank is
+:math:`1 + \#\{j : \langle q_i, g_j\rangle > \langle q_i, g_{t_i}\rangle\}` (ties counted in the
+query's favour). Recall@K is the fraction of ranks :math:`\le K`. Exact search runs in
+query chunks so memory stays at ``chunk_size * |gallery|`` scores; ``backend="faiss"``
+uses an exact inner-product index (``faiss.IndexFlatIP``) and returns ranks capped at
+``max_rank + 1``.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = ["retrieval_ranks", "retrieval_metrics", "summarize_ranks", "imputation_quality"]
+
+
+def retrieval_ranks(query: Tensor, gallery: Tensor, targets: Tensor | None = None, *,
+                    chunk_size: int = 4096, backend: str = "torch", max_rank: int = 100) -> Tensor:
+    """1-based rank of each query's correct gallery item, ``(Q,)`` long."""
+    if query.dim() != 2 or gallery.dim() != 2 or query.shape[1] != gallery.shape[1]:
+        raise ValueError(f"query {tuple(query.shape)} and gallery {tuple(gallery.shape)} must be "
+                         "(n, d) matrices of the same width")
+    if targets is None:
+        if query.shape[0] != gallery.shape[0]:
+            raise ValueError("without targets, query and gallery must be aligned (same length)")
+        targets = torch.arange(query.shape[0], device=query.device)
+    if backend == "faiss":
+        return _faiss_ranks(query, gallery, targets, max_rank)
+    if backend != "torch":
+        raise ValueError(f"unknown retrieval backend '{backend}'; valid: 'torch', 'faiss'")
+    ranks = torch.empty(query.shape[0], dtype=torch.long, device=query.device)
+    for s in range(0, query.shape[0], chunk_size):
+        q = query[s: s + chunk_size]
+        scores = q @ gallery.T                                                # (c, G)
+        pos = scores.gather(1, targets[s: s + chunk_size, None])
+        ranks[s: s + chunk_size] = 1 + (scores > pos).sum(1)
+    return ranks
+
+
+def _faiss_ranks(query: Tensor, gallery: Tensor, targets: Tensor, max_rank: int) -> Tensor:
+    import faiss  # optional heavy dependency, imported lazily
+    import numpy as np
+
+    index = faiss.IndexFlatIP(gallery.shape[1])
+    index.add(np.ascontiguousarray(gallery.detach().cpu().float().numpy()))
+    k = min(max_rank, gallery.shape[0])
+    _, ids = index.search(np.ascontiguousarray(query.detach().cpu().float().numpy()), k)
+    hit = torch.from_numpy(ids) == targets.cpu()[:, None]
+    first = torch.where(hit.any(1), hit.float().argmax(1) + 1, torch.full_like(targets.cpu(), k + 1))
+    return first.to(query.device)
+
+
+def summarize_ranks(ranks: Tensor, ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
+    """Recall@K (in %), median and mean rank."""
+    r = ranks.float()
+    out = {f"R@{k}": 100.0 * float((r <= k).float().mean()) for k in ks}
+    out["MedR"] = float(r.median())
+    out["MeanR"] = float(r.mean())
+    return out
+
+
+def retrieval_metrics(query: Tensor, gallery: Tensor, *, ks: Sequence[int] = (1, 5, 10),
+                      chunk_size: int = 4096, backend: str = "torch") -> dict[str, float]:
+    """Recall@K, median and mean rank of aligned query/gallery embeddings."""
+    return summarize_ranks(retrieval_ranks(query, gallery, chunk_size=chunk_size, backend=backend), ks)
+
+
+def imputation_quality(pred: Tensor, truth: Tensor, cells: Tensor) -> dict[str, Tensor]:
+    r"""Quality of imputed cells, per modality (``(M,)`` tensors, NaN where no cell).
+
+    ``cosine``: mean :math:`\cos(\hat z, z)`; ``r2``: :math:`1-\sum\lVert\hat z-z\rVert^2/\sum\lVert z-\bar z\rVert^2`
+    over the held-out cells ``cells`` ``(B, M)`` of each modality.
+    """
+    cells = cells.bool()
+    w = cells.to(pred.dtype)
+    n = w.sum(0)
+    cos = torch.nn.functional.cosine_similarity(pred, truth, dim=-1)          # (B, M)
+    mean_cos = (cos * w).sum(0) / n
+    zbar = (truth * w[..., None]).sum(0) / n[:, None].clamp_min(1)
+    sse = (((pred - truth) ** 2).sum(-1) * w).sum(0)
+    sst = (((truth - zbar) ** 2).sum(-1) * w).sum(0)
+    r2 = 1 - sse / sst.clamp_min(torch.finfo(pred.dtype).tiny)
+    nan = torch.full_like(n, float("nan"))
+    return {"cosine": torch.where(n > 0, mean_cos, nan), "r2": torch.where(n > 0, r2, nan), "count": n}

@@ -1,0 +1,115 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from calmrl.core import (SharedLatentCalibrator, anchor, anchor_shift, imputation_quality, retrieval_metrics,
+                         retrieval_ranks, shift_bounds, stack_modalities)
+from helpers import random_calibrator, random_mask, sample_from
+
+
+def synthetic_unit(n=400, M=5, d=16, seed=0):
+    cal = random_calibrator(M=M, D=d, k=2, seed=seed)
+    cal.sigma2.fill_(0.5)
+    Z, _ = sample_from(cal, n, seed=seed + 1)
+    return cal, Z
+
+
+def test_anchor_shift_zero_when_nothing_missing():
+    _, Z = synthetic_unit()
+    shift = anchor_shift(Z, torch.ones(Z.shape[:2], dtype=torch.bool))
+    assert float(shift.max()) < 1e-5
+
+
+def test_anchor_shift_grows_with_missing_fraction_and_falls_with_true_imputation():
+    cal, Z = synthetic_unit(n=2000)
+    means = []
+    for p in (0.2, 0.4, 0.6):
+        mask = random_mask(Z.shape[0], Z.shape[1], p, seed=3)
+        means.append(float(anchor_shift(Z, mask).mean()))
+        if p == 0.4:
+            imputed = cal.impute(Z, mask).values
+            calibrated = float(anchor_shift(Z, mask, imputed).mean())
+            assert calibrated < means[-1]
+    assert means[0] < means[1] < means[2]
+
+
+def test_anchor_is_principal_left_singular_vector():
+    _, Z = synthetic_unit(n=20)
+    U, _, _ = torch.linalg.svd(Z.transpose(1, 2), full_matrices=False)
+    cos = (anchor(Z) * U[..., 0]).sum(-1).abs()
+    torch.testing.assert_close(cos, torch.ones_like(cos))
+
+
+def test_theorem1_bounds_hold_numerically():
+    _, Z = synthetic_unit(n=500)
+    Z = F.normalize(Z, dim=-1)
+    mask = random_mask(500, Z.shape[1], 0.4, seed=11)
+    lower, dist, upper = shift_bounds(Z, mask)
+    assert (mask.sum(1) < mask.shape[1]).any()
+    # sqrt(2(1 - c^2)) turns float64 rounding of c into ~1e-8, hence the tolerance
+    assert (lower <= dist + 1e-7).all()
+    assert (dist <= upper + 1e-7).all()
+    assert float((dist / upper.clamp_min(1e-12))[upper > 0].max()) < 1.0
+
+
+def test_retrieval_ranks_exact_chunked_and_faiss_agree():
+    g = torch.Generator().manual_seed(0)
+    q = F.normalize(torch.randn(300, 8, generator=g), dim=-1)
+    gal = F.normalize(q + 0.7 * torch.randn(300, 8, generator=g), dim=-1)
+    S = q @ gal.T
+    full = 1 + (S > S.diagonal()[:, None]).sum(1)
+    torch.testing.assert_close(retrieval_ranks(q, gal, chunk_size=7), full)
+    fr = retrieval_ranks(q, gal, backend="faiss", max_rank=300)
+    assert (fr == full).float().mean() > 0.99  # float ties may differ
+    m = retrieval_metrics(q, gal)
+    assert 0 <= m["R@1"] <= m["R@5"] <= m["R@10"] <= 100
+    perfect = retrieval_metrics(q, q)
+    assert perfect["R@1"] == 100.0 and perfect["MedR"] == 1.0
+
+
+def test_imputation_quality_perfect_and_nan_when_no_cells():
+    t = torch.randn(10, 2, 4)
+    cells = torch.zeros(10, 2, dtype=torch.bool)
+    cells[:5, 0] = True
+    q = imputation_quality(t, t, cells)
+    assert abs(float(q["r2"][0]) - 1) < 1e-6 and abs(float(q["cosine"][0]) - 1) < 1e-6
+    assert math.isnan(float(q["r2"][1]))
+
+
+# ---------------------------------------------------------------- bad input
+def test_bad_inputs_raise_clear_errors():
+    cal = SharedLatentCalibrator(3, 4, 2, names=["vision", "text", "audio"])
+    Z = torch.randn(5, 3, 4)
+    with pytest.raises(ValueError, match=r"shape \(5, 2, 4\).*expects \(B, 3, 4\)"):
+        cal.posterior(torch.randn(5, 2, 4))
+    with pytest.raises(ValueError, match="got 2 dimension"):
+        cal.posterior(torch.randn(5, 12))
+    bad = Z.clone()
+    bad[2, 1, 0] = float("nan")
+    with pytest.raises(ValueError, match="modality 'text' row 2 .*NaN"):
+        cal.posterior(bad, torch.ones(5, 3, dtype=torch.bool))
+    bad[2, 1, 0] = float("inf")
+    with pytest.raises(ValueError, match="'text' row 2.*inf"):
+        cal.posterior(bad)
+    mask = torch.ones(5, 3, dtype=torch.bool)
+    mask[4] = False
+    with pytest.raises(ValueError, match="no observed modality"):
+        cal.posterior(Z, mask)
+    with pytest.raises(ValueError, match="mask has shape"):
+        cal.posterior(Z, torch.ones(5, 2, dtype=torch.bool))
+    partly = Z.clone()
+    partly[1, 0, :2] = float("nan")  # cell neither fully missing nor clean: disagrees with the mask
+    with pytest.raises(ValueError, match="'vision' row 1"):
+        cal.posterior(partly)
+
+
+def test_stack_modalities_ragged_and_errors():
+    Z, mask, dims = stack_modalities({"a": torch.randn(4, 3), "b": torch.full((4, 5), float("nan"))},
+                                     names=["a", "b"])
+    assert Z.shape == (4, 2, 5) and dims == [3, 5] and not mask[:, 1].any()
+    with pytest.raises(ValueError, match="unknown modality name"):
+        stack_modalities({"a": torch.randn(4, 3), "zzz": torch.randn(4, 3)}, names=["a", "b"])
+    with pytest.raises(ValueError, match="disagree on the number of instances"):
+        stack_modalities([torch.randn(4, 3), torch.randn(5, 3)])

@@ -1,0 +1,189 @@
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from calmrl.core import SharedLatentCalibrator, SufficientStats
+from helpers import dense_conditioning, random_calibrator, random_mask, sample_from
+
+
+@pytest.mark.parametrize("dims", [None, [5, 3, 4]])
+def test_posterior_matches_dense_gaussian_conditioning(dims):
+    cal = random_calibrator(M=3, D=5, k=2, dims=dims)
+    Z, _ = sample_from(cal, 40)
+    mask = random_mask(40, 3, 0.5)
+    post = cal.posterior(Z, mask)
+    ll = cal.log_likelihood(Z, mask)
+    for i in range(40):  # brute-force reference, per instance on purpose
+        mean, cov, loglik = dense_conditioning(cal, Z[i], mask[i])
+        torch.testing.assert_close(post.mean[i], mean, atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(post.cov[post.pattern_index[i]], cov, atol=1e-6, rtol=1e-6)
+        assert abs(float(ll[i] - loglik)) < 1e-6
+
+
+def test_posterior_groups_by_pattern_and_float32_works():
+    cal = random_calibrator(M=4, D=6, k=3).float()
+    Z, _ = sample_from(cal, 100)
+    mask = random_mask(100, 4, 0.4)
+    post = cal.posterior(Z.float(), mask)
+    assert post.patterns.shape[0] == len({tuple(r) for r in mask.tolist()})
+    assert post.mean.dtype == torch.float32 and torch.isfinite(post.mean).all()
+
+
+def test_missing_cells_are_never_read():
+    cal = random_calibrator()
+    Z, _ = sample_from(cal, 30)
+    mask = random_mask(30, 3, 0.5)
+    Z2 = Z.clone()
+    Z2[~mask] = float("nan")
+    torch.testing.assert_close(cal.posterior(Z, mask).mean, cal.posterior(Z2, mask).mean)
+    # mask inferred from NaN rows
+    torch.testing.assert_close(cal.posterior(Z2).mean, cal.posterior(Z, mask).mean)
+
+
+def test_imputation_and_confidence():
+    cal = random_calibrator(M=3, D=5, k=2)
+    Z, _ = sample_from(cal, 50)
+    mask = random_mask(50, 3, 0.5)
+    imp = cal.impute(Z, mask)
+    post = cal.posterior(Z, mask)
+    expected = torch.einsum("mdk,bk->bmd", cal.W, post.mean) + cal.mu
+    torch.testing.assert_close(imp.values, expected)
+    torch.testing.assert_close(imp.filled[mask], Z[mask])
+    assert ((imp.confidence >= 0) & (imp.confidence <= 1)).all()
+    # an instance with more observed modalities is at least as confident about a missing one
+    full = torch.ones(1, 3, dtype=torch.bool)
+    one = torch.tensor([[True, False, False]])
+    c_full = cal.impute(Z[:1], full).confidence[0, 1]
+    c_one = cal.impute(Z[:1], one).confidence[0, 1]
+    assert c_full >= c_one
+    # predictive variance = tr(W V W^T)/d + sigma^2 for one instance, by brute force
+    V = post.cov[post.pattern_index[0]]
+    m = 1
+    ref = torch.trace(cal.W[m] @ V @ cal.W[m].T) / cal.D + cal.sigma2[m]
+    assert abs(float(imp.predictive_var[0, m] - ref)) < 1e-10
+
+
+def test_stats_are_additive_and_flatten_roundtrips():
+    cal = random_calibrator()
+    Z, _ = sample_from(cal, 64)
+    mask = random_mask(64, 3, 0.3)
+    full = cal.sufficient_stats(Z, mask)
+    parts = cal.sufficient_stats(Z[:20], mask[:20]) + cal.sufficient_stats(Z[20:], mask[20:])
+    for a, b in zip(full.flatten(), parts.flatten()):
+        assert abs(float(a - b)) < 1e-9
+    again = full.unflatten_like(full.flatten())
+    torch.testing.assert_close(again.szb, full.szb)
+    ema = full.ema(parts, 0.25)
+    torch.testing.assert_close(ema.sbb, full.sbb)
+
+
+def test_em_converges_to_closed_form_ppca_on_complete_data():
+    torch.manual_seed(0)
+    n, D, k = 4000, 8, 2
+    g = torch.Generator().manual_seed(3)
+    W_true = torch.randn(D, k, generator=g, dtype=torch.float64) * torch.tensor([3.0, 2.0], dtype=torch.float64)
+    X = torch.randn(n, k, generator=g, dtype=torch.float64) @ W_true.T + 0.5 * torch.randn(
+        n, D, generator=g, dtype=torch.float64) + 1.0
+    Z = X[:, None, :]
+    cal = SharedLatentCalibrator(1, D, k, dtype=torch.float64)
+    cal.fit(Z, n_iter=3000, tol=1e-14, init="random")
+    # closed-form PPCA (Tipping & Bishop): sigma^2 = mean of discarded eigenvalues, span(W) = top-k eigvecs
+    C = torch.cov(X.T, correction=0)
+    evals, evecs = torch.linalg.eigh(C)
+    sigma2 = evals[:-k].mean()
+    U = evecs[:, -k:]
+    Q, _ = torch.linalg.qr(cal.W[0])
+    cosines = torch.linalg.svdvals(U.T @ Q).clamp(max=1)
+    angle = float(torch.arccos(cosines.min()))
+    assert angle < 1e-3
+    assert abs(float(cal.sigma2[0] / sigma2) - 1) < 1e-3
+    # and W W^T equals the closed form U (L - s2) U^T
+    ref = U @ torch.diag(evals[-k:] - sigma2) @ U.T
+    torch.testing.assert_close(cal.W[0] @ cal.W[0].T, ref, atol=1e-3, rtol=1e-3)
+
+
+@settings(max_examples=25, deadline=None)
+@given(M=st.integers(1, 4), D=st.integers(1, 6), k=st.integers(1, 4), p=st.floats(0.0, 0.7),
+       seed=st.integers(0, 10_000))
+def test_em_never_decreases_likelihood(M, D, k, p, seed):
+    cal_true = random_calibrator(M=M, D=D, k=k, seed=seed)
+    Z, _ = sample_from(cal_true, 60, seed=seed + 1)
+    mask = random_mask(60, M, p, seed=seed + 2)
+    cal = SharedLatentCalibrator(M, D, k, dtype=torch.float64)
+    cal.fit(Z, mask, n_iter=15, tol=0.0, init="pca")
+    h = torch.tensor(cal.history_)
+    assert torch.isfinite(h).all()
+    assert (h[1:] - h[:-1] >= -1e-8 * h.abs()[:-1].clamp_min(1)).all(), h
+    assert (cal.sigma2 >= cal.sigma2_floor).all()
+
+
+def test_imputation_matches_true_parameters_within_002():
+    cal_true = random_calibrator(M=4, D=16, k=4, seed=5)
+    cal_true.sigma2.fill_(0.3)
+    Z, _ = sample_from(cal_true, 3000, seed=6)
+    mask = random_mask(3000, 4, 0.5, seed=7)
+    cal = SharedLatentCalibrator(4, 16, 4, dtype=torch.float64).fit(Z, mask, n_iter=300, tol=1e-9)
+    hidden = ~mask
+
+    def mean_cos(c):
+        imp = c.impute(Z, mask).values
+        return float(torch.nn.functional.cosine_similarity(imp, Z, dim=-1)[hidden].mean())
+
+    ref, got = mean_cos(cal_true), mean_cos(cal)
+    assert ref > 0.5
+    assert got >= ref - 0.02, (got, ref)
+
+
+def test_batched_fit_equals_full_batch_fit():
+    cal_true = random_calibrator(M=3, D=6, k=2, seed=9)
+    Z, _ = sample_from(cal_true, 500)
+    mask = random_mask(500, 3, 0.4)
+    a = SharedLatentCalibrator(3, 6, 2, dtype=torch.float64).fit(Z, mask, n_iter=10, tol=0)
+    b = SharedLatentCalibrator(3, 6, 2, dtype=torch.float64).fit(Z, mask, n_iter=10, tol=0, batch_size=64)
+    torch.testing.assert_close(a.W, b.W)
+    torch.testing.assert_close(a.sigma2, b.sigma2)
+
+
+def test_ragged_dims_keep_padding_zero():
+    cal_true = random_calibrator(M=3, D=6, k=2, dims=[6, 2, 4], seed=4)
+    Z, _ = sample_from(cal_true, 300)
+    mask = random_mask(300, 3, 0.3)
+    cal = SharedLatentCalibrator(3, 6, 2, dims=[6, 2, 4], dtype=torch.float64).fit(Z, mask, n_iter=30)
+    pad = ~cal.row_mask
+    assert float(cal.W[pad].abs().max()) == 0.0 and float(cal.mu[pad].abs().max()) == 0.0
+    h = cal.history_
+    assert all(b >= a - 1e-9 for a, b in zip(h, h[1:]))
+
+
+def test_state_dict_roundtrip():
+    cal = random_calibrator()
+    other = SharedLatentCalibrator(3, 5, 2, dtype=torch.float64)
+    other.load_state_dict(cal.state_dict())
+    Z, _ = sample_from(cal, 10)
+    torch.testing.assert_close(other.transform(Z), cal.transform(Z))
+
+
+def test_skips_modality_with_too_few_observations():
+    cal = random_calibrator()
+    Z, _ = sample_from(cal, 50)
+    mask = torch.ones(50, 3, dtype=torch.bool)
+    mask[:, 2] = False
+    mask[0, 2] = True
+    W2 = cal.W[2].clone()
+    with pytest.warns(RuntimeWarning, match="skipped"):
+        ok = cal.m_step(cal.sufficient_stats(Z, mask))
+    assert ok.tolist() == [True, True, False]
+    torch.testing.assert_close(cal.W[2], W2)
+
+
+def test_sigma2_floor_guards_collapse():
+    cal = SharedLatentCalibrator(2, 3, 3, dtype=torch.float64, sigma2_floor=1e-5)
+    g = torch.Generator().manual_seed(0)
+    beta = torch.randn(200, 3, generator=g, dtype=torch.float64)
+    Z = torch.stack([beta, beta @ torch.randn(3, 3, generator=g, dtype=torch.float64)], 1)  # noise-free
+    cal.fit(Z, n_iter=50)
+    assert (cal.sigma2 >= 1e-5).all() and torch.isfinite(cal.W).all()
+    assert math.isfinite(cal.history_[-1])

@@ -1,0 +1,136 @@
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from calmrl.core import anchor_infonce_loss, gram_loss, gram_volume_matrix, pmrl_loss, safe_eigh, spectrum
+
+
+def unit(B, M, d, seed=0, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    return F.normalize(torch.randn(B, M, d, generator=g, dtype=dtype), dim=-1)
+
+
+def pmrl_svd_reference(A, tau1, tau2):
+    """PMRL with torch.linalg.svd of the d x M matrices (complete columns)."""
+    U, S, _ = torch.linalg.svd(A.transpose(1, 2), full_matrices=False)
+    intra = -torch.log_softmax(S / tau1, -1)[:, 0].mean()
+    u = U[..., 0]
+    u = u * torch.where((u * A.sum(1)).sum(-1, keepdim=True) < 0, -1.0, 1.0)
+    logits = u @ u.T / tau2
+    inter = F.cross_entropy(logits, torch.arange(A.shape[0]))
+    return intra + inter
+
+
+def test_pmrl_matches_svd_reference_values_and_gradients():
+    A = unit(16, 4, 32).requires_grad_(True)
+    out = pmrl_loss(A, tau1=0.05, tau2=0.1)
+    ref = pmrl_svd_reference(A, 0.05, 0.1)
+    assert abs(float(out.loss.detach() - ref.detach())) < 1e-5
+    g1, = torch.autograd.grad(out.loss, A)
+    g2, = torch.autograd.grad(ref, A)
+    torch.testing.assert_close(g1, g2, atol=1e-5, rtol=1e-5)
+    S = torch.linalg.svdvals(A.transpose(1, 2))
+    torch.testing.assert_close(out.singular_values, S, atol=1e-6, rtol=1e-6)
+
+
+def test_pmrl_float32_matches_svd():
+    A = unit(32, 3, 64, dtype=torch.float32)
+    assert abs(float(pmrl_loss(A).loss - pmrl_svd_reference(A, 0.05, 0.1))) < 1e-4
+
+
+def test_pmrl_degenerate_spectrum_has_finite_gradients():
+    v = F.normalize(torch.randn(1, 1, 8, dtype=torch.float64), dim=-1)
+    A = v.expand(5, 4, 8).clone().requires_grad_(True)   # all columns equal, all instances equal
+    out = pmrl_loss(A)
+    out.loss.backward()
+    assert torch.isfinite(out.loss) and torch.isfinite(A.grad).all()
+    # and a rank-deficient, partially masked batch
+    B = unit(6, 4, 8)
+    B[:, 1] = B[:, 0]
+    B.requires_grad_(True)
+    mask = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0], [1, 1, 1, 0], [0, 1, 1, 0], [1, 1, 0, 1]]).bool()
+    pmrl_loss(B, mask).loss.backward()
+    assert torch.isfinite(B.grad).all()
+
+
+def test_safe_eigh_gradient_equals_torch_when_separated():
+    G = torch.randn(3, 4, 4, dtype=torch.float64)
+    G = (G @ G.transpose(1, 2)).requires_grad_(True)
+    w = torch.randn(3, 4, 4, dtype=torch.float64)
+    l1, v1 = safe_eigh(G)
+    l2, v2 = torch.linalg.eigh(G)
+    f1 = (l1 ** 2).sum() + ((v1 * v1.sign()[:, :1]) * w).sum()
+    f2 = (l2 ** 2).sum() + ((v2 * v2.sign()[:, :1]) * w).sum()
+    g1, = torch.autograd.grad(f1, G)
+    g2, = torch.autograd.grad(f2, G)
+    torch.testing.assert_close(0.5 * (g1 + g1.transpose(1, 2)), 0.5 * (g2 + g2.transpose(1, 2)),
+                               atol=1e-8, rtol=1e-6)
+
+
+def test_drop_mask_equals_running_on_observed_columns_only():
+    A = unit(8, 4, 16)
+    mask = torch.ones(8, 4, dtype=torch.bool)
+    mask[:, 3] = False
+    masked = pmrl_loss(A, mask, tau1=1.0, inter_weight=0.0)
+    sub = pmrl_loss(A[:, :3], tau1=1.0, inter_weight=0.0)
+    assert abs(float(masked.intra - sub.intra)) < 1e-10
+    # zero-padding instead of masking changes the loss (zero singular value enters the softmax)
+    padded = pmrl_loss(A * mask[..., None], tau1=1.0, inter_weight=0.0)
+    assert abs(float(padded.intra - sub.intra)) > 1e-4
+
+
+def test_spectrum_principal_vector_is_unit_and_sign_fixed():
+    A = unit(10, 3, 12)
+    s, valid, v1, u = spectrum(A)
+    torch.testing.assert_close(u.norm(dim=-1), torch.ones(10, dtype=torch.float64))
+    assert ((u * A.sum(1)).sum(-1) >= 0).all()
+    assert valid.all()
+
+
+def test_gram_volume_matches_direct_determinant():
+    A = unit(5, 3, 6)
+    mask = torch.tensor([[1, 1, 1], [1, 0, 1], [1, 1, 0], [0, 1, 1], [1, 1, 1]]).bool()
+    V = gram_volume_matrix(A, mask, anchor=0)
+    for i in range(5):
+        for j in range(5):
+            cols = [A[i, 0]] + [A[j, m] for m in (1, 2) if mask[j, m]]
+            X = torch.stack(cols, 1)
+            ref = torch.sqrt(torch.det(X.T @ X).clamp_min(1e-12))
+            assert abs(float(V[i, j] - ref)) < 1e-9
+
+
+def test_gram_and_anchor_losses_prefer_aligned_data():
+    aligned = unit(16, 1, 8).expand(16, 3, 8) + 0.05 * unit(16, 3, 8, seed=1)
+    aligned = F.normalize(aligned, dim=-1)
+    random = unit(16, 3, 8, seed=2)
+    mask = torch.ones(16, 3, dtype=torch.bool)
+    mask[::3, 2] = False
+    assert gram_loss(aligned, mask) < gram_loss(random, mask)
+    assert anchor_infonce_loss(aligned, mask) < anchor_infonce_loss(random, mask)
+    for fn in (gram_loss, anchor_infonce_loss):
+        A = random.clone().requires_grad_(True)
+        fn(A, mask).backward()
+        assert torch.isfinite(A.grad).all()
+        # masked columns get no gradient
+        assert float(A.grad[~mask].abs().max()) == 0.0
+
+
+@settings(max_examples=30, deadline=None)
+@given(B=st.integers(2, 8), M=st.integers(1, 5), d=st.integers(2, 10), seed=st.integers(0, 1000),
+       p=st.floats(0, 0.8))
+def test_losses_finite_for_random_masks(B, M, d, seed, p):
+    g = torch.Generator().manual_seed(seed)
+    A = unit(B, M, d, seed=seed).requires_grad_(True)
+    mask = torch.rand(B, M, generator=g) >= p
+    mask[:, 0] = True
+    for loss in (pmrl_loss(A, mask).loss, gram_loss(A, mask), anchor_infonce_loss(A, mask)):
+        assert torch.isfinite(loss)
+        grad, = torch.autograd.grad(loss, A, allow_unused=True)
+        assert grad is None or torch.isfinite(grad).all()
+
+
+def test_bad_mask_shape_is_an_error():
+    with pytest.raises(ValueError, match="mask has shape"):
+        pmrl_loss(unit(4, 3, 5), torch.ones(4, 2, dtype=torch.bool))
