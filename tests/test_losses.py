@@ -12,21 +12,26 @@ def unit(B, M, d, seed=0, dtype=torch.float64):
     return F.normalize(torch.randn(B, M, d, generator=g, dtype=dtype), dim=-1)
 
 
-def pmrl_svd_reference(A, tau1, tau2):
+def pmrl_svd_reference(A, tau1, tau2, inter="modality"):
     """PMRL with torch.linalg.svd of the d x M matrices (complete columns)."""
     U, S, _ = torch.linalg.svd(A.transpose(1, 2), full_matrices=False)
     intra = -torch.log_softmax(S / tau1, -1)[:, 0].mean()
     u = U[..., 0]
     u = u * torch.where((u * A.sum(1)).sum(-1, keepdim=True) < 0, -1.0, 1.0)
-    logits = u @ u.T / tau2
-    inter = F.cross_entropy(logits, torch.arange(A.shape[0]))
-    return intra + inter
+    B, M = A.shape[:2]
+    if inter == "anchor":
+        inter_loss = F.cross_entropy(u @ u.T / tau2, torch.arange(B))
+    else:
+        logits = torch.einsum("imd,jd->imj", A, u).reshape(B * M, B) / tau2
+        inter_loss = F.cross_entropy(logits, torch.arange(B).repeat_interleave(M))
+    return intra + inter_loss
 
 
-def test_pmrl_matches_svd_reference_values_and_gradients():
+@pytest.mark.parametrize("inter", ["modality", "anchor"])
+def test_pmrl_matches_svd_reference_values_and_gradients(inter):
     A = unit(16, 4, 32).requires_grad_(True)
-    out = pmrl_loss(A, tau1=0.05, tau2=0.1)
-    ref = pmrl_svd_reference(A, 0.05, 0.1)
+    out = pmrl_loss(A, tau1=0.05, tau2=0.1, inter=inter)
+    ref = pmrl_svd_reference(A, 0.05, 0.1, inter)
     assert abs(float(out.loss.detach() - ref.detach())) < 1e-5
     g1, = torch.autograd.grad(out.loss, A)
     g2, = torch.autograd.grad(ref, A)

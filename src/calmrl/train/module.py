@@ -1,0 +1,176 @@
+"""Lightning module implementing the bi-step schedule.
+
+Step 1 (encoders fixed, no gradient): embed the training data, E-step, sufficient
+statistics, closed-form M-step of the calibrator -- once per epoch (``schedule: epoch``,
+``em_iters`` EM iterations over cached embeddings), per batch as stochastic EM
+(``schedule: step``: statistics blended by an EMA), or once after the warm-up
+(``schedule: frozen``). Statistics are summed over processes before each M-step, so the
+update is the same as on one process holding the global data.
+
+Step 2 (calibrator fixed): the alignment loss over observed + imputed columns trains the
+encoders by back-propagation.
+"""
+
+from __future__ import annotations
+
+import lightning as L
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from ..core import SharedLatentCalibrator, SufficientStats
+from .config import Config
+from .encoders import MultiModalEncoder
+from .evaluate import retrieval_table
+from .methods import alignment_loss
+
+__all__ = ["CalMRLModule"]
+
+
+def _dist_on() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+class CalMRLModule(L.LightningModule):
+    def __init__(self, cfg: Config, dims: list[int], names: list[str], encoder: MultiModalEncoder | None = None):
+        super().__init__()
+        self.cfg = cfg
+        self.names = list(names)
+        d = cfg.model.embed_dim
+        self.encoder = encoder or MultiModalEncoder.mlp(dims, names, d, cfg.model.hidden_dim, cfg.model.layers,
+                                                        cfg.model.dropout)
+        k = cfg.calibrator.latent_dim or max(1, d // 2)
+        self.calibrator = SharedLatentCalibrator(len(names), d, k, names=names, jitter=cfg.calibrator.jitter,
+                                                 sigma2_floor=cfg.calibrator.sigma2_floor)
+        M = len(names)
+        n_stats = M + M * d + M * d * k + M * k + M * k * k + M
+        self.register_buffer("running_stats", torch.zeros(n_stats))
+        self.register_buffer("running_valid", torch.tensor(False))
+        self.anchor_index = names.index(cfg.method.anchor) if cfg.method.anchor else 0
+        self._val_A: list[torch.Tensor] = []
+
+    # ------------------------------------------------------------------ schedule
+    @property
+    def uses_calibrator(self) -> bool:
+        return self.cfg.method.name == "calmrl"
+
+    @property
+    def calibrated(self) -> bool:
+        return self.uses_calibrator and self.current_epoch >= self.cfg.calibrator.warmup_epochs \
+            and bool(self.calibrator.initialized)
+
+    def _reduce(self, stats: SufficientStats) -> SufficientStats:
+        if not _dist_on():
+            return stats
+        flat = stats.flatten().clone()
+        dist.all_reduce(flat)
+        return stats.unflatten_like(flat)
+
+    def _broadcast_params(self):
+        if _dist_on():
+            for t in (self.calibrator.W, self.calibrator.mu, self.calibrator.sigma2):
+                dist.broadcast(t, 0)
+
+    @torch.no_grad()
+    def refit_calibrator(self, loader, em_iters: int) -> list[float]:
+        """Bi-step (1): embed the training set with frozen encoders, then ``em_iters`` EM iterations."""
+        was = self.encoder.training
+        self.encoder.eval()
+        As, masks = [], []
+        for batch in loader:
+            views = [v.to(self.device) for v in batch["views"]]
+            mask = batch["mask"].to(self.device)
+            As.append(self.encoder(views, mask).to(self.calibrator.W.dtype))
+            masks.append(mask)
+        self.encoder.train(was)
+        A, mask = torch.cat(As), torch.cat(masks)
+        if not bool(self.calibrator.initialized):
+            self.calibrator.init_from_data(A, mask)
+            self._broadcast_params()
+        history = []
+        n_total = torch.tensor(float(A.shape[0]), device=self.device)
+        if _dist_on():
+            dist.all_reduce(n_total)
+        for _ in range(em_iters):
+            stats, ll = self.calibrator.accumulate(A, mask, batch_size=8192)
+            ll_t = torch.tensor(ll, device=self.device)
+            if _dist_on():
+                dist.all_reduce(ll_t)
+            history.append(float(ll_t) / float(n_total))
+            self.calibrator.m_step(self._reduce(stats))
+        return history
+
+    def on_train_epoch_start(self):
+        c = self.cfg.calibrator
+        if not self.uses_calibrator or c.schedule == "step" or self.current_epoch < c.warmup_epochs:
+            return
+        if c.schedule == "frozen" and bool(self.calibrator.initialized):
+            return
+        iters = c.em_iters * (5 if c.schedule == "frozen" else 1)
+        history = self.refit_calibrator(self.trainer.train_dataloader, iters)
+        self.em_history = getattr(self, "em_history", []) + [(self.current_epoch, h) for h in history]
+        self.log("calib/loglik", history[-1], on_epoch=True, sync_dist=False)
+        self.log("calib/sigma2_mean", float(self.calibrator.sigma2.mean()), on_epoch=True)
+
+    def _stochastic_em(self, A: torch.Tensor, mask: torch.Tensor):
+        cal = self.calibrator
+        A = A.detach().to(cal.W.dtype)
+        if not bool(cal.initialized):
+            cal.init_from_data(A, mask)
+            self._broadcast_params()
+        stats = self._reduce(cal.sufficient_stats(A, mask))
+        if bool(self.running_valid):
+            stats = cal_stats = stats.unflatten_like(self.running_stats.to(stats.n.dtype)).ema(
+                stats, self.cfg.calibrator.momentum)
+        else:
+            cal_stats = stats
+        self.running_stats.copy_(cal_stats.flatten().to(self.running_stats.dtype))
+        self.running_valid.fill_(True)
+        cal.m_step(stats)
+
+    # ------------------------------------------------------------------ steps
+    def forward(self, views, mask):
+        return self.encoder(views, mask)
+
+    def training_step(self, batch, batch_idx):
+        views, mask = batch["views"], batch["mask"]
+        A = self.encoder(views, mask)
+        c = self.cfg.calibrator
+        if self.uses_calibrator and c.schedule == "step" and self.current_epoch >= c.warmup_epochs:
+            self._stochastic_em(A, mask)
+        loss, logs = alignment_loss(A, mask, self.cfg.method, anchor=self.anchor_index, calibrator=self.calibrator,
+                                    calibrated=self.calibrated)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite training loss at epoch {self.current_epoch}, step {batch_idx}")
+        bs = mask.shape[0]
+        self.log("train/loss", loss, prog_bar=True, on_step=False, on_epoch=True, batch_size=bs)
+        for k, v in logs.items():
+            self.log(f"train/{k}", v, on_step=False, on_epoch=True, batch_size=bs)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        self._val_A.append(self.encoder(batch["views"], batch["mask"]).detach().float().cpu())
+
+    def on_validation_epoch_end(self):
+        if not self._val_A:
+            return
+        A = torch.cat(self._val_A)
+        self._val_A = []
+        if _dist_on() and self.trainer.world_size > 1:
+            A = self.all_gather(A.to(self.device)).reshape(-1, *A.shape[1:]).cpu()
+        table = retrieval_table(A, self.names, ks=tuple(self.cfg.eval.ks))
+        self.log("val/R@1", table["average"]["R@1"], prog_bar=True, sync_dist=False)
+        self.log("val/R@5", table["average"]["R@5"], sync_dist=False)
+
+    def configure_optimizers(self):
+        t = self.cfg.train
+        opt = torch.optim.AdamW(self.encoder.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, t.epochs))
+        return {"optimizer": opt, "lr_scheduler": sched}
+
+    def on_save_checkpoint(self, checkpoint):
+        from .config import config_to_dict
+        checkpoint["calmrl_config"] = config_to_dict(self.cfg)
+        checkpoint["calmrl_names"] = self.names
+        checkpoint["calmrl_dims"] = [int(np.asarray(e.net[0].in_features)) for e in self.encoder.encoders] \
+            if all(hasattr(e, "net") for e in self.encoder.encoders) else None
