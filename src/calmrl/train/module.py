@@ -101,6 +101,9 @@ class CalMRLModule(L.LightningModule):
         return history
 
     def on_train_epoch_start(self):
+        # Every epoch's randomness (dropout, EM subsampling) is a function of (seed, epoch, rank)
+        # alone, so a run resumed from a checkpoint repeats the uninterrupted run exactly.
+        torch.manual_seed(self.cfg.train.seed * 100_003 + self.current_epoch * 1009 + self.global_rank)
         c = self.cfg.calibrator
         if not self.uses_calibrator or c.schedule == "step" or self.current_epoch < c.warmup_epochs:
             return
@@ -131,6 +134,10 @@ class CalMRLModule(L.LightningModule):
     # ------------------------------------------------------------------ steps
     def forward(self, views, mask):
         return self.encoder(views, mask)
+
+    def on_train_batch_start(self, batch, batch_idx):
+        # dropout masks depend on (seed, step, rank) only: resumed runs repeat exactly
+        torch.manual_seed(self.cfg.train.seed * 100_003 + self.global_step * 7919 + self.global_rank + 1)
 
     def training_step(self, batch, batch_idx):
         views, mask = batch["views"], batch["mask"]
@@ -172,5 +179,3 @@ class CalMRLModule(L.LightningModule):
         from .config import config_to_dict
         checkpoint["calmrl_config"] = config_to_dict(self.cfg)
         checkpoint["calmrl_names"] = self.names
-        checkpoint["calmrl_dims"] = [int(np.asarray(e.net[0].in_features)) for e in self.encoder.encoders] \
-            if all(hasattr(e, "net") for e in self.encoder.encoders) else None

@@ -130,8 +130,27 @@ def prepare_data(cfg: Config, method: str | None = None) -> Splits:
     return Splits(train, train_full, val, test, list(data.names), data.dims)
 
 
+class EpochShuffleSampler(torch.utils.data.Sampler):
+    """Shuffles with a permutation that depends only on ``(seed, epoch)``; Lightning calls
+    :meth:`set_epoch` each epoch, so a resumed run sees the same order as an uninterrupted one."""
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int):
+        self.epoch = epoch
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=g).tolist())
+
+    def __len__(self):
+        return self.n
+
+
 def _loader(data: MultiViewData, cfg: Config, shuffle: bool) -> DataLoader:
-    return DataLoader(MultiViewDataset(data), batch_size=cfg.train.batch_size, shuffle=shuffle,
+    sampler = EpochShuffleSampler(data.n, cfg.train.seed) if shuffle else None
+    return DataLoader(MultiViewDataset(data), batch_size=cfg.train.batch_size, sampler=sampler,
                       collate_fn=collate_views, num_workers=cfg.train.num_workers,
                       drop_last=shuffle and data.n > cfg.train.batch_size,
                       persistent_workers=cfg.train.num_workers > 0)

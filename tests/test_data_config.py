@@ -1,0 +1,125 @@
+import numpy as np
+import pytest
+import torch
+
+from calmrl.data import (FeatureStore, MultiViewData, load_uci_mfeat, mcar_mask, paired_subsets_mask,
+                         stratified_split, synthetic_multiview)
+from calmrl.train import CheckpointError, ConfigError, load_checkpoint, load_config
+from calmrl.train.runner import AtomicCheckpointIO
+
+
+def test_uci_loader_reads_all_views():
+    d = load_uci_mfeat()
+    assert d.names == ["fourier", "profile", "karhunen", "pixel", "zernike", "morphological"]
+    assert d.dims == [76, 216, 64, 240, 47, 6] and d.n == 2000
+    assert np.bincount(d.labels).tolist() == [200] * 10
+    with pytest.raises(ValueError, match="unknown UCI view"):
+        load_uci_mfeat(views=["pixels"])
+
+
+def test_split_is_stratified_and_disjoint():
+    d = load_uci_mfeat(views=["pixel"])
+    tr, va, te = stratified_split(d.n, d.labels, 0.15, 0.15, 0)
+    assert len(set(tr) | set(va) | set(te)) == 2000 and len(tr) == 1400
+    assert np.bincount(d.labels[te]).tolist() == [30] * 10
+
+
+def test_mcar_rate_and_floor():
+    m = mcar_mask(5000, 6, 0.5, min_observed=2, seed=0)
+    assert m.sum(1).min() >= 2
+    assert 0.45 < 1 - m.mean() < 0.5
+    m0 = mcar_mask(100, 4, 0.0)
+    assert m0.all()
+    with pytest.raises(ValueError, match="missing rate"):
+        mcar_mask(10, 3, 1.0)
+
+
+def test_paired_subsets():
+    m = paired_subsets_mask(1000, 3, [[0, 1], [0, 2]], complete_fraction=0.1, seed=1)
+    rows = {tuple(r) for r in m.astype(int).tolist()}
+    assert rows == {(1, 1, 0), (1, 0, 1), (1, 1, 1)}
+    with pytest.raises(ValueError, match="modality indices"):
+        paired_subsets_mask(10, 3, [[0, 5]])
+
+
+def test_synthetic_generator_has_ground_truth():
+    data, truth = synthetic_multiview(n=300, dims=(8, 6), latent_dim=3, seed=0)
+    assert data.dims == [8, 6] and truth["beta"].shape == (300, 3)
+
+
+def test_feature_store_roundtrip_and_errors(tmp_path):
+    data, _ = synthetic_multiview(n=50, dims=(4, 3), latent_dim=2)
+    mask = data.mask.copy()
+    mask[::4, 1] = False
+    data = data.with_mask(mask)
+    FeatureStore.write(tmp_path / "s", data)
+    back = FeatureStore(tmp_path / "s").read()
+    assert back.names == data.names and (back.mask == mask).all()
+    np.testing.assert_allclose(np.asarray(back.views[0]), data.views[0])
+    assert isinstance(back.views[0], np.memmap)
+    np.save(tmp_path / "s" / "view1.npy", np.zeros((49, 3), np.float32))
+    with pytest.raises(ValueError, match="view1.npy has shape"):
+        FeatureStore(tmp_path / "s").read()
+    (tmp_path / "s" / "meta.json").write_text("{not json")
+    with pytest.raises(ValueError, match="corrupt"):
+        FeatureStore(tmp_path / "s").read()
+    with pytest.raises(ValueError, match="not a feature store"):
+        FeatureStore(tmp_path / "nothing").read()
+
+
+def test_dataset_validation_errors():
+    v = np.random.rand(5, 3).astype(np.float32)
+    with pytest.raises(ValueError, match="has 4 rows"):
+        MultiViewData([v, v[:4]], ["a", "b"], np.ones((5, 2), bool))
+    bad = v.copy()
+    bad[2, 0] = np.nan
+    with pytest.raises(ValueError, match="'b' row 2"):
+        MultiViewData([v, bad], ["a", "b"], np.ones((5, 2), bool))
+    m = np.ones((5, 2), bool)
+    m[3] = False
+    with pytest.raises(ValueError, match="no observed modality"):
+        MultiViewData([v, v], ["a", "b"], m)
+    with pytest.raises(ValueError, match="labels has 4"):
+        MultiViewData([v, v], ["a", "b"], np.ones((5, 2), bool), labels=np.zeros(4))
+    with pytest.raises(ValueError, match="empty"):
+        MultiViewData([v[:0], v[:0]], ["a", "b"], np.ones((0, 2), bool))
+
+
+def test_config_validation_messages(tmp_path):
+    cfg = load_config(None, ["method.name=gram", "train.epochs=3"])
+    assert cfg.method.name == "gram" and cfg.train.epochs == 3
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['train.epoch'\].*'epochs'"):
+        load_config(None, ["train.epoch=3"])
+    with pytest.raises(ConfigError, match="choose one of .*'calmrl'"):
+        load_config(None, ["method.name=pmrl"])
+    with pytest.raises(ConfigError, match="must be an integer"):
+        load_config(None, ["train.epochs=2.5"])
+    with pytest.raises(ConfigError, match="below its minimum"):
+        load_config(None, ["train.batch_size=1"])
+    p = tmp_path / "c.yaml"
+    p.write_text("data: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(p)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_atomic_checkpoint_and_corrupt_file(tmp_path):
+    io = AtomicCheckpointIO()
+    path = tmp_path / "last.ckpt"
+    io.save_checkpoint({"state_dict": {"w": torch.ones(3)}}, path)
+    assert load_checkpoint(path)["state_dict"]["w"].sum() == 3
+    good = path.read_bytes()
+    path.write_bytes(good[: len(good) // 2])
+    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+        load_checkpoint(path)
+    # a failed write leaves the previous checkpoint intact
+    path.write_bytes(good)
+
+    class Boom:
+        def __reduce__(self):
+            raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        io.save_checkpoint({"state_dict": {}, "x": Boom()}, path)
+    assert load_checkpoint(path)["state_dict"]["w"].sum() == 3
