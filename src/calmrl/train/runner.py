@@ -218,6 +218,9 @@ def evaluate_model(model: CalMRLModule, splits: Splits, cfg: Config) -> dict:
     e = cfg.eval
     test_A, _ = embed_data(enc, splits.test)
     out = evaluate_embeddings(test_A, splits.names, ks=tuple(e.ks), chunk_size=e.chunk_size, backend=e.backend)
+    val_A, _ = embed_data(enc, splits.val)
+    out["val_average"] = evaluate_embeddings(val_A, splits.names, ks=tuple(e.ks), chunk_size=e.chunk_size,
+                                             backend=e.backend)["pairs"]["average"]
     train_full_A, _ = embed_data(enc, splits.train_full, mask=np.ones_like(splits.train_full.mask))
     train_mask = torch.as_tensor(splits.train.mask)
     if splits.train.labels is not None:
