@@ -72,6 +72,15 @@ def test_cli_train_eval_and_impute(tmp_path, capsys):
     assert filled.mask.all() and filled.dims == [32] * 6
     conf = np.load(tmp_path / "filled" / "confidence.npy")
     assert ((conf >= 0) & (conf <= 1)).all()
+    # export to safetensors and reload without the run's files
+    import torch
+    from calmrl.train import load_exported
+    assert main(["export", "--checkpoint", str(ckpt), "--out", str(tmp_path / "model")]) == 0
+    enc, cal, meta = load_exported(tmp_path / "model")
+    assert meta["names"] == data.names
+    x = [torch.as_tensor(np.asarray(v[:4])) for v in data.views]
+    A = enc(x, torch.ones(4, 6, dtype=torch.bool))
+    assert A.shape == (4, 6, 32) and torch.allclose(A.norm(dim=-1), torch.ones(4, 6), atol=1e-5)
 
 
 def test_cli_reports_bad_config(tmp_path, capsys):

@@ -1,4 +1,4 @@
-"""Command line: ``calmrl train | eval | impute``.
+"""Command line: ``calmrl train | eval | impute | export``.
 
 ``calmrl train --config FILE [--method a,b,...] [--set key=value ...] [--resume]`` trains
 each method (same data split, encoders, budget) and prints a summary table.
@@ -116,6 +116,15 @@ def cmd_impute(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from .train import export_model
+
+    cfg, splits, model = _load_run(args.checkpoint)
+    out = export_model(model.encoder, model.calibrator, cfg, splits.dims, args.out)
+    print(f"exported encoders and calibrator to {out}/model.safetensors (+ config.json)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="calmrl", description="Multimodal representation learning with missing "
                                 "modalities, calibrated by a shared-latent model (CalMRL).")
@@ -135,6 +144,10 @@ def main(argv: list[str] | None = None) -> int:
     i.add_argument("--store", required=True, help="input feature-store directory")
     i.add_argument("--out", required=True, help="output feature-store directory")
     i.set_defaults(fn=cmd_impute)
+    x = sub.add_parser("export", help="write model.safetensors + config.json for inference")
+    x.add_argument("--checkpoint", required=True)
+    x.add_argument("--out", required=True)
+    x.set_defaults(fn=cmd_export)
     args = p.parse_args(argv)
     if getattr(args, "config", "unset") is None:
         args.config = _default_config()

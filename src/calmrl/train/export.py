@@ -1,0 +1,51 @@
+"""Export a trained model as one directory: ``model.safetensors`` (encoders + calibrator)
+and ``config.json``; :func:`load_exported` rebuilds it without the training config files."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..core import SharedLatentCalibrator
+from .config import Config, _build, config_to_dict
+from .encoders import MultiModalEncoder
+
+__all__ = ["export_model", "load_exported"]
+
+
+def export_model(encoder: MultiModalEncoder, calibrator: SharedLatentCalibrator, cfg: Config, dims: list[int],
+                 out: str | os.PathLike) -> Path:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tensors = {f"encoder.{k}": v.detach().contiguous().cpu() for k, v in encoder.state_dict().items()}
+    tensors.update({f"calibrator.{k}": v.detach().contiguous().cpu() for k, v in calibrator.state_dict().items()})
+    tmp = out / "model.safetensors.tmp"
+    save_file(tensors, str(tmp))
+    os.replace(tmp, out / "model.safetensors")
+    meta = {"names": encoder.names, "dims": list(dims), "config": config_to_dict(cfg), "format_version": 1}
+    (out / "config.json").write_text(json.dumps(meta, indent=2))
+    return out
+
+
+def load_exported(path: str | os.PathLike, device="cpu") -> tuple[MultiModalEncoder, SharedLatentCalibrator, dict]:
+    """Returns ``(encoder, calibrator, meta)`` from an exported directory."""
+    path = Path(path)
+    try:
+        meta = json.loads((path / "config.json").read_text())
+        tensors = load_file(str(path / "model.safetensors"), device=str(device))
+    except FileNotFoundError as e:
+        raise ValueError(f"{path} is not an exported calmrl model: {e}") from None
+    except Exception as e:
+        raise ValueError(f"exported model in {path} is corrupt: {e}") from None
+    cfg = _build(Config, meta["config"])
+    m = cfg.model
+    enc = MultiModalEncoder.mlp(meta["dims"], meta["names"], m.embed_dim, m.hidden_dim, m.layers, m.dropout)
+    enc.load_state_dict({k[len("encoder."):]: v for k, v in tensors.items() if k.startswith("encoder.")})
+    cal_state = {k[len("calibrator."):]: v for k, v in tensors.items() if k.startswith("calibrator.")}
+    cal = SharedLatentCalibrator(len(meta["names"]), m.embed_dim, cal_state["W"].shape[-1], names=meta["names"])
+    cal.load_state_dict(cal_state)
+    return enc.eval(), cal, meta
