@@ -1,0 +1,107 @@
+"""Faults that happen to real runs: numerical edge cases, bad data, a run killed with SIGKILL."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from calmrl.core import SharedLatentCalibrator
+from calmrl.train import load_config, prepare_data
+from helpers import random_calibrator, random_mask, sample_from
+
+
+@settings(max_examples=30, deadline=None)
+@given(M=st.integers(1, 4), D=st.integers(1, 8), k=st.integers(1, 5), p=st.floats(0.0, 0.8),
+       scale=st.floats(1e-3, 1e3), seed=st.integers(0, 10_000))
+def test_posterior_covariances_spd_and_outputs_finite(M, D, k, p, scale, seed):
+    cal = random_calibrator(M=M, D=D, k=k, seed=seed)
+    cal.W.mul_(scale)
+    Z, _ = sample_from(cal, 40, seed=seed + 1)
+    mask = random_mask(40, M, p, seed=seed + 2)
+    post = cal.posterior(Z, mask)
+    torch.testing.assert_close(post.cov, post.cov.transpose(1, 2))
+    assert (torch.linalg.eigvalsh(post.cov) > 0).all()
+    imp = cal.impute(Z, mask)
+    assert torch.isfinite(imp.values).all() and torch.isfinite(imp.predictive_var).all()
+    assert (imp.predictive_var >= cal.sigma2.min() * (1 - 1e-9)).all()
+    stats = cal.sufficient_stats(Z, mask)
+    cal.m_step(stats)
+    assert torch.isfinite(cal.W).all() and (cal.sigma2 > 0).all()
+
+
+def test_singular_m_step_normal_matrix_is_guarded_by_jitter():
+    from calmrl.core import SufficientStats
+    cal = SharedLatentCalibrator(2, 3, 2, dtype=torch.float64)
+    st_ = SufficientStats.zeros(2, 3, 2, dtype=torch.float64)
+    st_.n.fill_(5.0)                 # sum E[bb^T] = 0: the (k+1)x(k+1) normal matrix is singular
+    st_.sz.fill_(1.0)
+    st_.szz.fill_(10.0)
+    L, info = torch.linalg.cholesky_ex(torch.zeros(2, 2, dtype=torch.float64))
+    assert int(info) > 0             # a plain Cholesky fails here
+    cal.m_step(st_)
+    assert torch.isfinite(cal.W).all() and torch.isfinite(cal.mu).all() and (cal.sigma2 > 0).all()
+    torch.testing.assert_close(cal.mu, torch.full((2, 3), 0.2, dtype=torch.float64), atol=1e-4, rtol=0)
+
+
+def test_corrupt_parameters_are_reported():
+    cal = random_calibrator()
+    cal.W[0, 0, 0] = float("nan")
+    Z, _ = sample_from(random_calibrator(), 5)
+    with pytest.raises(FloatingPointError, match="posterior precision contains NaN"):
+        cal.posterior(Z)
+
+
+def test_modality_never_observed_in_training_is_an_error():
+    cfg = load_config(None, ["data.missing.kind=paired", "data.missing.subsets=[[pixel, fourier]]",
+                             "data.missing.complete_fraction=0.0", "data.views=[pixel, fourier, zernike]"])
+    with pytest.raises(ValueError, match=r"\['zernike'\] are never observed"):
+        prepare_data(cfg)
+
+
+@pytest.mark.slow
+def test_sigkill_mid_training_then_resume_matches_uninterrupted(tmp_path):
+    """A real subprocess is killed with SIGKILL after some epochs; `--resume` finishes the run
+    and the final metrics equal those of an uninterrupted run with the same seed."""
+    sets = ["model.embed_dim=32", "model.hidden_dim=64", "train.epochs=30", "calibrator.warmup_epochs=2",
+            "calibrator.em_iters=3", "train.progress=false", "train.check_val_every=10"]
+
+    def cmd(out, resume=False):
+        c = [sys.executable, "-m", "calmrl.cli", "train", "--method", "calmrl"]
+        for s in sets + [f"output_dir={out}"]:
+            c += ["--set", s]
+        return c + (["--resume"] if resume else [])
+
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    ref = subprocess.run(cmd(tmp_path / "ref"), env=env, capture_output=True, text=True, timeout=600)
+    assert ref.returncode == 0, ref.stderr[-2000:]
+
+    out = tmp_path / "killed"
+    ckpt = out / "calmrl" / "checkpoints" / "last.ckpt"
+    proc = subprocess.Popen(cmd(out), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    # wait until a few epochs have been checkpointed, then kill without warning
+    while time.time() < deadline and proc.poll() is None:
+        if ckpt.exists() and torch.load(ckpt, weights_only=False, map_location="cpu").get("epoch", 0) >= 5:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "training finished before it could be killed; make it longer"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert not (out / "calmrl" / "results.json").exists()
+    resumed = subprocess.run(cmd(out, resume=True), env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    a = json.loads((tmp_path / "ref" / "calmrl" / "results.json").read_text())
+    b = json.loads((out / "calmrl" / "results.json").read_text())
+    assert b["epochs"] == a["epochs"] == 30
+    for key in ("R@1", "R@5", "MeanR"):
+        assert abs(a["pairs"]["average"][key] - b["pairs"]["average"][key]) < 1e-6, key
