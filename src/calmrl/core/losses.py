@@ -89,10 +89,12 @@ def pmrl_loss(A: Tensor, mask: Tensor | None = None, *, tau1: float = 0.05, tau2
         if inter == "anchor":
             inter_loss = info_nce(un @ un.T / tau2, symmetric=False)
         else:
-            logits = torch.einsum("imd,jd->imj", A, un) / tau2                  # (B, M, B)
-            target = torch.arange(A.shape[0], device=A.device)[:, None].expand(-1, A.shape[1])
-            ce = F.cross_entropy(logits.permute(0, 2, 1), target, reduction="none")   # (B, M)
-            inter_loss = (ce * mask).sum() / mask.sum().clamp_min(1)
+            B, M = A.shape[:2]
+            logits = (A.reshape(B * M, -1) @ un.T) / tau2                           # (B*M, B)
+            target = torch.arange(B, device=A.device).repeat_interleave(M)
+            ce = F.cross_entropy(logits, target, reduction="none")
+            w = mask.reshape(-1).to(ce.dtype)
+            inter_loss = (ce * w).sum() / w.sum().clamp_min(1)
     else:
         inter_loss = A.new_zeros(())
     return PMRLOutput(intra + inter_weight * inter_loss, intra, inter_loss, s, u)
