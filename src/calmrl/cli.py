@@ -1,4 +1,4 @@
-"""Command line: ``calmrl train | eval | impute | export``.
+"""Command line: ``calmrl train | eval | impute | export | bench``.
 
 ``calmrl train --config FILE [--method a,b,...] [--set key=value ...] [--resume]`` trains
 each method (same data split, encoders, budget) and prints a summary table.
@@ -125,6 +125,18 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    from .experiments import bench
+    from .train import load_config
+
+    cfg = load_config(args.config, args.set)
+    seeds = [int(x) for x in args.seeds.split(",")] if args.seeds else None
+    cmd = "calmrl bench" + (" --quick" if args.quick else "") + "".join(f" --set {s}" for s in args.set)
+    path = bench(cfg, Path(args.out), quick=args.quick, seeds=seeds, command=cmd)
+    print(f"report written to {path}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="calmrl", description="Multimodal representation learning with missing "
                                 "modalities, calibrated by a shared-latent model (CalMRL).")
@@ -144,6 +156,13 @@ def main(argv: list[str] | None = None) -> int:
     i.add_argument("--store", required=True, help="input feature-store directory")
     i.add_argument("--out", required=True, help="output feature-store directory")
     i.set_defaults(fn=cmd_impute)
+    b = sub.add_parser("bench", help="sweep missing rates x methods x seeds; write report.md and plots")
+    b.add_argument("--config", default=None)
+    b.add_argument("--quick", action="store_true", help="one setting, three methods, one seed (< 3 min on 2 cores)")
+    b.add_argument("--seeds", default=None, help="comma-separated seeds (default 0,1,2; quick: 0)")
+    b.add_argument("--out", default="reports/bench")
+    b.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    b.set_defaults(fn=cmd_bench)
     x = sub.add_parser("export", help="write model.safetensors + config.json for inference")
     x.add_argument("--checkpoint", required=True)
     x.add_argument("--out", required=True)

@@ -155,6 +155,11 @@ class CalMRLModule(L.LightningModule):
             self.log(f"train/{k}", v, on_step=False, on_epoch=True, batch_size=bs)
         return loss
 
+    def on_train_epoch_end(self):
+        loss = self.trainer.callback_metrics.get("train/loss")
+        if loss is not None:
+            self.loss_history = getattr(self, "loss_history", []) + [float(loss)]
+
     def validation_step(self, batch, batch_idx):
         self._val_A.append(self.encoder(batch["views"], batch["mask"]).detach().float().cpu())
 

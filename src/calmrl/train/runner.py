@@ -207,6 +207,7 @@ def run(cfg: Config, *, method: str | None = None, resume: bool = False, splits:
     results = evaluate_model(model, splits, cfg)
     results.update({"method": method, "train_seconds": train_time, "epochs": trainer.current_epoch,
                     "em_history": getattr(model, "em_history", []),
+                    "loss_history": getattr(model, "loss_history", []),
                     "missing_fraction_train": float(1 - splits.train.mask.mean())})
     if trainer.is_global_zero:
         (run_dir / "results.json").write_text(json.dumps(results, indent=2))
