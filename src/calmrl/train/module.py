@@ -19,6 +19,7 @@ import torch
 import torch.distributed as dist
 
 from ..core import SharedLatentCalibrator, SufficientStats
+from ..core.distributed import all_reduce_stats, gather_nograd, gather_with_grad, global_loss_scale
 from .config import Config
 from .encoders import MultiModalEncoder
 from .evaluate import retrieval_table
@@ -60,11 +61,7 @@ class CalMRLModule(L.LightningModule):
             and bool(self.calibrator.initialized)
 
     def _reduce(self, stats: SufficientStats) -> SufficientStats:
-        if not _dist_on():
-            return stats
-        flat = stats.flatten().clone()
-        dist.all_reduce(flat)
-        return stats.unflatten_like(flat)
+        return all_reduce_stats(stats)
 
     def _broadcast_params(self):
         if _dist_on():
@@ -145,15 +142,18 @@ class CalMRLModule(L.LightningModule):
         c = self.cfg.calibrator
         if self.uses_calibrator and c.schedule == "step" and self.current_epoch >= c.warmup_epochs:
             self._stochastic_em(A, mask)
-        loss, logs = alignment_loss(A, mask, self.cfg.method, anchor=self.anchor_index, calibrator=self.calibrator,
-                                    calibrated=self.calibrated)
+        # contrastive terms see the global batch: other ranks' rows enter as constants, and the
+        # loss is scaled by the world size so that DDP's gradient average is the global gradient
+        A_all, mask_all = gather_with_grad(A), gather_nograd(mask)
+        loss, logs = alignment_loss(A_all, mask_all, self.cfg.method, anchor=self.anchor_index,
+                                    calibrator=self.calibrator, calibrated=self.calibrated)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite training loss at epoch {self.current_epoch}, step {batch_idx}")
-        bs = mask.shape[0]
-        self.log("train/loss", loss, prog_bar=True, on_step=False, on_epoch=True, batch_size=bs)
+        bs = mask_all.shape[0]
+        self.log("train/loss", loss.detach(), prog_bar=True, on_step=False, on_epoch=True, batch_size=bs)
         for k, v in logs.items():
             self.log(f"train/{k}", v, on_step=False, on_epoch=True, batch_size=bs)
-        return loss
+        return loss * global_loss_scale()
 
     def on_train_epoch_end(self):
         loss = self.trainer.callback_metrics.get("train/loss")
