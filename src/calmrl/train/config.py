@@ -48,6 +48,8 @@ class DataConfig:
     test_fraction: float = _f(0.15, lo=0.01, hi=0.5)
     standardize: bool = _f(True)
     missing: MissingConfig = field(default_factory=MissingConfig)
+    train_part: list = _f([], help="[i, n]: train on part i (0-based) of n equal parts of the training split "
+                                   "(e.g. to add datasets one after another)")
     synthetic_n: int = _f(2000, lo=50)
     synthetic_dims: list = _f([32, 32, 32, 32])
     synthetic_latent: int = _f(8, lo=1)
@@ -104,6 +106,8 @@ class TrainConfig:
     num_workers: int = _f(0, lo=0)
     progress: bool = _f(True, help="show a progress bar")
     check_val_every: int = _f(5, lo=1)
+    init_from: str = _f("", help="continual training: start from this checkpoint's encoders and calibrator "
+                                 "(fresh optimizer; EM continues from the loaded parameters)")
 
 
 @dataclass
@@ -213,6 +217,9 @@ def _cross_checks(cfg: Config):
         raise ConfigError("data.dataset = 'store' needs data.path (a feature-store directory)")
     if cfg.data.missing.kind == "paired" and not cfg.data.missing.subsets:
         raise ConfigError("data.missing.kind = 'paired' needs data.missing.subsets, e.g. [[a, b], [a, c]]")
+    tp = cfg.data.train_part
+    if tp and (len(tp) != 2 or not all(isinstance(x, int) for x in tp) or not 0 <= tp[0] < tp[1]):
+        raise ConfigError(f"data.train_part must be [i, n] with 0 <= i < n, got {tp}")
     if cfg.calibrator.latent_dim > cfg.model.embed_dim:
         raise ConfigError(f"calibrator.latent_dim ({cfg.calibrator.latent_dim}) exceeds model.embed_dim "
                           f"({cfg.model.embed_dim})")

@@ -63,6 +63,8 @@ class MultiModalEncoder(nn.Module):
         for m, x in enumerate(views):                       # loop over modalities
             rows = mask[:, m]
             if bool(rows.any()):
-                A = A.index_put((rows.nonzero().flatten(), torch.tensor(m, device=mask.device)),
-                                self.encode(m, x[rows]).to(A.dtype))
+                idx = rows.nonzero().flatten()
+                # tensors are indexed; raw inputs (e.g. a list of strings) are picked by position
+                sub = x[rows] if isinstance(x, Tensor) else [x[i] for i in idx.tolist()]
+                A = A.index_put((idx, torch.tensor(m, device=mask.device)), self.encode(m, sub).to(A.dtype))
         return A

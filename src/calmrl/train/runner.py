@@ -111,6 +111,9 @@ def prepare_data(cfg: Config, method: str | None = None) -> Splits:
         train, stats = train.standardize()
         val, _ = val.standardize(stats)
         test, _ = test.standardize(stats)
+    if cfg.data.train_part:
+        i, n_parts = cfg.data.train_part
+        train = train.subset(np.array_split(np.arange(train.n), n_parts)[i])
     M = len(data.names)
     miss = cfg.data.missing
     train_full = train
@@ -194,6 +197,16 @@ def run(cfg: Config, *, method: str | None = None, resume: bool = False, splits:
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
     splits = splits or prepare_data(cfg, method)
     model = CalMRLModule(cfg, splits.dims, splits.names)
+    if cfg.train.init_from:
+        # continual training: encoders, calibrator parameters and statistics warm-started
+        state = load_checkpoint(cfg.train.init_from)["state_dict"]
+        try:
+            missing, unexpected = model.load_state_dict(state, strict=False)
+        except RuntimeError as e:  # size mismatches
+            raise CheckpointError(f"{cfg.train.init_from} does not fit this model: {str(e)[:300]}") from None
+        if missing or unexpected:
+            raise CheckpointError(f"{cfg.train.init_from} does not fit this model (missing {missing[:5]}, "
+                                  f"unexpected {unexpected[:5]}): modalities or sizes differ")
     trainer = build_trainer(cfg, run_dir, max_epochs=max_epochs, extra_callbacks=extra_callbacks)
     ckpt_path = run_dir / "checkpoints" / "last.ckpt"
     resume_from = None
@@ -222,7 +235,8 @@ def evaluate_model(model: CalMRLModule, splits: Splits, cfg: Config) -> dict:
     val_A, _ = embed_data(enc, splits.val)
     out["val_average"] = evaluate_embeddings(val_A, splits.names, ks=tuple(e.ks), chunk_size=e.chunk_size,
                                              backend=e.backend)["pairs"]["average"]
-    train_full_A, _ = embed_data(enc, splits.train_full, mask=np.ones_like(splits.train_full.mask))
+    # cells hidden by the simulator are known (train_full); cells missing in the data itself are not
+    train_full_A, full_mask = embed_data(enc, splits.train_full)
     train_mask = torch.as_tensor(splits.train.mask)
     if splits.train.labels is not None:
         out["knn_accuracy"] = knn_accuracy(train_full_A, train_mask, splits.train.labels, test_A,
@@ -230,7 +244,8 @@ def evaluate_model(model: CalMRLModule, splits: Splits, cfg: Config) -> dict:
     cal = None
     if model.uses_calibrator and bool(model.calibrator.initialized):
         cal = model.calibrator
-    out["anchor"] = anchor_report(train_full_A, train_mask, cal, em_iters=cfg.calibrator.em_iters * 3,
+    known = full_mask.all(1)
+    out["anchor"] = anchor_report(train_full_A[known], train_mask[known], cal, em_iters=cfg.calibrator.em_iters * 3,
                                   latent_dim=model.calibrator.k)
     return out
 

@@ -1,0 +1,68 @@
+"""The calibrator as an imputer vs scikit-learn's IterativeImputer and KNNImputer.
+
+UCI Multiple Features (6 views, 649 raw features), standardised, 50% of (instance, view)
+cells hidden completely at random (at least one view kept). Each imputer sees the same
+data; quality is measured on the hidden cells: R^2 and cosine per view. Prints wall times
+and the time ratios to the calibrator.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from calmrl.core import SharedLatentCalibrator, imputation_quality, stack_modalities
+from calmrl.data import load_uci_mfeat, mcar_mask
+from common import machine
+
+
+def main(rate=0.5, k=32, em_iters=50, seed=0):
+    data, _ = load_uci_mfeat().standardize()
+    M, dims = len(data.names), data.dims
+    mask = mcar_mask(data.n, M, rate, min_observed=1, seed=seed)
+    hidden = torch.as_tensor(~mask)
+    full = [torch.as_tensor(v, dtype=torch.float64) for v in data.views]
+    Z_full, _, _ = stack_modalities(full)
+    X = np.concatenate([np.where(mask[:, [m]], v, np.nan) for m, v in enumerate(data.views)], 1)
+
+    def score(name, filled_views, seconds):
+        Z, _, _ = stack_modalities([torch.as_tensor(v, dtype=torch.float64) for v in filled_views])
+        q = imputation_quality(Z, Z_full, hidden)
+        r2, cos = q["r2"].numpy(), q["cosine"].numpy()
+        print(f"{name:18s} {seconds:8.2f} s   R2 mean {np.nanmean(r2):6.3f}   cosine mean {np.nanmean(cos):6.3f}   "
+              f"R2 per view {np.round(r2, 3).tolist()}")
+        return seconds
+
+    def split(Xf):
+        offs = np.cumsum([0] + dims)
+        return [Xf[:, offs[m]:offs[m + 1]] for m in range(M)]
+
+    print(machine())
+    print(f"UCI Multiple Features, {data.n} instances, views {dict(zip(data.names, dims))}, "
+          f"{100 * (1 - mask.mean()):.1f}% of cells hidden")
+    t = time.perf_counter()
+    Z, msk, _ = stack_modalities([torch.as_tensor(np.where(mask[:, [m]], v, np.nan), dtype=torch.float64)
+                                  for m, v in enumerate(data.views)])
+    cal = SharedLatentCalibrator(M, max(dims), k, dims=dims, dtype=torch.float64).fit(Z, msk, n_iter=em_iters)
+    imp = cal.impute(Z, msk).filled
+    t_cal = score(f"calibrator k={k}", [imp[:, m, :dims[m]].numpy() for m in range(M)], time.perf_counter() - t)
+
+    from sklearn.experimental import enable_iterative_imputer  # noqa: F401
+    from sklearn.impute import IterativeImputer, KNNImputer, SimpleImputer
+    t = time.perf_counter()
+    Xm = SimpleImputer().fit_transform(X)
+    t_mean = score("mean", split(Xm), time.perf_counter() - t)
+    t = time.perf_counter()
+    Xk = KNNImputer(n_neighbors=10).fit_transform(X)
+    t_knn = score("KNNImputer k=10", split(Xk), time.perf_counter() - t)
+    t = time.perf_counter()
+    Xi = IterativeImputer(max_iter=5, n_nearest_features=100, random_state=0).fit_transform(X)
+    t_it = score("IterativeImputer", split(Xi), time.perf_counter() - t)
+    print(f"time ratios to the calibrator: IterativeImputer {t_it / t_cal:.1f}x, KNNImputer {t_knn / t_cal:.1f}x, "
+          f"mean {t_mean / t_cal:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,87 @@
+"""Inference with missing modalities: embed whatever an instance has, impute the rest with
+a confidence, and retrieve with incomplete queries.
+
+>>> model = CalMRLModel.load("model_dir")             # written by `calmrl export`
+>>> out = model.embed({"pixel": x_pix, "fourier": None})   # None / absent = missing
+>>> out.embeddings, out.mask, out.imputed, out.confidence
+>>> scores, idx = model.retrieve({"pixel": x_pix}, gallery_embeddings, k=10)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .core import SharedLatentCalibrator
+
+__all__ = ["CalMRLModel", "Embedded"]
+
+
+@dataclass
+class Embedded:
+    embeddings: Tensor   # (n, M, d): observed cells encoded, missing cells zero
+    mask: Tensor         # (n, M) observed
+    imputed: Tensor      # (n, M, d): observed cells kept, missing cells imputed W E[beta] + mu
+    confidence: Tensor   # (n, M): 1 for observed cells, posterior confidence for imputed ones
+    fused: Tensor        # (n, d): unit-norm fused embedding (observed + confidence-weighted imputed)
+
+
+class CalMRLModel:
+    """A trained encoder set and calibrator, with modality names."""
+
+    def __init__(self, encoder, calibrator: SharedLatentCalibrator, names: list[str]):
+        self.encoder, self.calibrator, self.names = encoder.eval(), calibrator, list(names)
+
+    @classmethod
+    def load(cls, path) -> "CalMRLModel":
+        from .train.export import load_exported
+
+        enc, cal, meta = load_exported(path)
+        return cls(enc, cal, meta["names"])
+
+    def _views(self, inputs: Mapping[str, object]) -> tuple[list, Tensor]:
+        unknown = [k for k in inputs if k not in self.names]
+        if unknown:
+            raise ValueError(f"unknown modality name(s) {unknown}; valid names are {self.names}")
+        present = {k: v for k, v in inputs.items() if v is not None}
+        if not present:
+            raise ValueError("the query has no observed modality")
+        n = {len(v) for v in present.values()}
+        if len(n) != 1:
+            raise ValueError(f"modalities disagree on the number of instances: { {k: len(v) for k, v in present.items()} }")
+        n = n.pop()
+        views, mask = [], torch.zeros(n, len(self.names), dtype=torch.bool)
+        for m, name in enumerate(self.names):
+            v = present.get(name)
+            if v is None:
+                d = getattr(self.encoder.encoders[m], "in_features", None)
+                views.append(torch.zeros(n, 1) if d is None else torch.zeros(n, d))
+                continue
+            if isinstance(v, Tensor) and not bool(torch.isfinite(v).all()):
+                raise ValueError(f"modality '{name}' holds NaN/inf values")
+            views.append(v)
+            mask[:, m] = True
+        return views, mask
+
+    @torch.no_grad()
+    def embed(self, inputs: Mapping[str, object]) -> Embedded:
+        """Encode the given modalities (name -> batch; missing: absent or ``None``) and impute the rest."""
+        views, mask = self._views(inputs)
+        A = self.encoder(views, mask)
+        cal = self.calibrator
+        imp = cal.impute(A.to(cal.W.dtype), mask)
+        conf = torch.where(mask, torch.ones_like(imp.confidence), imp.confidence).to(A.dtype)
+        filled = imp.filled.to(A.dtype)
+        fused = F.normalize((F.normalize(filled, dim=-1) * conf[..., None]).sum(1), dim=-1)
+        return Embedded(A, mask, filled, conf, fused)
+
+    @torch.no_grad()
+    def retrieve(self, query: Mapping[str, object], gallery: Tensor, k: int = 10) -> tuple[Tensor, Tensor]:
+        """Top-``k`` gallery items (cosine) for queries with any subset of modalities."""
+        q = self.embed(query).fused
+        scores = q @ F.normalize(gallery.to(q.dtype), dim=-1).T
+        return scores.topk(min(k, gallery.shape[0]), dim=1)
