@@ -107,6 +107,53 @@ def em_synthetic(*, n: int = 3000, dims=(32, 32, 32, 32), latent: int = 8, rate:
             "imputation_cosine_true": cos(true), "rate": rate, "n": n}
 
 
+def continual_experiment(cfg: Config, out_dir: Path, *, seeds=(0,), epochs: int | None = None, log=print) -> list[dict]:
+    """Phase 1: train calmrl on the first half of the training split, complete. Phase 2: add the
+    second half, where every instance carries only 2 of the modalities (paired subsets), and
+    continue from the phase-1 checkpoint with calmrl or pmrl-drop. Measures retrieval on the
+    *earlier* data (phase-1 training instances, complete) and on the test split."""
+    from .train.evaluate import embed_data, retrieval_table
+    from .train.module import CalMRLModule
+    from .train.runner import load_checkpoint, prepare_data
+
+    views = cfg.data.views or ["fourier", "profile", "karhunen", "pixel", "zernike", "morphological"]
+    hub = views[3] if len(views) > 3 else views[0]
+    subsets = [[hub, v] for v in views if v != hub]
+    rows = []
+
+    def earlier_r1(run_dir: Path, c: Config) -> float:
+        c1 = dataclasses.replace(c, data=dataclasses.replace(c.data, train_part=[0, 2],
+                                                              missing=dataclasses.replace(c.data.missing, kind="none")))
+        sp = prepare_data(c1)
+        model = CalMRLModule(c1, sp.dims, sp.names)
+        model.load_state_dict(load_checkpoint(run_dir / "checkpoints" / "last.ckpt")["state_dict"])
+        A, _ = embed_data(model.encoder, sp.train)
+        return retrieval_table(A[:300], sp.names)["average"]["R@1"]
+
+    for seed in seeds:
+        tr = dataclasses.replace(cfg.train, seed=seed, progress=False, epochs=epochs or cfg.train.epochs)
+        c1 = dataclasses.replace(cfg, train=tr, output_dir=str(out_dir / "continual" / f"seed{seed}" / "phase1"),
+                                 data=dataclasses.replace(cfg.data, train_part=[0, 2],
+                                                          missing=dataclasses.replace(cfg.data.missing, kind="none")))
+        r1 = run(c1, method="calmrl")
+        ck = Path(c1.output_dir) / "calmrl" / "checkpoints" / "last.ckpt"
+        before = earlier_r1(Path(c1.output_dir) / "calmrl", c1)
+        row = {"seed": seed, "phase1_test_R@1": r1["pairs"]["average"]["R@1"], "phase1_earlier_R@1": before}
+        for method in ("calmrl", "pmrl-drop"):
+            c2 = dataclasses.replace(
+                cfg, output_dir=str(out_dir / "continual" / f"seed{seed}" / "phase2"),
+                train=dataclasses.replace(tr, init_from=str(ck)),
+                data=dataclasses.replace(cfg.data, train_part=[1, 2], missing=dataclasses.replace(
+                    cfg.data.missing, kind="paired", subsets=subsets, complete_fraction=0.0)))
+            r2 = run(c2, method=method)
+            row[f"{method}_test_R@1"] = r2["pairs"]["average"]["R@1"]
+            row[f"{method}_earlier_R@1"] = earlier_r1(Path(c2.output_dir) / method, c2)
+        log(f"  continual seed {seed}: earlier-data R@1 after phase 1 {before:.2f}; after phase 2 calmrl "
+            f"{row['calmrl_earlier_R@1']:.2f}, pmrl-drop {row['pmrl-drop_earlier_R@1']:.2f}")
+        rows.append(row)
+    return rows
+
+
 def _agg(records, key, setting, method):
     v = [r[key] for r in records if r["setting"] == setting and r["method"] == method]
     return (float(np.mean(v)), float(np.std(v)), len(v)) if v else (float("nan"), float("nan"), 0)
@@ -182,9 +229,11 @@ def _plots(records, em, out: Path, methods) -> list[str]:
     return files
 
 
-def write_report(records, em, out: Path, methods, *, command: str, commit: str, seconds: float) -> Path:
+def write_report(records, em, out: Path, methods, *, command: str, commit: str, seconds: float,
+                 continual: list[dict] | None = None) -> Path:
     out.mkdir(parents=True, exist_ok=True)
-    (out / "records.json").write_text(json.dumps({"records": records, "em_synthetic": em}, indent=2))
+    (out / "records.json").write_text(json.dumps({"records": records, "em_synthetic": em, "continual": continual},
+                                                 indent=2))
     files = _plots(records, em, out, methods)
     settings = list(dict.fromkeys(r["setting"] for r in records))
     L = [f"# calmrl bench report", "", f"Produced by `{command}` at commit `{commit}` in {seconds / 60:.1f} min.",
@@ -223,7 +272,21 @@ def write_report(records, em, out: Path, methods, *, command: str, commit: str, 
           f"{em['history'][-1]:.3f} (true parameters: {em['true_loglik']:.3f}); monotone: "
           f"{all(b >= a - 1e-9 for a, b in zip(em['history'], em['history'][1:]))}; imputation cosine of hidden "
           f"cells {em['imputation_cosine_fit']:.3f} (true parameters {em['imputation_cosine_true']:.3f}).", "",
-          "## Plots", ""] + [f"![{f}]({f})" for f in files]
+          ""]
+    if continual:
+        L += ["## Continual training: adding a dataset with missing modalities", "",
+              "Phase 1: calmrl on the first half of the training split, complete. Phase 2: continue from that "
+              "checkpoint on the second half, where each instance carries only two modalities (a hub view paired "
+              "with one other). Average R@1 (%) on the earlier data (300 phase-1 training instances, complete) and on "
+              "the test split.", "",
+              "| seed | earlier data after phase 1 | earlier, phase 2 calmrl | earlier, phase 2 pmrl-drop | "
+              "test after phase 1 | test, phase 2 calmrl | test, phase 2 pmrl-drop |", "|---|---|---|---|---|---|---|"]
+        for r in continual:
+            L.append(f"| {r['seed']} | {r['phase1_earlier_R@1']:.2f} | {r['calmrl_earlier_R@1']:.2f} | "
+                     f"{r['pmrl-drop_earlier_R@1']:.2f} | {r['phase1_test_R@1']:.2f} | {r['calmrl_test_R@1']:.2f} | "
+                     f"{r['pmrl-drop_test_R@1']:.2f} |")
+        L.append("")
+    L += ["## Plots", ""] + [f"![{f}]({f})" for f in files]
     path = out / "report.md"
     path.write_text("\n".join(L) + "\n")
     return path
@@ -242,9 +305,11 @@ def bench(cfg: Config, out: Path, *, quick: bool = False, seeds=None, command: s
     records = run_sweep(cfg, rates=plan["rates"], paired=plan["paired"], methods=plan["methods"], seeds=plan["seeds"],
                         out_dir=out, epochs=plan.get("epochs"), log=log)
     em = em_synthetic(iters=30 if quick else 100)
+    continual = continual_experiment(cfg, out, seeds=plan["seeds"][:1] if quick else plan["seeds"], log=log)
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                                 check=True).stdout.strip()
     except Exception:
         commit = "unknown"
-    return write_report(records, em, out, plan["methods"], command=command, commit=commit, seconds=time.time() - t0)
+    return write_report(records, em, out, plan["methods"], command=command, commit=commit, seconds=time.time() - t0,
+                        continual=continual)
