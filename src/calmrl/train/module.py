@@ -14,7 +14,6 @@ encoders by back-propagation.
 from __future__ import annotations
 
 import lightning as L
-import numpy as np
 import torch
 import torch.distributed as dist
 
