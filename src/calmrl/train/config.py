@@ -14,7 +14,7 @@ from typing import Any, get_origin, get_type_hints
 import yaml
 
 __all__ = ["ConfigError", "Config", "DataConfig", "MissingConfig", "ModelConfig", "MethodConfig",
-           "CalibratorConfig", "TrainConfig", "EvalConfig", "load_config", "config_to_dict", "METHODS"]
+           "CalibratorConfig", "TrainConfig", "EvalConfig", "load_config", "apply_overrides", "config_to_dict", "METHODS"]
 
 METHODS = ("calmrl", "pmrl-drop", "pmrl-meanfill", "pmrl-zerofill", "gram", "anchor-infonce", "oracle")
 
@@ -189,6 +189,22 @@ def _set_dotted(d: dict, key: str, value):
     cur[parts[-1]] = value
 
 
+def _apply(raw: dict, overrides: list[str] | None) -> dict:
+    for ov in overrides or []:
+        if "=" not in ov:
+            raise ConfigError(f"override '{ov}' must look like key.sub=value")
+        k, v = ov.split("=", 1)
+        _set_dotted(raw, k.strip(), yaml.safe_load(v))
+    return raw
+
+
+def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
+    """A validated copy of ``cfg`` with ``key=value`` overrides."""
+    new = _build(Config, _apply(config_to_dict(cfg), overrides))
+    _cross_checks(new)
+    return new
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Load a YAML file (or the defaults) and apply ``key=value`` overrides (YAML values)."""
     raw: dict = {}
@@ -200,12 +216,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raw = yaml.safe_load(p.read_text()) or {}
         except yaml.YAMLError as e:
             raise ConfigError(f"config file {p} is not valid YAML: {e}") from None
-    for ov in overrides or []:
-        if "=" not in ov:
-            raise ConfigError(f"override '{ov}' must look like key.sub=value")
-        k, v = ov.split("=", 1)
-        _set_dotted(raw, k.strip(), yaml.safe_load(v))
-    cfg = _build(Config, raw)
+    cfg = _build(Config, _apply(raw, overrides))
     _cross_checks(cfg)
     return cfg
 
