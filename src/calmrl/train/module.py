@@ -17,18 +17,14 @@ import lightning as L
 import torch
 import torch.distributed as dist
 
-from ..core import SharedLatentCalibrator, SufficientStats
-from ..core.distributed import all_reduce_stats, gather_nograd, gather_with_grad, global_loss_scale
+from ..core import SharedLatentCalibrator
+from ..core.distributed import all_reduce_stats, gather_nograd, gather_with_grad, global_loss_scale, is_distributed
 from .config import Config
 from .encoders import MultiModalEncoder
 from .evaluate import retrieval_table
 from .methods import alignment_loss
 
 __all__ = ["CalMRLModule"]
-
-
-def _dist_on() -> bool:
-    return dist.is_available() and dist.is_initialized()
 
 
 class CalMRLModule(L.LightningModule):
@@ -59,11 +55,8 @@ class CalMRLModule(L.LightningModule):
         return self.uses_calibrator and self.current_epoch >= self.cfg.calibrator.warmup_epochs \
             and bool(self.calibrator.initialized)
 
-    def _reduce(self, stats: SufficientStats) -> SufficientStats:
-        return all_reduce_stats(stats)
-
     def _broadcast_params(self):
-        if _dist_on():
+        if is_distributed():
             for t in (self.calibrator.W, self.calibrator.mu, self.calibrator.sigma2):
                 dist.broadcast(t, 0)
 
@@ -85,15 +78,15 @@ class CalMRLModule(L.LightningModule):
             self._broadcast_params()
         history = []
         n_total = torch.tensor(float(A.shape[0]), device=self.device)
-        if _dist_on():
+        if is_distributed():
             dist.all_reduce(n_total)
         for _ in range(em_iters):
             stats, ll = self.calibrator.accumulate(A, mask, batch_size=8192)
             ll_t = torch.tensor(ll, device=self.device)
-            if _dist_on():
+            if is_distributed():
                 dist.all_reduce(ll_t)
             history.append(float(ll_t) / float(n_total))
-            self.calibrator.m_step(self._reduce(stats))
+            self.calibrator.m_step(all_reduce_stats(stats))
         return history
 
     def on_train_epoch_start(self):
@@ -117,13 +110,11 @@ class CalMRLModule(L.LightningModule):
         if not bool(cal.initialized):
             cal.init_from_data(A, mask)
             self._broadcast_params()
-        stats = self._reduce(cal.sufficient_stats(A, mask))
-        if bool(self.running_valid):
-            stats = cal_stats = stats.unflatten_like(self.running_stats.to(stats.n.dtype)).ema(
-                stats, self.cfg.calibrator.momentum)
-        else:
-            cal_stats = stats
-        self.running_stats.copy_(cal_stats.flatten().to(self.running_stats.dtype))
+        stats = all_reduce_stats(cal.sufficient_stats(A, mask, validate=False))
+        if bool(self.running_valid):  # stochastic-approximation EM: blend with the running statistics
+            running = stats.unflatten_like(self.running_stats.to(stats.n.dtype))
+            stats = running.ema(stats, self.cfg.calibrator.momentum)
+        self.running_stats.copy_(stats.flatten().to(self.running_stats.dtype))
         self.running_valid.fill_(True)
         cal.m_step(stats)
 
@@ -167,7 +158,7 @@ class CalMRLModule(L.LightningModule):
             return
         A = torch.cat(self._val_A)
         self._val_A = []
-        if _dist_on() and self.trainer.world_size > 1:
+        if is_distributed():
             A = self.all_gather(A.to(self.device)).reshape(-1, *A.shape[1:]).cpu()
         table = retrieval_table(A, self.names, ks=tuple(self.cfg.eval.ks))
         self.log("val/R@1", table["average"]["R@1"], prog_bar=True, sync_dist=False)
