@@ -123,3 +123,19 @@ def test_atomic_checkpoint_and_corrupt_file(tmp_path):
     with pytest.raises(RuntimeError):
         io.save_checkpoint({"state_dict": {}, "x": Boom()}, path)
     assert load_checkpoint(path)["state_dict"]["w"].sum() == 3
+
+
+def test_from_tables_joins_modalities_on_ids():
+    a = (["x", "y", "z"], np.arange(6, dtype=np.float32).reshape(3, 2))
+    b = (["z", "w"], np.ones((2, 4), np.float32))
+    d = MultiViewData.from_tables({"a": a, "b": b}, labels={"x": 0, "y": 1, "z": 2, "w": 3})
+    assert list(d.ids) == ["x", "y", "z", "w"] and d.dims == [2, 4]
+    assert d.mask.tolist() == [[True, False], [True, False], [True, True], [False, True]]
+    assert d.meta["missing_by_join"] == {"a": 1, "b": 2}
+    np.testing.assert_array_equal(d.views[0][2], [4, 5])
+    with pytest.raises(ValueError, match="more than once"):
+        MultiViewData.from_tables({"a": (["x", "x"], np.zeros((2, 2)))})
+    with pytest.raises(ValueError, match="2 ids for 3 rows"):
+        MultiViewData.from_tables({"a": (["x", "y"], np.zeros((3, 2)))})
+    with pytest.raises(ValueError, match="no label"):
+        MultiViewData.from_tables({"a": a}, labels={"x": 0})

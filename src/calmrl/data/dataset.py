@@ -88,6 +88,46 @@ class MultiViewData:
                                      "but is marked observed")
         return self
 
+    @classmethod
+    def from_tables(cls, tables: "dict[str, tuple[Sequence, np.ndarray]]", labels: dict | None = None
+                    ) -> "MultiViewData":
+        """Join per-modality tables ``name -> (ids, features)`` on their ids.
+
+        Modality files often disagree on which instances they cover: the union of ids is
+        kept, and an instance absent from a modality's table is *missing* in that modality
+        (counted in ``meta["missing_by_join"]``). Duplicate ids within one table, or tables
+        whose ids and rows disagree in length, are errors. ``labels`` maps id -> label.
+        """
+        order: dict = {}
+        for name, (ids, X) in tables.items():
+            ids = [i.item() if hasattr(i, "item") else i for i in ids]
+            if len(ids) != len(X):
+                raise ValueError(f"modality '{name}': {len(ids)} ids for {len(X)} rows")
+            if len(set(ids)) != len(ids):
+                raise ValueError(f"modality '{name}' lists some ids more than once")
+            for i in ids:
+                order.setdefault(i, len(order))
+        all_ids = list(order)
+        names = list(tables)
+        mask = np.zeros((len(all_ids), len(names)), bool)
+        views = []
+        for m, name in enumerate(names):
+            ids, X = tables[name]
+            X = np.asarray(X, dtype=np.float32)
+            rows = np.array([order[i.item() if hasattr(i, "item") else i] for i in ids], dtype=np.int64)
+            V = np.zeros((len(all_ids), X.shape[1]), np.float32)
+            V[rows] = X
+            mask[rows, m] = True
+            views.append(V)
+        y = None
+        if labels is not None:
+            unknown = [i for i in all_ids if i not in labels]
+            if unknown:
+                raise ValueError(f"no label for {len(unknown)} id(s), e.g. {unknown[:3]}")
+            y = np.array([labels[i] for i in all_ids])
+        meta = {"missing_by_join": {n: int((~mask[:, m]).sum()) for m, n in enumerate(names)}}
+        return cls(views, names, mask, np.array(all_ids), y, meta)
+
     # ------------------------------------------------------------------ helpers
     @property
     def n(self) -> int:
