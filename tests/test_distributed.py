@@ -95,6 +95,13 @@ def test_torchrun_ddp_training_and_resume_on_one_process(tmp_path):
     res = json.loads((out / "calmrl" / "results.json").read_text())
     assert res["epochs"] == 8 and res["pairs"]["average"]["R@1"] > 5.0
     assert res["em_history"], "no calibrator refit ran under DDP"
+    # evaluating the DDP checkpoint in one process gives the metrics the DDP run reported
+    from calmrl.cli import main
+    assert main(["eval", "--checkpoint", str(out / "calmrl" / "checkpoints" / "last.ckpt"),
+                 "--out", str(tmp_path / "eval.json")]) == 0
+    single = json.loads((tmp_path / "eval.json").read_text())
+    for key in ("R@1", "R@5", "MeanR"):
+        assert abs(single["pairs"]["average"][key] - res["pairs"]["average"][key]) < 1e-4, key
     # resume the 2-process checkpoint on 1 process for 4 more epochs
     cmd1 = [sys.executable, "-m", "calmrl.cli", "train", "--method", "calmrl", "--resume"] + args + [
         "--set", "train.epochs=12", "--set", "train.devices=1"]

@@ -127,6 +127,18 @@ def test_inference_api_and_continual_training(tmp_path):
     _, idx = model.retrieve({"pixel": x["pixel"]}, gallery, k=10)
     hits = (idx == torch.arange(te.n)[:, None]).any(1).float().mean()
     assert hits > 3 * 10 / te.n                            # pixel-only queries find their zernike view
+    # the same through the CLI: queries with missing modalities against a zernike gallery
+    from calmrl.data import FeatureStore, mcar_mask
+    qdata = te.with_mask(mcar_mask(te.n, 4, 0.5, min_observed=1, seed=0))
+    FeatureStore.write(tmp_path / "q", qdata)
+    FeatureStore.write(tmp_path / "g", te)
+    assert main(["retrieve", "--model", str(tmp_path / "model"), "--query", str(tmp_path / "q"), "--gallery",
+                 str(tmp_path / "g"), "--gallery-modality", "zernike", "--k", "10",
+                 "--out", str(tmp_path / "hits.jsonl")]) == 0
+    lines = [json.loads(x) for x in (tmp_path / "hits.jsonl").read_text().splitlines()]
+    assert len(lines) == te.n and all(len(x["gallery_ids"]) == 10 for x in lines)
+    cli_hits = np.mean([x["query_id"] in x["gallery_ids"] for x in lines])
+    assert cli_hits > 3 * 10 / te.n
     with pytest.raises(ValueError, match="unknown modality name"):
         model.embed({"pixels": x["pixel"]})
     with pytest.raises(ValueError, match="no observed modality"):

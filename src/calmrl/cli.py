@@ -1,4 +1,4 @@
-"""Command line: ``calmrl train | eval | impute | export | bench | embed``.
+"""Command line: ``calmrl train | eval | impute | export | bench | embed | retrieve``.
 
 ``calmrl train --config FILE [--method a,b,...] [--set key=value ...] [--resume]`` trains
 each method (same data split, encoders, budget) and prints a summary table.
@@ -149,6 +149,39 @@ def cmd_embed(args) -> int:
     return 0
 
 
+def cmd_retrieve(args) -> int:
+    import numpy as np
+    import torch
+
+    from .data import FeatureStore
+    from .inference import CalMRLModel
+
+    model = CalMRLModel.load(args.model)
+    q, g = FeatureStore(args.query).read(), FeatureStore(args.gallery).read()
+    if args.gallery_modality not in g.names:
+        raise SystemExit(f"error: gallery store has no modality '{args.gallery_modality}'; it has {g.names}")
+    gm = g.index(args.gallery_modality)
+    rows = np.nonzero(g.mask[:, gm])[0]
+    gal_in = {n: (torch.as_tensor(np.asarray(g.views[m][rows])) if m == gm else None) for m, n in enumerate(g.names)}
+    gallery = model.embed(gal_in).embeddings[:, model.names.index(args.gallery_modality)]
+    # queries: each instance with whatever modalities it has (missing ones are imputed)
+    hits = []
+    for pattern in np.unique(q.mask, axis=0):                 # one batch per missing pattern
+        idx = np.nonzero((q.mask == pattern).all(1))[0]
+        inputs = {n: (torch.as_tensor(np.asarray(q.views[m][idx])) if pattern[m] else None)
+                  for m, n in enumerate(q.names)}
+        scores, top = model.retrieve(inputs, gallery, k=args.k)
+        hits += [(int(i), top[j].tolist(), scores[j].tolist()) for j, i in enumerate(idx)]
+    hits.sort()
+    with open(args.out, "w") as f:
+        for i, top, sc in hits:
+            f.write(json.dumps({"query_id": q.ids[i].item() if hasattr(q.ids[i], "item") else q.ids[i],
+                                "gallery_ids": [g.ids[rows[t]].item() for t in top],
+                                "scores": [round(x, 6) for x in sc]}) + "\n")
+    print(f"wrote top-{args.k} {args.gallery_modality} items for {q.n} queries to {args.out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="calmrl", description="Multimodal representation learning with missing "
                                 "modalities, calibrated by a shared-latent model (CalMRL).")
@@ -185,6 +218,14 @@ def main(argv: list[str] | None = None) -> int:
     em.add_argument("--batch-size", type=int, default=64)
     em.add_argument("--model", default=None, help="sentence-transformers model directory (default: bundled MiniLM)")
     em.set_defaults(fn=cmd_embed)
+    r = sub.add_parser("retrieve", help="top-k gallery items for queries with any subset of modalities")
+    r.add_argument("--model", required=True, help="directory written by calmrl export")
+    r.add_argument("--query", required=True, help="feature store of queries (missing cells allowed)")
+    r.add_argument("--gallery", required=True, help="feature store of the gallery")
+    r.add_argument("--gallery-modality", required=True)
+    r.add_argument("--k", type=int, default=10)
+    r.add_argument("--out", required=True, help="JSON lines: query_id, gallery_ids, scores")
+    r.set_defaults(fn=cmd_retrieve)
     x = sub.add_parser("export", help="write model.safetensors + config.json for inference")
     x.add_argument("--checkpoint", required=True)
     x.add_argument("--out", required=True)
