@@ -103,3 +103,17 @@ def test_sigkill_mid_training_then_resume_matches_uninterrupted(tmp_path):
     assert b["epochs"] == a["epochs"] == 30
     for key in ("R@1", "R@5", "MeanR"):
         assert abs(a["pairs"]["average"][key] - b["pairs"]["average"][key]) < 1e-6, key
+
+
+def test_calibrator_ignores_autocast():
+    cal = random_calibrator().float()
+    Z, _ = sample_from(random_calibrator(), 30)
+    Z = Z.float()
+    mask = random_mask(30, 3, 0.4)
+    ref = cal.impute(Z, mask)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = cal.impute(Z, mask)
+        cal.m_step(cal.sufficient_stats(Z, mask))
+    assert got.values.dtype == torch.float32
+    torch.testing.assert_close(got.values, ref.values)
+    assert torch.isfinite(cal.W).all()

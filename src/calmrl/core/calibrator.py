@@ -35,6 +35,18 @@ from .validation import check_embeddings
 __all__ = ["SharedLatentCalibrator", "Posterior", "Imputation", "SufficientStats", "missing_patterns"]
 
 
+def _full_precision(fn):
+    """Run a calibrator method with autocast disabled: Cholesky factorisations and EM
+    statistics need the parameters' own precision even inside a bf16/fp16 training step."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(self, *args, **kwargs):
+        with torch.autocast(device_type=self.W.device.type, enabled=False):
+            return fn(self, *args, **kwargs)
+    return wrapper
+
+
 def missing_patterns(mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Distinct rows of a ``(B, M)`` mask: ``(patterns (P, M) bool, index (B,), counts (P,))``.
 
@@ -223,6 +235,7 @@ class SharedLatentCalibrator(nn.Module):
         raise FloatingPointError(f"{what} is not positive definite even with jitter {jitter:g}")
 
     # ------------------------------------------------------------------ E-step
+    @_full_precision
     def posterior(self, Z: Tensor, mask: Tensor | None = None, *, validate: bool = True) -> Posterior:
         r"""Closed-form posterior of :math:`\beta` given the observed modalities.
 
@@ -260,6 +273,7 @@ class SharedLatentCalibrator(nn.Module):
         r"""Posterior mean :math:`\mathbb E[\beta_i \mid z_{i,O_i}]`, shape ``(B, k)``."""
         return self.posterior(Z, mask).mean
 
+    @_full_precision
     def impute(self, Z: Tensor, mask: Tensor | None = None, posterior: Posterior | None = None) -> Imputation:
         r"""Impute every modality as :math:`W_m\mathbb E[\beta_i]+\mu_m` with a confidence."""
         Z, mask = self._check(Z, mask)
@@ -276,6 +290,7 @@ class SharedLatentCalibrator(nn.Module):
         return Imputation(values, filled, mask, pred_var, conf[post.pattern_index])
 
     # ------------------------------------------------------------------ M-step
+    @_full_precision
     def sufficient_stats(self, Z: Tensor, mask: Tensor | None = None, posterior: Posterior | None = None, *,
                          validate: bool = True) -> SufficientStats:
         """E-step statistics of a batch (see :class:`SufficientStats`). No gradient."""
@@ -294,6 +309,7 @@ class SharedLatentCalibrator(nn.Module):
             szz = torch.einsum("bm,bmd->m", w, Z * Z)
             return SufficientStats(n, sz, szb, sb, sbb, szz)
 
+    @_full_precision
     def m_step(self, stats: SufficientStats) -> Tensor:
         r"""Closed-form update from (summed) statistics; returns the ``(M,)`` bool of
         modalities that were updated.
@@ -338,6 +354,7 @@ class SharedLatentCalibrator(nn.Module):
             return ok
 
     # ------------------------------------------------------------------ likelihood
+    @_full_precision
     def log_likelihood(self, Z: Tensor, mask: Tensor | None = None, posterior: Posterior | None = None) -> Tensor:
         r"""Per-instance marginal log-likelihood of the observed part, ``(B,)``.
 
@@ -357,6 +374,7 @@ class SharedLatentCalibrator(nn.Module):
         return -0.5 * (D_obs * math.log(2 * math.pi) + logdet + quad)
 
     # ------------------------------------------------------------------ initialisation
+    @_full_precision
     def init_from_data(self, Z: Tensor, mask: Tensor | None = None, *, method: str = "pca",
                        max_samples: int = 20000, generator: torch.Generator | None = None) -> "SharedLatentCalibrator":
         r"""Initialise ``W, mu, sigma2``.
