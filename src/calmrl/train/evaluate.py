@@ -92,7 +92,7 @@ def anchor_report(A_full: Tensor, mask: Tensor, calibrator: SharedLatentCalibrat
         calibrator.fit(A_full.to(calibrator.W.dtype), mask, n_iter=em_iters, init="pca")
     else:
         calibrator.fit(A_full.to(calibrator.W.dtype), mask, n_iter=em_iters, init=None)
-    imputed = calibrator.impute(A_full.to(calibrator.W.dtype), mask).values.to(A_full.dtype)
+    imputed = calibrator.impute(A_full.to(calibrator.W.dtype), mask).values.to(A_full)  # same device and dtype
     hidden = ~mask
     out = {
         "shift_observed_deg": float(anchor_shift(A_full, mask)[hidden.any(1)].mean()) if hidden.any() else 0.0,
