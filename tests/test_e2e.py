@@ -88,3 +88,20 @@ def test_cli_reports_bad_config(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "unknown key" in err and "epochs" in err
     assert main(["train", "--method", "nope", "--set", f"output_dir={tmp_path}"]) == 2
+
+
+@pytest.mark.slow
+def test_bench_quick_writes_report_and_plots(tmp_path):
+    from calmrl.experiments import bench
+    cfg = load_config(None, FAST + ["train.epochs=4", "calibrator.warmup_epochs=1", f"output_dir={tmp_path}"])
+    path = bench(cfg, tmp_path / "report", quick=True, log=lambda *_: None)
+    text = path.read_text()
+    for section in ("Average cross-modal R@1", "Anchor shift", "## Targets", "EM on synthetic data",
+                    "Continual training"):
+        assert section in text, section
+    for png in ("r1_vs_missing.png", "shift_vs_missing.png", "em_loglik.png", "loss_curves.png"):
+        assert (tmp_path / "report" / png).stat().st_size > 10_000, png
+    records = json.loads((tmp_path / "report" / "records.json").read_text())
+    assert {r["method"] for r in records["records"]} == {"calmrl", "pmrl-drop", "oracle"}
+    em = records["em_synthetic"]["history"]
+    assert all(b >= a - 1e-9 for a, b in zip(em, em[1:]))
