@@ -74,10 +74,11 @@ def pmrl_loss(A: Tensor, mask: Tensor | None = None, *, tau1: float = 0.05, tau2
     to the positive side of its own anchor. ``column_weights`` ``(B, M)`` scales columns
     before the decomposition (e.g. imputation confidence).
     """
+    given = mask
     mask = _full_mask(A, mask)
     if column_weights is not None:
         A = A * column_weights.to(A.dtype).unsqueeze(-1)
-    s, valid, _, u = spectrum(A, mask)
+    s, valid, _, u = spectrum(A, given)
     logits = (s / tau1).masked_fill(~valid, float("-inf"))
     multi = mask.sum(-1) >= 2
     logp = torch.log_softmax(logits, dim=-1)[:, 0]

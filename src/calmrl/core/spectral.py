@@ -48,13 +48,6 @@ def safe_eigh(G: Tensor) -> tuple[Tensor, Tensor]:
     return _SafeEigh.apply(G)
 
 
-def masked_gram(A: Tensor, mask: Tensor | None = None) -> Tensor:
-    r""":math:`G_i = A_i^\top A_i` with missing columns zeroed; ``A`` is ``(B, M, d)``."""
-    if mask is not None:
-        A = A * mask.to(A.dtype).unsqueeze(-1)
-    return A @ A.transpose(-2, -1)
-
-
 def spectrum(A: Tensor, mask: Tensor | None = None, *, eps: float = 1e-12
              ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     r"""Singular values and the principal left singular vector of each instance's observed columns.
@@ -66,16 +59,19 @@ def spectrum(A: Tensor, mask: Tensor | None = None, *, eps: float = 1e-12
     :math:`u_i^\top\sum_m a_{im} \ge 0` (equivalently :math:`\sum_m v_{1,m}\ge 0`).
     """
     B, M, _ = A.shape
-    if mask is None:
-        mask = torch.ones(B, M, dtype=torch.bool, device=A.device)
-    G = masked_gram(A, mask)
-    evals, evecs = safe_eigh(G)
+    if mask is not None and bool(mask.all()):
+        mask = None                                                 # fast path: no masking copies
+    Am = A if mask is None else A * mask.to(A.dtype).unsqueeze(-1)
+    evals, evecs = safe_eigh(Am @ Am.transpose(-2, -1))
     evals, evecs = evals.flip(-1), evecs.flip(-1)                  # descending
     s = evals.clamp_min(eps).sqrt()
-    n_obs = mask.sum(-1, keepdim=True)
-    valid = torch.arange(M, device=A.device)[None, :] < n_obs
-    v1 = evecs[..., 0] * mask.to(A.dtype)
+    if mask is None:
+        valid = torch.ones(B, M, dtype=torch.bool, device=A.device)
+        v1 = evecs[..., 0]
+    else:
+        valid = torch.arange(M, device=A.device)[None, :] < mask.sum(-1, keepdim=True)
+        v1 = evecs[..., 0] * mask.to(A.dtype)
     sign = torch.where(v1.sum(-1, keepdim=True) < 0, -1.0, 1.0).to(A.dtype).detach()
     v1 = v1 * sign
-    u = torch.einsum("bm,bmd->bd", v1, A * mask.to(A.dtype).unsqueeze(-1)) / s[:, :1]
+    u = torch.einsum("bm,bmd->bd", v1, Am) / s[:, :1]
     return s, valid, v1, u
