@@ -90,14 +90,8 @@ def cmd_impute(args) -> int:
     data = FeatureStore(args.store).read()
     if data.names != splits.names:
         raise SystemExit(f"error: store modalities {data.names} differ from the model's {splits.names}")
-    if cfg.data.standardize:
-        # the same statistics as in training
-        from .train.runner import _load_source
-        from .data import stratified_split
-        src = _load_source(cfg)
-        tr, _, _ = stratified_split(src.n, src.labels, cfg.data.val_fraction, cfg.data.test_fraction, cfg.train.seed)
-        _, stats = src.subset(tr).standardize()
-        data, _ = data.standardize(stats)
+    if splits.standardization is not None:
+        data, _ = data.standardize(splits.standardization)   # the training split's statistics
     A, mask = embed_data(model.encoder, data)
     cal = model.calibrator
     if not bool(cal.initialized):

@@ -58,8 +58,7 @@ class CalMRLModel:
         for m, name in enumerate(self.names):
             v = present.get(name)
             if v is None:
-                d = getattr(self.encoder.encoders[m], "in_features", None)
-                views.append(torch.zeros(n, 1) if d is None else torch.zeros(n, d))
+                views.append(torch.zeros(n, 1))  # placeholder: encoders never run on missing rows
                 continue
             if isinstance(v, Tensor) and not bool(torch.isfinite(v).all()):
                 raise ValueError(f"modality '{name}' holds NaN/inf values")

@@ -76,6 +76,7 @@ class Splits:
     test: MultiViewData
     names: list[str]
     dims: list[int]
+    standardization: list | None = None  # per-modality (mean, std) of the training split, or None
 
 
 def _load_source(cfg: Config) -> MultiViewData:
@@ -107,6 +108,7 @@ def prepare_data(cfg: Config, method: str | None = None) -> Splits:
     test = test.subset(np.nonzero(test.mask.all(1))[0])
     if test.n < 2:
         raise ValueError("the test split has fewer than 2 complete instances; retrieval cannot be evaluated")
+    stats = None
     if cfg.data.standardize:
         train, stats = train.standardize()
         val, _ = val.standardize(stats)
@@ -130,7 +132,7 @@ def prepare_data(cfg: Config, method: str | None = None) -> Splits:
     never = [data.names[m] for m in range(M) if not train.mask[:, m].any()]
     if never:
         raise ValueError(f"modality(ies) {never} are never observed in the training split")
-    return Splits(train, train_full, val, test, list(data.names), data.dims)
+    return Splits(train, train_full, val, test, list(data.names), data.dims, stats)
 
 
 class EpochShuffleSampler(torch.utils.data.Sampler):
