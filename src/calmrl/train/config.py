@@ -89,6 +89,9 @@ class CalibratorConfig:
     momentum: float = _f(0.1, lo=0.0, hi=1.0, help="step schedule: EMA weight of a batch's statistics")
     jitter: float = _f(1e-6, lo=0.0)
     sigma2_floor: float = _f(1e-6, lo=0.0)
+    max_cached: int = _f(100_000_000, lo=0, help="epoch schedule: cache at most this many embedding numbers "
+                                                 "(N*M*d) per refit; above it every EM iteration re-embeds "
+                                                 "the training data batch by batch (memory flat in N)")
 
 
 @dataclass

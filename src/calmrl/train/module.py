@@ -60,33 +60,51 @@ class CalMRLModule(L.LightningModule):
             for t in (self.calibrator.W, self.calibrator.mu, self.calibrator.sigma2):
                 dist.broadcast(t, 0)
 
-    @torch.no_grad()
-    def refit_calibrator(self, loader, em_iters: int) -> list[float]:
-        """Bi-step (1): embed the training set with frozen encoders, then ``em_iters`` EM iterations."""
-        was = self.encoder.training
-        self.encoder.eval()
-        As, masks = [], []
+    def _embed_batches(self, loader):
         for batch in loader:
             views = [v.to(self.device) for v in batch["views"]]
             mask = batch["mask"].to(self.device)
-            As.append(self.encoder(views, mask).to(self.calibrator.W.dtype))
-            masks.append(mask)
-        self.encoder.train(was)
-        A, mask = torch.cat(As), torch.cat(masks)
-        if not bool(self.calibrator.initialized):
-            self.calibrator.init_from_data(A, mask)
+            yield self.encoder(views, mask).to(self.calibrator.W.dtype), mask
+
+    @torch.no_grad()
+    def refit_calibrator(self, loader, em_iters: int) -> list[float]:
+        """Bi-step (1): embed the training set with frozen encoders, then ``em_iters`` EM iterations.
+
+        Embeddings are cached for the refit when ``N*M*d <= calibrator.max_cached``; otherwise
+        every EM iteration re-embeds the data batch by batch, so memory stays flat in N.
+        Statistics and likelihoods are summed over processes before each M-step."""
+        was = self.encoder.training
+        self.encoder.eval()
+        cal = self.calibrator
+        n_local = len(loader.dataset) if hasattr(loader, "dataset") else None
+        cached = n_local is not None and n_local * cal.M * cal.D <= self.cfg.calibrator.max_cached
+        if cached:
+            A, mask = (torch.cat(t) for t in zip(*self._embed_batches(loader)))
+            passes = lambda: [(A, mask)]  # noqa: E731
+        else:
+            passes = lambda: self._embed_batches(loader)  # noqa: E731
+        if not bool(cal.initialized):
+            first = [(a, m) for a, m in passes()] if cached else []
+            if not cached:
+                for a, m in passes():
+                    first.append((a, m))
+                    if sum(x.shape[0] for x, _ in first) >= 20000:
+                        break
+            cal.init_from_data(torch.cat([a for a, _ in first]), torch.cat([m for _, m in first]))
             self._broadcast_params()
         history = []
-        n_total = torch.tensor(float(A.shape[0]), device=self.device)
-        if is_distributed():
-            dist.all_reduce(n_total)
         for _ in range(em_iters):
-            stats, ll = self.calibrator.accumulate(A, mask, batch_size=8192)
-            ll_t = torch.tensor(ll, device=self.device)
+            total, ll, n = None, 0.0, 0
+            for a, m in passes():
+                st, l_ = cal.accumulate(a, m, batch_size=8192)
+                total = st if total is None else total + st
+                ll, n = ll + l_, n + a.shape[0]
+            t = torch.tensor([ll, float(n)], dtype=torch.float64, device=self.device)
             if is_distributed():
-                dist.all_reduce(ll_t)
-            history.append(float(ll_t) / float(n_total))
-            self.calibrator.m_step(all_reduce_stats(stats))
+                dist.all_reduce(t)
+            history.append(float(t[0] / t[1]))
+            cal.m_step(all_reduce_stats(total))
+        self.encoder.train(was)
         return history
 
     def on_train_epoch_start(self):
