@@ -274,14 +274,19 @@ class SharedLatentCalibrator(nn.Module):
         return self.posterior(Z, mask).mean
 
     @_full_precision
-    def impute(self, Z: Tensor, mask: Tensor | None = None, posterior: Posterior | None = None) -> Imputation:
-        r"""Impute every modality as :math:`W_m\mathbb E[\beta_i]+\mu_m` with a confidence."""
-        Z, mask = self._check(Z, mask)
+    def impute(self, Z: Tensor, mask: Tensor | None = None, posterior: Posterior | None = None, *,
+               validate: bool = True) -> Imputation:
+        r"""Impute every modality as :math:`W_m\mathbb E[\beta_i]+\mu_m` with a confidence.
+
+        Differentiable in ``Z`` through the posterior mean. ``validate=False`` skips the
+        input checks (for trusted tensors already in the calibrator's dtype, e.g. a training step)."""
+        if validate:
+            Z, mask = self._check(Z, mask)
         post = posterior if posterior is not None else self.posterior(Z, mask, validate=False)
         values = torch.einsum("mdk,bk->bmd", self.W, post.mean) + self.mu
         filled = torch.where(mask[..., None], Z, values)
         # tr(W_m V_p W_m^T) = <W_m^T W_m, V_p>_F, per pattern then gathered per instance.
-        WtW = self.W.transpose(1, 2) @ self.W                                 # (M, k, k)
+        WtW = self._scaled_gram() * self.sigma2[:, None, None]                # (M, k, k), cached
         tr_post = torch.einsum("mkl,pkl->pm", WtW, post.cov)                  # (P, M)
         tr_prior = WtW.diagonal(dim1=1, dim2=2).sum(-1)                       # (M,)
         d = self.dims.to(self.W.dtype)

@@ -34,14 +34,13 @@ def fill_missing(A: Tensor, mask: Tensor, calibrator: SharedLatentCalibrator, cf
     posterior mean (linear in the observed columns) back into the observed encoders.
     """
     src = A if cfg.impute_grad else A.detach()
-    post = calibrator.posterior(src.to(calibrator.W.dtype), mask, validate=False)
-    imputed = (torch.einsum("mdk,bk->bmd", calibrator.W, post.mean) + calibrator.mu).to(A.dtype)
+    imp = calibrator.impute(src.to(calibrator.W.dtype), mask, validate=False)
+    imputed = imp.values.to(A.dtype)
     if cfg.renormalize_imputed:
         imputed = F.normalize(imputed, dim=-1)
     filled = torch.where(mask[..., None], A, imputed)
     weights = None
     if cfg.confidence_weighting:
-        imp = calibrator.impute(src.to(calibrator.W.dtype), mask, posterior=post)
         weights = torch.where(mask, torch.ones_like(imp.confidence), imp.confidence).to(A.dtype).detach()
     return filled, weights
 
@@ -51,27 +50,25 @@ def alignment_loss(A: Tensor, mask: Tensor, cfg: MethodConfig, *, anchor: int = 
                    ) -> tuple[Tensor, dict[str, Tensor]]:
     """Loss of one batch for method ``cfg.name``; returns ``(loss, logs)``."""
     name = cfg.name
-    if name in ("pmrl-drop", "oracle") or (name == "calmrl" and not calibrated):
-        out = pmrl_loss(A, mask, tau1=cfg.tau1, tau2=cfg.tau2, inter_weight=cfg.inter_weight, inter=cfg.inter)
-        return out.loss, {"intra": out.intra.detach(), "inter": out.inter.detach()}
-    if name == "calmrl":
-        filled, weights = fill_missing(A, mask, calibrator, cfg)
-        out = pmrl_loss(filled, None, tau1=cfg.tau1, tau2=cfg.tau2, inter_weight=cfg.inter_weight,
+
+    def pmrl(cols: Tensor, cols_mask: Tensor | None, weights: Tensor | None = None):
+        out = pmrl_loss(cols, cols_mask, tau1=cfg.tau1, tau2=cfg.tau2, inter_weight=cfg.inter_weight,
                         inter=cfg.inter, column_weights=weights)
         return out.loss, {"intra": out.intra.detach(), "inter": out.inter.detach()}
+
+    if name in ("pmrl-drop", "oracle") or (name == "calmrl" and not calibrated):
+        return pmrl(A, mask)
+    if name == "calmrl":
+        filled, weights = fill_missing(A, mask, calibrator, cfg)
+        return pmrl(filled, None, weights)
     if name == "pmrl-meanfill":
         w = mask.to(A.dtype)[..., None]
         mean_dir = F.normalize((A.detach() * w).sum(0) / w.sum(0).clamp_min(1), dim=-1)   # (M, d)
-        filled = torch.where(mask[..., None], A, mean_dir.expand_as(A))
-        out = pmrl_loss(filled, None, tau1=cfg.tau1, tau2=cfg.tau2, inter_weight=cfg.inter_weight, inter=cfg.inter)
-        return out.loss, {"intra": out.intra.detach(), "inter": out.inter.detach()}
+        return pmrl(torch.where(mask[..., None], A, mean_dir.expand_as(A)), None)
     if name == "pmrl-zerofill":
-        out = pmrl_loss(A * mask[..., None], None, tau1=cfg.tau1, tau2=cfg.tau2, inter_weight=cfg.inter_weight, inter=cfg.inter)
-        return out.loss, {"intra": out.intra.detach(), "inter": out.inter.detach()}
+        return pmrl(A * mask[..., None], None)
     if name == "gram":
-        loss = gram_loss(A, mask, anchor=anchor, tau=cfg.tau2)
-        return loss, {}
+        return gram_loss(A, mask, anchor=anchor, tau=cfg.tau2), {}
     if name == "anchor-infonce":
-        loss = anchor_infonce_loss(A, mask, anchor=anchor, tau=cfg.tau2)
-        return loss, {}
+        return anchor_infonce_loss(A, mask, anchor=anchor, tau=cfg.tau2), {}
     raise ValueError(f"unknown method '{name}'")
