@@ -117,3 +117,16 @@ def test_calibrator_ignores_autocast():
     assert got.values.dtype == torch.float32
     torch.testing.assert_close(got.values, ref.values)
     assert torch.isfinite(cal.W).all()
+
+
+def test_resume_from_truncated_checkpoint_is_a_clear_error(tmp_path):
+    import dataclasses
+    from calmrl.train import CheckpointError, run
+    cfg = load_config(None, ["model.embed_dim=16", "model.hidden_dim=32", "train.epochs=2", "train.progress=false",
+                             "calibrator.warmup_epochs=1", f"output_dir={tmp_path}"])
+    run(cfg)
+    ckpt = tmp_path / "calmrl" / "checkpoints" / "last.ckpt"
+    data = ckpt.read_bytes()
+    ckpt.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+        run(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=4)), resume=True)

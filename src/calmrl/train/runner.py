@@ -213,7 +213,6 @@ def run(cfg: Config, *, method: str | None = None, resume: bool = False, splits:
     ckpt_path = run_dir / "checkpoints" / "last.ckpt"
     resume_from = None
     if resume and ckpt_path.exists():
-        load_checkpoint(ckpt_path)  # clear error if corrupt, before Lightning touches it
         resume_from = str(ckpt_path)
     (run_dir / "config.yaml").write_text(_yaml(config_to_dict(cfg)))
     t0 = time.time()
