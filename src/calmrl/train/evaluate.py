@@ -47,6 +47,10 @@ def retrieval_table(A: Tensor, names: Sequence[str], *, ks=(1, 5, 10), chunk_siz
             if q != g:
                 ranks = retrieval_ranks(A[:, q], A[:, g], chunk_size=chunk_size, backend=backend)
                 table[f"{names[q]}->{names[g]}"] = summarize_ranks(ranks, ks)
+    return _with_average(table)
+
+
+def _with_average(table: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
     keys = next(iter(table.values())).keys()
     table["average"] = {k: float(np.mean([v[k] for v in table.values()])) for k in keys}
     return table
@@ -62,9 +66,7 @@ def fused_retrieval(A: Tensor, names: Sequence[str], *, ks=(1, 5, 10), chunk_siz
         query = F.normalize(A[:, others].sum(1), dim=-1)
         ranks = retrieval_ranks(query, A[:, g], chunk_size=chunk_size, backend=backend)
         table[f"rest->{names[g]}"] = summarize_ranks(ranks, ks)
-    keys = next(iter(table.values())).keys()
-    table["average"] = {k: float(np.mean([v[k] for v in table.values()])) for k in keys}
-    return table
+    return _with_average(table)
 
 
 def _fuse(A: Tensor, mask: Tensor) -> Tensor:
@@ -94,17 +96,18 @@ def anchor_report(A_full: Tensor, mask: Tensor, calibrator: SharedLatentCalibrat
         calibrator.fit(A_full.to(calibrator.W.dtype), mask, n_iter=em_iters, init=None)
     imputed = calibrator.impute(A_full.to(calibrator.W.dtype), mask).values.to(A_full)  # same device and dtype
     hidden = ~mask
-    out = {
-        "shift_observed_deg": float(anchor_shift(A_full, mask)[hidden.any(1)].mean()) if hidden.any() else 0.0,
-        "shift_calibrated_deg": float(anchor_shift(A_full, mask, imputed)[hidden.any(1)].mean()) if hidden.any() else 0.0,
-        "shift_calibrated_unit_deg": float(anchor_shift(A_full, mask, F.normalize(imputed, dim=-1))[hidden.any(1)].mean())
-        if hidden.any() else 0.0,
+    rows = hidden.any(1)          # instances with at least one hidden cell
+    if not bool(rows.any()):
+        return {"shift_observed_deg": 0.0, "shift_calibrated_deg": 0.0, "shift_calibrated_unit_deg": 0.0}
+    A_r, m_r, imp_r = A_full[rows], mask[rows], imputed[rows]
+    q = imputation_quality(imputed, A_full, hidden)
+    return {
+        "shift_observed_deg": float(anchor_shift(A_r, m_r).mean()),
+        "shift_calibrated_deg": float(anchor_shift(A_r, m_r, imp_r).mean()),
+        "shift_calibrated_unit_deg": float(anchor_shift(A_r, m_r, F.normalize(imp_r, dim=-1)).mean()),
+        "imputation_cosine": float(np.nanmean(q["cosine"].cpu().numpy())),
+        "imputation_r2": float(np.nanmean(q["r2"].cpu().numpy())),
     }
-    if hidden.any():
-        q = imputation_quality(imputed, A_full, hidden)
-        out["imputation_cosine"] = float(np.nanmean(q["cosine"].numpy()))
-        out["imputation_r2"] = float(np.nanmean(q["r2"].numpy()))
-    return out
 
 
 def evaluate_embeddings(test_A: Tensor, names: Sequence[str], *, ks=(1, 5, 10), chunk_size: int = 4096,
