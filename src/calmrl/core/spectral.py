@@ -48,30 +48,80 @@ def safe_eigh(G: Tensor) -> tuple[Tensor, Tensor]:
     return _SafeEigh.apply(G)
 
 
+class _PrincipalSpectrum(torch.autograd.Function):
+    r"""Eigenvalues of the masked Gram and the principal left singular vector, with one
+    hand-written backward pass.
+
+    Forward: :math:`G = (AA^\top)\circ ww^\top` (``w`` the 0/1 column mask),
+    :math:`G = V\Lambda V^\top` (descending), :math:`v_1 \leftarrow \pm w\circ v_1` with the sign
+    making :math:`\sum_m v_{1m}\ge 0`, :math:`u = A^\top v_1/s_1`, :math:`s_1=\sqrt{\lambda_1}`.
+
+    Backward (:math:`\bar x` the incoming gradient of :math:`x`):
+    :math:`\bar c = A\bar u`, :math:`\bar v_1 \mathrel{+}= \bar c/s_1`,
+    :math:`\bar\lambda_1 \mathrel{+}= -\tfrac{v_1^\top\bar c}{2 s_1^3}`,
+    :math:`\bar G = V\,\mathrm{sym}(\mathrm{diag}(\bar\lambda) + F\circ V^\top\bar V)\,V^\top`
+    with the broadened :math:`F` of :func:`safe_eigh` (only the first column of :math:`\bar V`
+    is non-zero), and :math:`\bar A = (v_1/s_1)\,\bar u^\top + 2(\bar G\circ ww^\top)A`.
+    Equal to autograd through :func:`safe_eigh` (tested), without its dozen intermediate
+    ``(B, M, d)`` tensors; see ``benchmarks/bench_core.py``.
+    """
+
+    @staticmethod
+    def forward(ctx, A: Tensor, w: Tensor, eps: float):
+        G = (A @ A.transpose(-2, -1)) * (w.unsqueeze(-1) * w.unsqueeze(-2))
+        evals, V = torch.linalg.eigh(G)
+        evals, V = evals.flip(-1), V.flip(-1)                          # descending
+        sign = torch.where((V[..., 0] * w).sum(-1, keepdim=True) < 0, -1.0, 1.0).to(A.dtype)
+        v1 = V[..., 0] * w * sign
+        s1 = evals[..., :1].clamp_min(eps).sqrt()
+        u = torch.einsum("bm,bmd->bd", v1 / s1, A)
+        ctx.save_for_backward(A, w, evals, V, sign, s1)
+        ctx.eps = eps
+        return evals, v1, u
+
+    @staticmethod
+    def backward(ctx, g_evals, g_v1, g_u):
+        A, w, evals, V, sign, s1 = ctx.saved_tensors
+        v1 = V[..., 0] * w * sign
+        g_evals = torch.zeros_like(evals) if g_evals is None else g_evals.clone()
+        g_vcol = torch.zeros_like(v1) if g_v1 is None else g_v1 * w * sign   # d loss / d V[..., 0]
+        outer = None
+        if g_u is not None:
+            gc = (A * g_u.unsqueeze(-2)).sum(-1)                              # A u_bar, (B, M)
+            g_vcol = g_vcol + gc * w * sign / s1
+            g_s1 = -(gc * v1).sum(-1, keepdim=True) / s1 ** 2
+            g_evals[..., :1] += torch.where(evals[..., :1] > ctx.eps, 0.5 * g_s1 / s1, torch.zeros_like(s1))
+            outer = (v1 / s1).unsqueeze(-1) * g_u.unsqueeze(-2)
+        E = evals.unsqueeze(-2) - evals.unsqueeze(-1)                         # E_ij = l_j - l_i
+        scale = evals.abs().amax(-1, keepdim=True).unsqueeze(-1).clamp_min(1.0)
+        delta2 = (torch.finfo(evals.dtype).eps ** 0.5 * scale) ** 2
+        f = E[..., :, 0] / (E[..., :, 0] ** 2 + delta2[..., 0])               # column 0 of F
+        f[..., 0] = 0.0
+        inner = torch.diag_embed(g_evals)
+        inner[..., :, 0] += f * (V * g_vcol.unsqueeze(-1)).sum(-2)            # F o (V^T V_bar), column 0
+        inner = 0.5 * (inner + inner.transpose(-2, -1))
+        gG = V @ inner @ V.transpose(-2, -1) * (w.unsqueeze(-1) * w.unsqueeze(-2))
+        gA = 2.0 * (gG @ A) if outer is None else torch.baddbmm(outer, gG, A, alpha=2.0)
+        return gA, None, None
+
+
 def spectrum(A: Tensor, mask: Tensor | None = None, *, eps: float = 1e-12
              ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     r"""Singular values and the principal left singular vector of each instance's observed columns.
 
     Returns ``(s, valid, v1, u)``: ``s`` ``(B, M)`` singular values in descending order,
-    ``valid`` ``(B, M)`` marks the first ``|O_i|`` of them (the padded zero columns add
-    zero eigenvalues, which are the *last* ones and are excluded), ``v1`` ``(B, M)``,
-    ``u`` ``(B, d)`` the principal left singular vector, sign fixed so that
+    ``valid`` ``(B, M)`` marks the first ``|O_i|`` of them (the masked columns add zero
+    eigenvalues, which are the *last* ones and are excluded), ``v1`` ``(B, M)`` (zero on
+    masked columns), ``u`` ``(B, d)`` the principal left singular vector, sign fixed so that
     :math:`u_i^\top\sum_m a_{im} \ge 0` (equivalently :math:`\sum_m v_{1,m}\ge 0`).
+    Computed in at least float32 (half-precision inputs are promoted, autocast is off).
     """
     B, M, _ = A.shape
-    if mask is not None and bool(mask.all()):
-        mask = None                                                 # fast path: no masking copies
-    Am = A if mask is None else A * mask.to(A.dtype).unsqueeze(-1)
-    evals, evecs = safe_eigh(Am @ Am.transpose(-2, -1))
-    evals, evecs = evals.flip(-1), evecs.flip(-1)                  # descending
+    work = A.float() if A.dtype in (torch.float16, torch.bfloat16) else A
+    w = (torch.ones(B, M, dtype=work.dtype, device=A.device) if mask is None
+         else mask.to(device=A.device, dtype=work.dtype))
+    with torch.autocast(device_type=A.device.type, enabled=False):
+        evals, v1, u = _PrincipalSpectrum.apply(work, w, eps)
     s = evals.clamp_min(eps).sqrt()
-    if mask is None:
-        valid = torch.ones(B, M, dtype=torch.bool, device=A.device)
-        v1 = evecs[..., 0]
-    else:
-        valid = torch.arange(M, device=A.device)[None, :] < mask.sum(-1, keepdim=True)
-        v1 = evecs[..., 0] * mask.to(A.dtype)
-    sign = torch.where(v1.sum(-1, keepdim=True) < 0, -1.0, 1.0).to(A.dtype).detach()
-    v1 = v1 * sign
-    u = torch.einsum("bm,bmd->bd", v1, Am) / s[:, :1]
+    valid = torch.arange(M, device=A.device)[None, :] < w.sum(-1, keepdim=True)
     return s, valid, v1, u
