@@ -18,8 +18,8 @@ def test_posterior_matches_dense_gaussian_conditioning(dims):
     ll = cal.log_likelihood(Z, mask)
     for i in range(40):  # brute-force reference, per instance on purpose
         mean, cov, loglik = dense_conditioning(cal, Z[i], mask[i])
-        torch.testing.assert_close(post.mean[i], mean, atol=1e-6, rtol=1e-6)
-        torch.testing.assert_close(post.cov[post.pattern_index[i]], cov, atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(post.mean[i], mean, atol=1e-10, rtol=1e-10)
+        torch.testing.assert_close(post.cov[post.pattern_index[i]], cov, atol=1e-10, rtol=1e-10)
         assert abs(float(ll[i] - loglik)) < 1e-6
 
 
@@ -64,6 +64,42 @@ def test_imputation_and_confidence():
     m = 1
     ref = torch.trace(cal.W[m] @ V @ cal.W[m].T) / cal.D + cal.sigma2[m]
     assert abs(float(imp.predictive_var[0, m] - ref)) < 1e-10
+
+
+def test_missing_only_imputation_equals_full_and_keeps_gradients():
+    from calmrl.train.config import MethodConfig
+    from calmrl.train.methods import fill_missing
+    cal = random_calibrator(M=3, D=5, k=2)
+    Z, _ = sample_from(cal, 30)
+    mask = random_mask(30, 3, 0.5)
+    full = cal.impute(Z, mask)
+    fast = cal.impute(Z, mask, observed_too=False)
+    torch.testing.assert_close(fast.filled, full.filled, atol=1e-12, rtol=0)
+    torch.testing.assert_close(fast.confidence, full.confidence)
+    for impute_grad in (False, True):
+        A = Z.clone().requires_grad_(True)
+        filled, _ = fill_missing(A, mask, cal, MethodConfig(impute_grad=impute_grad))
+        torch.testing.assert_close(filled, full.filled, atol=1e-12, rtol=0)
+        filled[~mask].sum().backward()          # gradient of the imputed cells only
+        reaches = bool(A.grad.abs().sum() > 0)
+        assert reaches == impute_grad          # through the posterior mean only with impute_grad
+        assert float(A.grad[~mask].abs().sum()) == 0.0
+
+
+def test_stats_equal_a_dense_masked_reference():
+    cal = random_calibrator(M=3, D=5, k=2, dims=[5, 3, 4])
+    Z, _ = sample_from(cal, 40)
+    for mask in (random_mask(40, 3, 0.5), torch.ones(40, 3, dtype=torch.bool)):
+        post = cal.posterior(Z, mask)
+        st_ = cal.sufficient_stats(Z, mask, post)
+        w = mask.double()
+        Eb, V = post.mean, post.instance_cov()
+        torch.testing.assert_close(st_.n, w.sum(0))
+        torch.testing.assert_close(st_.sz, torch.einsum("bm,bmd->md", w, Z))
+        torch.testing.assert_close(st_.szb, torch.einsum("bm,bmd,bk->mdk", w, Z, Eb))
+        torch.testing.assert_close(st_.sb, w.T @ Eb)
+        torch.testing.assert_close(st_.sbb, torch.einsum("bm,bkl->mkl", w, V + Eb[:, :, None] * Eb[:, None, :]))
+        torch.testing.assert_close(st_.szz, torch.einsum("bm,bmd->m", w, Z * Z))
 
 
 def test_stats_are_additive_and_flatten_roundtrips():

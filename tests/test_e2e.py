@@ -129,3 +129,22 @@ def test_streaming_refit_matches_cached_refit(cfg):
     for a, b in zip(h_cached, h_stream):
         assert abs(a - b) < 1e-3 * max(1.0, abs(a))
     torch.testing.assert_close(model.calibrator.W, W_cached, atol=1e-4, rtol=1e-3)
+
+
+@pytest.mark.slow
+def test_step_schedule_with_gradient_through_imputations_and_confidence_weights(cfg, tmp_path):
+    """Stochastic EM (one E-step per batch serves imputation and statistics; M-step after the
+    optimiser step) with impute_grad and confidence weighting trains on the real data."""
+    import torch
+    from calmrl.train.config import apply_overrides
+    from calmrl.train.runner import load_checkpoint
+    c = apply_overrides(cfg, ["calibrator.schedule=step", "method.impute_grad=true",
+                              "method.confidence_weighting=true", "train.epochs=6", "calibrator.warmup_epochs=1",
+                              f"output_dir={tmp_path}"])
+    splits = prepare_data(c)
+    res = run(c, splits=splits)
+    assert all(torch.isfinite(torch.tensor(res["loss_history"])))
+    assert res["pairs"]["average"]["R@1"] > 5 * 100.0 / splits.test.n     # 6 short epochs: ~8x chance
+    state = load_checkpoint(tmp_path / "calmrl" / "checkpoints" / "last.ckpt")["state_dict"]
+    assert bool(state["running_valid"]) and bool(state["calibrator.initialized"])
+    assert res["anchor"]["shift_calibrated_deg"] < res["anchor"]["shift_observed_deg"]

@@ -130,3 +130,19 @@ def test_resume_from_truncated_checkpoint_is_a_clear_error(tmp_path):
     ckpt.write_bytes(data[: len(data) // 2])
     with pytest.raises(CheckpointError, match="corrupt or truncated"):
         run(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=4)), resume=True)
+
+
+@pytest.mark.parametrize("n", [5, 127, 128, 129, 300])
+def test_blocked_cholesky_equals_lapack_and_reports_failures(n):
+    from calmrl.core.calibrator import blocked_cholesky_ex
+    g = torch.Generator().manual_seed(n)
+    X = torch.randn(3, n, n + 5, generator=g, dtype=torch.float64)
+    A = X @ X.transpose(1, 2) + torch.eye(n, dtype=torch.float64)
+    L, info = blocked_cholesky_ex(A)
+    torch.testing.assert_close(L, torch.linalg.cholesky(A), atol=1e-10, rtol=1e-10)
+    assert (info == 0).all()
+    bad = A.clone()
+    bad[1, n - 1, n - 1] = -1.0          # last leading minor fails: info = n, like LAPACK
+    bad[2, 0, 0] = -1.0                  # first one fails: info = 1
+    _, info = blocked_cholesky_ex(bad)
+    assert info.tolist() == [0, n, 1]

@@ -32,7 +32,8 @@ from torch import Tensor, nn
 
 from .validation import check_embeddings
 
-__all__ = ["SharedLatentCalibrator", "Posterior", "Imputation", "SufficientStats", "missing_patterns"]
+__all__ = ["SharedLatentCalibrator", "Posterior", "Imputation", "SufficientStats", "missing_patterns",
+           "modality_rows"]
 
 
 def _full_precision(fn):
@@ -62,6 +63,36 @@ def missing_patterns(mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     uniq, index, counts = torch.unique(codes, return_inverse=True, return_counts=True)
     patterns = (uniq[:, None] & bits) != 0
     return patterns, index, counts
+
+
+def modality_rows(mask: Tensor, observed: bool = True) -> list[Tensor]:
+    """For each modality, the indices of the rows where it is observed (or missing).
+
+    The E-step, the statistics and the imputation loop over these ``M`` index sets (never
+    over instances) so that their ``(rows x d x k)`` products skip the cells that do not
+    take part: with half the cells missing they do half the work of a masked dense product."""
+    cols = mask if observed else ~mask
+    return [cols[:, m].nonzero().squeeze(1) for m in range(mask.shape[1])]
+
+
+def blocked_cholesky_ex(A: Tensor, block: int = 64) -> tuple[Tensor, Tensor]:
+    r"""``torch.linalg.cholesky_ex`` by 2 x 2 blocks for matrices wider than ``2 * block``.
+
+    :math:`L_{11}L_{11}^\top = A_{11}`, :math:`L_{21} = A_{21}L_{11}^{-\top}` (triangular solve),
+    :math:`L_{22}L_{22}^\top = A_{22} - L_{21}L_{21}^\top` (recursively). The same factor; on
+    CPU the batched LAPACK factorisation of ``k >= 128`` matrices is about twice as slow as
+    this split, whose off-diagonal work is a triangular solve and a GEMM. ``info`` is 0 or the
+    order of the first failing leading minor, as in ``cholesky_ex``."""
+    n = A.shape[-1]
+    if n < 2 * block:
+        return torch.linalg.cholesky_ex(A)
+    b = n // 2
+    L11, info1 = torch.linalg.cholesky_ex(A[..., :b, :b])
+    L21 = torch.linalg.solve_triangular(L11.transpose(-2, -1), A[..., b:, :b], upper=True, left=False)
+    L22, info2 = blocked_cholesky_ex(A[..., b:, b:] - L21 @ L21.transpose(-2, -1), block)
+    L = torch.cat([torch.cat([L11, torch.zeros_like(L21.transpose(-2, -1))], -1), torch.cat([L21, L22], -1)], -2)
+    info = torch.where(info1 > 0, info1, torch.where(info2 > 0, info2 + b, info2))
+    return L, info
 
 
 @dataclass
@@ -228,7 +259,7 @@ class SharedLatentCalibrator(nn.Module):
         eye = self._eye(A.shape[-1])
         jitter = 0.0
         for attempt in range(8):
-            L, info = torch.linalg.cholesky_ex(A + jitter * eye if jitter else A)
+            L, info = blocked_cholesky_ex(A + jitter * eye if jitter else A)
             if not bool((info > 0).any()):
                 return L
             jitter = self.jitter if attempt == 0 else jitter * 10.0
@@ -241,23 +272,34 @@ class SharedLatentCalibrator(nn.Module):
 
         :math:`P_O = I + \sum_{m\in O} W_m^\top W_m/\sigma_m^2`, :math:`V_O = P_O^{-1}`,
         :math:`\mathbb E[\beta_i] = V_O \sum_{m\in O} W_m^\top (z_{im}-\mu_m)/\sigma_m^2`.
-        One Cholesky per distinct pattern; the means come from triangular solves.
+        One Cholesky factor per distinct pattern gives :math:`V_O` (``cholesky_inverse``); the
+        means of a pattern's instances are then one GEMM with :math:`V_O`. As
+        :math:`P_O \succeq I`, :math:`\lVert V_O\rVert_2 \le 1` and this product is as accurate as two
+        triangular solves (tested to 1e-10 against dense Gaussian conditioning in float64)
+        while several times faster for small groups.
         Differentiable in ``Z`` (useful when gradients should pass through imputations).
         """
         if validate:
             Z, mask = self._check(Z, mask)
         W, s2 = self.W, self.sigma2
+        B = Z.shape[0]
         patterns, index, counts = missing_patterns(mask)
         prec = self._eye(self.k) + torch.einsum("pm,mkl->pkl", patterns.to(W.dtype), self._scaled_gram())
         L = self._cholesky(prec, "posterior precision")                     # (P, k, k)
-        X = (Z - self.mu) * (mask.to(W.dtype) / s2)[..., None]               # (B, M, D)
-        rhs = torch.einsum("bmd,mdk->bk", X, W)                             # (B, k)
-        # group instances by pattern once (one sort), then one multi-RHS solve per pattern
-        order = torch.argsort(index)
-        mean_sorted = torch.cat([torch.cholesky_solve(r.T, L[p]).T for p, r in
-                                 enumerate(torch.split(rhs[order], counts.tolist()))])   # <= 2^M patterns
-        mean = torch.empty_like(mean_sorted).index_copy(0, order, mean_sorted)
         cov = torch.cholesky_inverse(L)
+        if bool(mask.all()):                                                 # (B, k): one GEMM
+            rhs = ((Z - self.mu) / s2[:, None]).reshape(B, -1) @ W.reshape(-1, self.k)
+        else:                                                                # observed cells only
+            rhs = Z.new_zeros(B, self.k)
+            for m, rows in enumerate(modality_rows(mask)):                   # loop over modalities
+                if rows.numel():
+                    rhs = rhs.index_add(0, rows, (Z[rows, m] - self.mu[m]) @ W[m] / s2[m])
+        if cov.shape[0] == 1:
+            mean = rhs @ cov[0]
+        else:   # group instances by pattern once (one sort), then one GEMM per pattern (<= 2^M)
+            order = torch.argsort(index)
+            mean_sorted = torch.cat([r @ cov[p] for p, r in enumerate(torch.split(rhs[order], counts.tolist()))])
+            mean = torch.empty_like(mean_sorted).index_copy(0, order, mean_sorted)
         return Posterior(mean, cov, L, patterns, index, counts, rhs)
 
     def _scaled_gram(self) -> Tensor:
@@ -275,16 +317,25 @@ class SharedLatentCalibrator(nn.Module):
 
     @_full_precision
     def impute(self, Z: Tensor, mask: Tensor | None = None, posterior: Posterior | None = None, *,
-               validate: bool = True) -> Imputation:
+               validate: bool = True, observed_too: bool = True) -> Imputation:
         r"""Impute every modality as :math:`W_m\mathbb E[\beta_i]+\mu_m` with a confidence.
 
         Differentiable in ``Z`` through the posterior mean. ``validate=False`` skips the
-        input checks (for trusted tensors already in the calibrator's dtype, e.g. a training step)."""
+        input checks (for trusted tensors already in the calibrator's dtype, e.g. a training step).
+        ``observed_too=False`` computes the missing cells only (``values`` then equals
+        ``filled``), the training step's case."""
         if validate:
             Z, mask = self._check(Z, mask)
         post = posterior if posterior is not None else self.posterior(Z, mask, validate=False)
-        values = torch.einsum("mdk,bk->bmd", self.W, post.mean) + self.mu
-        filled = torch.where(mask[..., None], Z, values)
+        if observed_too:
+            values = torch.einsum("mdk,bk->bmd", self.W, post.mean) + self.mu
+            filled = torch.where(mask[..., None], Z, values)
+        else:
+            values = Z.clone()
+            for m, rows in enumerate(modality_rows(mask, observed=False)):   # loop over modalities
+                if rows.numel():
+                    values[rows, m] = post.mean[rows] @ self.W[m].T + self.mu[m]
+            filled = values
         # tr(W_m V_p W_m^T) = <W_m^T W_m, V_p>_F, per pattern then gathered per instance.
         WtW = self._scaled_gram() * self.sigma2[:, None, None]                # (M, k, k), cached
         tr_post = torch.einsum("mkl,pkl->pm", WtW, post.cov)                  # (P, M)
@@ -303,15 +354,21 @@ class SharedLatentCalibrator(nn.Module):
             if validate:
                 Z, mask = self._check(Z, mask)
             post = posterior if posterior is not None else self.posterior(Z, mask, validate=False)
-            w = mask.to(Z.dtype)
             Eb = post.mean.detach()
-            n = w.sum(0)
-            sz = torch.einsum("bm,bmd->md", w, Z)
-            szb = torch.einsum("bmd,bk->mdk", Z * w[..., None], Eb)
-            sb = w.T @ Eb
-            sbb = torch.einsum("bm,bk,bl->mkl", w, Eb, Eb) + torch.einsum(
-                "pm,pkl->mkl", post.patterns.to(Z.dtype) * post.counts[:, None].to(Z.dtype), post.cov)
-            szz = torch.einsum("bm,bmd->m", w, Z * Z)
+            n = mask.to(Z.dtype).sum(0)
+            cov_sum = torch.einsum("pm,pkl->mkl", post.patterns.to(Z.dtype) * post.counts[:, None].to(Z.dtype),
+                                   post.cov)                                   # sum of V_O over S_m
+            if bool(mask.all()):
+                sz, szz, sb = Z.sum(0), (Z * Z).sum((0, 2)), Eb.sum(0).expand(self.M, -1)
+                szb = (Z.reshape(Z.shape[0], -1).T @ Eb).view(self.M, self.D, self.k)
+                sbb = (Eb.T @ Eb).expand(self.M, -1, -1) + cov_sum
+            else:   # observed cells only, one loop over modalities
+                stats = []
+                for m, rows in enumerate(modality_rows(mask)):
+                    Zm, Em = Z[rows, m], Eb[rows]
+                    stats.append((Zm.sum(0), (Zm * Zm).sum(), Em.sum(0), Zm.T @ Em, Em.T @ Em))
+                sz, szz, sb, szb, sbb = (torch.stack(t) for t in zip(*stats))
+                sbb = sbb + cov_sum
             return SufficientStats(n, sz, szb, sb, sbb, szz)
 
     @_full_precision
@@ -322,13 +379,16 @@ class SharedLatentCalibrator(nn.Module):
         :math:`[W_m\ \mu_m] = (\sum z b^\top)(\sum B)^{-1}` with :math:`b=[\mathbb E\beta; 1]`,
         :math:`B=\mathbb E[bb^\top]`; then
         :math:`\sigma_m^2 = \frac{1}{d_m n_m}\big(\sum\lVert z\rVert^2 - 2\operatorname{tr}(\Theta^\top \sum z b^\top)
-        + \operatorname{tr}(\Theta^\top\Theta \sum B)\big)`, floored at ``sigma2_floor``.
+        + \operatorname{tr}(\Theta^\top\Theta \sum B)\big)
+        = \frac{1}{d_m n_m}\big(\sum\lVert z\rVert^2 - \operatorname{tr}(\Theta^\top \sum z b^\top)\big)`
+        (as :math:`\Theta\sum B = \sum z b^\top`), floored at ``sigma2_floor``.
         """
         with torch.no_grad():
             st = stats.to(dtype=self.W.dtype, device=self.W.device)
-            for f in _STAT_FIELDS:
-                if not bool(torch.isfinite(getattr(st, f)).all()):
-                    raise FloatingPointError(f"sufficient statistic '{f}' holds NaN/inf")
+            # one synchronising check: a sum is NaN/inf iff a term is (or the sum overflows)
+            if not bool(torch.isfinite(torch.stack([getattr(st, f).sum() for f in _STAT_FIELDS])).all()):
+                bad = [f for f in _STAT_FIELDS if not bool(torch.isfinite(getattr(st, f)).all())]
+                raise FloatingPointError(f"sufficient statistic(s) {bad or list(_STAT_FIELDS)} hold NaN/inf")
             M, k = self.M, self.k
             SB = torch.zeros(M, k + 1, k + 1, dtype=self.W.dtype, device=self.W.device)
             SB[:, :k, :k] = st.sbb
@@ -341,17 +401,22 @@ class SharedLatentCalibrator(nn.Module):
                 bad = [self.names[m] if self.names else m for m in (~ok).nonzero().flatten().tolist()]
                 warnings.warn(f"M-step skipped for modality(ies) {bad}: observed in fewer than "
                               f"{self.min_count} instances; their parameters are kept", RuntimeWarning)
-            if not bool(ok.any()):
-                return ok
+                if not bool(ok.any()):
+                    return ok
+                SB, SZB, st = SB[ok], SZB[ok], SufficientStats(*(getattr(st, f)[ok] for f in _STAT_FIELDS))
             # Scale-aware jitter: the statistics grow with n.
-            scale = SB.diagonal(dim1=1, dim2=2).mean(-1).clamp_min(1.0)
-            L = self._cholesky(SB[ok] / scale[ok, None, None], "M-step normal matrix")
-            theta = torch.cholesky_solve(SZB[ok].transpose(1, 2) / scale[ok, None, None], L).transpose(1, 2)
-            theta = theta * self.row_mask[ok][..., None]
-            cross = (theta * SZB[ok]).sum((1, 2))
-            quad = ((theta.transpose(1, 2) @ theta) * SB[ok]).sum((1, 2))
+            scale = SB.diagonal(dim1=1, dim2=2).mean(-1).clamp_min(1.0)[:, None, None]
+            L = self._cholesky(SB / scale, "M-step normal matrix")
+            # Theta (L L^T) = SZB: two triangular solves from the right, no transposed copies
+            Y = torch.linalg.solve_triangular(L.transpose(1, 2), SZB / scale, upper=True, left=False)
+            theta = torch.linalg.solve_triangular(L, Y, upper=False, left=False)
+            rows = self.row_mask if ok.all() else self.row_mask[ok]
+            theta = theta * rows[..., None]
+            # at the solution Theta SB = SZB, so tr(Theta^T Theta SB) = tr(Theta^T SZB) and the
+            # residual is sum ||z||^2 - tr(Theta^T SZB) (Tipping & Bishop's PPCA update)
+            cross = (theta * SZB).sum((1, 2))
             d = self.dims[ok].to(self.W.dtype)
-            s2 = (st.szz[ok] - 2 * cross + quad) / (d * st.n[ok])
+            s2 = (st.szz - cross) / (d * st.n)
             self.W[ok] = theta[..., :k]
             self.mu[ok] = theta[..., k]
             self.sigma2[ok] = s2.clamp_min(self.sigma2_floor)

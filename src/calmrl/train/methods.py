@@ -20,25 +20,32 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..core import SharedLatentCalibrator, anchor_infonce_loss, gram_loss, pmrl_loss
+from ..core.calibrator import Posterior
 from .config import MethodConfig
 
 __all__ = ["alignment_loss", "fill_missing"]
 
 
-def fill_missing(A: Tensor, mask: Tensor, calibrator: SharedLatentCalibrator, cfg: MethodConfig
-                 ) -> tuple[Tensor, Tensor | None]:
+def fill_missing(A: Tensor, mask: Tensor, calibrator: SharedLatentCalibrator, cfg: MethodConfig,
+                 posterior: Posterior | None = None) -> tuple[Tensor, Tensor | None]:
     """CalMRL's calibrated matrix: observed columns from ``A``, missing ones imputed.
 
     Returns ``(filled, column_weights)``. Without ``impute_grad`` the imputations are
     constants (computed from ``A.detach()``); with it, gradients flow through the
     posterior mean (linear in the observed columns) back into the observed encoders.
+    A ``posterior`` already computed for this batch (from ``A``, or ``A.detach()`` without
+    ``impute_grad``) is reused instead of a second E-step.
     """
     src = A if cfg.impute_grad else A.detach()
-    imp = calibrator.impute(src.to(calibrator.W.dtype), mask, validate=False)
-    imputed = imp.values.to(A.dtype)
+    dtype = calibrator.W.dtype
+    if posterior is None:
+        posterior = calibrator.posterior(src.to(dtype), mask, validate=False)
+    # observed cells are A itself (with its gradient); only the missing cells are computed
+    imp = calibrator.impute(A.to(dtype), mask, posterior, validate=False, observed_too=False)
+    filled = imp.filled
     if cfg.renormalize_imputed:
-        imputed = F.normalize(imputed, dim=-1)
-    filled = torch.where(mask[..., None], A, imputed)
+        filled = torch.where(mask[..., None], filled, F.normalize(filled, dim=-1))
+    filled = filled.to(A.dtype)
     weights = None
     if cfg.confidence_weighting:
         weights = torch.where(mask, torch.ones_like(imp.confidence), imp.confidence).to(A.dtype).detach()
@@ -46,9 +53,13 @@ def fill_missing(A: Tensor, mask: Tensor, calibrator: SharedLatentCalibrator, cf
 
 
 def alignment_loss(A: Tensor, mask: Tensor, cfg: MethodConfig, *, anchor: int = 0,
-                   calibrator: SharedLatentCalibrator | None = None, calibrated: bool = False
-                   ) -> tuple[Tensor, dict[str, Tensor]]:
-    """Loss of one batch for method ``cfg.name``; returns ``(loss, logs)``."""
+                   calibrator: SharedLatentCalibrator | None = None, calibrated: bool = False,
+                   column_weights: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+    """Loss of one batch for method ``cfg.name``; returns ``(loss, logs)``.
+
+    For ``calmrl`` with ``calibrated=True``: given a ``calibrator``, the missing columns of
+    ``A`` are imputed here; without one, ``A`` is taken as already filled (as the trainer
+    does, per process before the all-gather) and ``column_weights`` are optional."""
     name = cfg.name
 
     def pmrl(cols: Tensor, cols_mask: Tensor | None, weights: Tensor | None = None):
@@ -59,8 +70,9 @@ def alignment_loss(A: Tensor, mask: Tensor, cfg: MethodConfig, *, anchor: int = 
     if name in ("pmrl-drop", "oracle") or (name == "calmrl" and not calibrated):
         return pmrl(A, mask)
     if name == "calmrl":
-        filled, weights = fill_missing(A, mask, calibrator, cfg)
-        return pmrl(filled, None, weights)
+        if calibrator is not None:
+            A, column_weights = fill_missing(A, mask, calibrator, cfg)
+        return pmrl(A, None, column_weights)
     if name == "pmrl-meanfill":
         w = mask.to(A.dtype)[..., None]
         mean_dir = F.normalize((A.detach() * w).sum(0) / w.sum(0).clamp_min(1), dim=-1)   # (M, d)

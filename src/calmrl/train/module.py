@@ -3,7 +3,8 @@
 Step 1 (encoders fixed, no gradient): embed the training data, E-step, sufficient
 statistics, closed-form M-step of the calibrator -- once per epoch (``schedule: epoch``,
 ``em_iters`` EM iterations over cached embeddings), per batch as stochastic EM
-(``schedule: step``: statistics blended by an EMA), or once after the warm-up
+(``schedule: step``: the batch's statistics, from the same E-step as its imputations,
+blended by an EMA; the M-step follows the optimiser step), or once after the warm-up
 (``schedule: frozen``). Statistics are summed over processes before each M-step, so the
 update is the same as on one process holding the global data.
 
@@ -22,7 +23,7 @@ from ..core.distributed import all_reduce_stats, gather_nograd, gather_with_grad
 from .config import Config
 from .encoders import MultiModalEncoder
 from .evaluate import retrieval_table
-from .methods import alignment_loss
+from .methods import alignment_loss, fill_missing
 
 __all__ = ["CalMRLModule"]
 
@@ -122,19 +123,16 @@ class CalMRLModule(L.LightningModule):
         self.log("calib/loglik", history[-1], on_epoch=True, sync_dist=False)
         self.log("calib/sigma2_mean", float(self.calibrator.sigma2.mean()), on_epoch=True)
 
-    def _stochastic_em(self, A: torch.Tensor, mask: torch.Tensor):
-        cal = self.calibrator
-        A = A.detach().to(cal.W.dtype)
-        if not bool(cal.initialized):
-            cal.init_from_data(A, mask)
-            self._broadcast_params()
-        stats = all_reduce_stats(cal.sufficient_stats(A, mask, validate=False))
-        if bool(self.running_valid):  # stochastic-approximation EM: blend with the running statistics
+    def _stochastic_m_step(self, stats):
+        """Step schedule: sum the batch statistics over processes, blend them into the running
+        statistics (stochastic-approximation EM) and take the closed-form M-step."""
+        stats = all_reduce_stats(stats)
+        if bool(self.running_valid):
             running = stats.unflatten_like(self.running_stats.to(stats.n.dtype))
             stats = running.ema(stats, self.cfg.calibrator.momentum)
         self.running_stats.copy_(stats.flatten().to(self.running_stats.dtype))
         self.running_valid.fill_(True)
-        cal.m_step(stats)
+        self.calibrator.m_step(stats)
 
     # ------------------------------------------------------------------ steps
     def forward(self, views, mask):
@@ -147,14 +145,28 @@ class CalMRLModule(L.LightningModule):
     def training_step(self, batch, batch_idx):
         views, mask = batch["views"], batch["mask"]
         A = self.encoder(views, mask)
-        c = self.cfg.calibrator
-        if self.uses_calibrator and c.schedule == "step" and self.current_epoch >= c.warmup_epochs:
-            self._stochastic_em(A, mask)
+        cal, c = self.calibrator, self.cfg.calibrator
+        stepwise = self.uses_calibrator and c.schedule == "step" and self.current_epoch >= c.warmup_epochs
+        if stepwise and not bool(cal.initialized):
+            cal.init_from_data(A.detach().to(cal.W.dtype), mask)
+            self._broadcast_params()
+        weights = None
+        calibrated = self.calibrated
+        if calibrated:
+            # bi-step (2) on this process's rows: one E-step under the current parameters serves
+            # the imputation and, in the step schedule, the statistics of the M-step that follows
+            # the optimiser step (on_train_batch_end)
+            src = A if self.cfg.method.impute_grad else A.detach()
+            post = cal.posterior(src.to(cal.W.dtype), mask, validate=False)
+            if stepwise:
+                self._pending_stats = cal.sufficient_stats(A.detach().to(cal.W.dtype), mask, post, validate=False)
+            A, weights = fill_missing(A, mask, cal, self.cfg.method, posterior=post)
         # contrastive terms see the global batch: other ranks' rows enter as constants, and the
         # loss is scaled by the world size so that DDP's gradient average is the global gradient
         A_all, mask_all = gather_with_grad(A), gather_nograd(mask)
+        weights_all = gather_nograd(weights) if weights is not None else None
         loss, logs = alignment_loss(A_all, mask_all, self.cfg.method, anchor=self.anchor_index,
-                                    calibrator=self.calibrator, calibrated=self.calibrated)
+                                    calibrated=calibrated, column_weights=weights_all)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite training loss at epoch {self.current_epoch}, step {batch_idx}")
         bs = mask_all.shape[0]
@@ -162,6 +174,11 @@ class CalMRLModule(L.LightningModule):
         for k, v in logs.items():
             self.log(f"train/{k}", v, on_step=False, on_epoch=True, batch_size=bs)
         return loss * global_loss_scale()
+
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        stats, self._pending_stats = getattr(self, "_pending_stats", None), None
+        if stats is not None:   # bi-step (1), step schedule: after the encoders' update
+            self._stochastic_m_step(stats)
 
     def on_train_epoch_end(self):
         loss = self.trainer.callback_metrics.get("train/loss")
