@@ -425,14 +425,16 @@ class SharedLatentCalibrator(nn.Module):
 
     # ------------------------------------------------------------------ likelihood
     @_full_precision
-    def log_likelihood(self, Z: Tensor, mask: Tensor | None = None, posterior: Posterior | None = None) -> Tensor:
+    def log_likelihood(self, Z: Tensor, mask: Tensor | None = None, posterior: Posterior | None = None, *,
+                       validate: bool = True) -> Tensor:
         r"""Per-instance marginal log-likelihood of the observed part, ``(B,)``.
 
         :math:`z_O \sim \mathcal N(\mu_O, W_O W_O^\top + \Sigma_O)`; with the determinant
         lemma :math:`\log|C| = \log|P_O| + \sum_{m\in O} d_m\log\sigma_m^2` and Woodbury
         :math:`x^\top C^{-1}x = \sum_{m\in O}\lVert x_m\rVert^2/\sigma_m^2 - r^\top \mathbb E[\beta]`.
         """
-        Z, mask = self._check(Z, mask)
+        if validate:
+            Z, mask = self._check(Z, mask)
         post = posterior if posterior is not None else self.posterior(Z, mask, validate=False)
         w = mask.to(Z.dtype)
         d = self.dims.to(Z.dtype)
@@ -516,7 +518,7 @@ class SharedLatentCalibrator(nn.Module):
             for Zb, mb in self._batches(Z, mask, batch_size):
                 post = self.posterior(Zb, mb, validate=False)
                 st = self.sufficient_stats(Zb, mb, post, validate=False)
-                ll += float(self.log_likelihood(Zb, mb, post).sum())
+                ll += float(self.log_likelihood(Zb, mb, post, validate=False).sum())
                 total = st if total is None else total + st
         return total, ll
 

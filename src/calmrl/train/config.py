@@ -81,11 +81,11 @@ class MethodConfig:
 @dataclass
 class CalibratorConfig:
     latent_dim: int = _f(0, lo=0, help="k (0 = embed_dim // 2, the paper's default)")
-    schedule: str = _f("epoch", choices=("epoch", "step", "frozen"),
-                       help="epoch: EM refit on the training set each epoch; step: stochastic EM per batch; "
-                            "frozen: fitted once after warm-up")
+    schedule: str = _f("step", choices=("epoch", "step", "frozen"),
+                       help="step: stochastic EM per batch (cheapest: a few % of a step, benchmarks/bench_trainer.py); "
+                            "epoch: EM refit on the training set each epoch; frozen: fitted once after warm-up")
     warmup_epochs: int = _f(2, lo=0, help="epochs of observed-only training before calibration starts")
-    em_iters: int = _f(10, lo=1, help="EM iterations per refit")
+    em_iters: int = _f(10, lo=1, help="epoch/frozen schedules: EM iterations per refit")
     momentum: float = _f(0.1, lo=0.0, hi=1.0, help="step schedule: EMA weight of a batch's statistics")
     jitter: float = _f(1e-6, lo=0.0)
     sigma2_floor: float = _f(1e-6, lo=0.0)

@@ -1,10 +1,10 @@
 """Lightning module implementing the bi-step schedule.
 
-Step 1 (encoders fixed, no gradient): embed the training data, E-step, sufficient
-statistics, closed-form M-step of the calibrator -- once per epoch (``schedule: epoch``,
-``em_iters`` EM iterations over cached embeddings), per batch as stochastic EM
-(``schedule: step``: the batch's statistics, from the same E-step as its imputations,
-blended by an EMA; the M-step follows the optimiser step), or once after the warm-up
+Step 1 (encoders fixed, no gradient): E-step, sufficient statistics, closed-form M-step of
+the calibrator -- per batch as stochastic EM (``schedule: step``, the default: the batch's
+statistics, from the same E-step as its imputations, blended into running statistics by
+an EMA; the M-step follows the optimiser step), once per epoch over the re-embedded
+training data (``schedule: epoch``, ``em_iters`` EM iterations), or once after the warm-up
 (``schedule: frozen``). Statistics are summed over processes before each M-step, so the
 update is the same as on one process holding the global data.
 
@@ -45,6 +45,7 @@ class CalMRLModule(L.LightningModule):
         self.register_buffer("running_valid", torch.tensor(False))
         self.anchor_index = names.index(cfg.method.anchor) if cfg.method.anchor else 0
         self._val_A: list[torch.Tensor] = []
+        self._batch_ll = None   # step schedule: (sum, count) of this epoch's batch log-likelihoods
 
     # ------------------------------------------------------------------ schedule
     @property
@@ -159,7 +160,11 @@ class CalMRLModule(L.LightningModule):
             src = A if self.cfg.method.impute_grad else A.detach()
             post = cal.posterior(src.to(cal.W.dtype), mask, validate=False)
             if stepwise:
-                self._pending_stats = cal.sufficient_stats(A.detach().to(cal.W.dtype), mask, post, validate=False)
+                A_det = A.detach().to(cal.W.dtype)
+                self._pending_stats = cal.sufficient_stats(A_det, mask, post, validate=False)
+                ll = cal.log_likelihood(A_det, mask, post, validate=False)   # of the batch, before its M-step
+                step = torch.stack([ll.sum(), ll.new_tensor(float(ll.numel()))])
+                self._batch_ll = step if self._batch_ll is None else self._batch_ll + step
             A, weights = fill_missing(A, mask, cal, self.cfg.method, posterior=post)
         # contrastive terms see the global batch: other ranks' rows enter as constants, and the
         # loss is scaled by the world size so that DDP's gradient average is the global gradient
@@ -181,6 +186,12 @@ class CalMRLModule(L.LightningModule):
             self._stochastic_m_step(stats)
 
     def on_train_epoch_end(self):
+        if self._batch_ll is not None:   # step schedule: mean log-likelihood of this epoch's batches
+            mean_ll = float(self._batch_ll[0] / self._batch_ll[1])
+            self.em_history = getattr(self, "em_history", []) + [(self.current_epoch, mean_ll)]
+            self.log("calib/loglik", mean_ll, on_epoch=True, sync_dist=False)
+            self.log("calib/sigma2_mean", float(self.calibrator.sigma2.mean()), on_epoch=True)
+        self._batch_ll = None
         loss = self.trainer.callback_metrics.get("train/loss")
         if loss is not None:
             self.loss_history = getattr(self, "loss_history", []) + [float(loss)]
