@@ -234,12 +234,15 @@ def _plots(records, em, out: Path, methods) -> list[str]:
     axes[0].legend(fontsize=8)
     axes[0].grid(alpha=0.3)
     hist = [r for r in records if r["method"] == "calmrl" and r["em_history"]]
+    hist = [r for r in hist if r["setting"] == "mcar 0.5"] or hist
     if hist:
         h = hist[0]["em_history"]
-        axes[1].plot(range(1, len(h) + 1), [v for _, v in h], marker=".")
-        axes[1].set_title(f"Calibrator EM during training (calmrl, {hist[0]['setting']}, seed {hist[0]['seed']})",
-                          fontsize=10)
-    axes[1].set_xlabel("EM iteration (all refits, in order)")
+        per_epoch = len({e for e, _ in h}) == len(h)          # step schedule: one value per epoch
+        axes[1].plot([e + 1 for e, _ in h] if per_epoch else range(1, len(h) + 1), [v for _, v in h], marker=".")
+        what = "one value per epoch (step schedule: its batches, before their M-steps)" if per_epoch else "EM refits"
+        axes[1].set_title(f"Calibrator during training (calmrl, {hist[0]['setting']}, seed {hist[0]['seed']};\n"
+                          f"{what})", fontsize=10)
+        axes[1].set_xlabel("epoch" if per_epoch else "EM iteration (all refits, in order)")
     axes[1].set_ylabel("mean log-likelihood per instance (embeddings)")
     axes[1].grid(alpha=0.3)
     fig.tight_layout()

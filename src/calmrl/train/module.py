@@ -162,7 +162,8 @@ class CalMRLModule(L.LightningModule):
             if stepwise:
                 A_det = A.detach().to(cal.W.dtype)
                 self._pending_stats = cal.sufficient_stats(A_det, mask, post, validate=False)
-                ll = cal.log_likelihood(A_det, mask, post, validate=False)   # of the batch, before its M-step
+                with torch.no_grad():   # of the batch, before its M-step (post may carry a graph)
+                    ll = cal.log_likelihood(A_det, mask, post, validate=False)
                 step = torch.stack([ll.sum(), ll.new_tensor(float(ll.numel()))])
                 self._batch_ll = step if self._batch_ll is None else self._batch_ll + step
             A, weights = fill_missing(A, mask, cal, self.cfg.method, posterior=post)
