@@ -67,6 +67,28 @@ def test_feature_store_roundtrip_and_errors(tmp_path):
         FeatureStore(tmp_path / "nothing").read()
 
 
+def test_batched_fetch_equals_per_item_collate(tmp_path):
+    from torch.utils.data import DataLoader
+    from calmrl.data.dataset import MultiViewDataset, collate_views
+    data, _ = synthetic_multiview(n=40, dims=(4, 3, 5), latent_dim=2)
+    mask = data.mask.copy()
+    mask[::3, 1] = False
+    mask[1::5, 2] = False
+    FeatureStore.write(tmp_path / "s", data.with_mask(mask))
+    stored = FeatureStore(tmp_path / "s").read()                       # memory-mapped views
+    for d in (data.with_mask(mask), stored):
+        ds = MultiViewDataset(d)
+        idx = [7, 3, 39, 0, 12, 3]
+        a, b = ds.__getitems__(idx), collate_views([ds[i] for i in idx])
+        for x, y in zip(a["views"], b["views"]):
+            assert x.dtype == y.dtype == torch.float32
+            torch.testing.assert_close(x, y, atol=0, rtol=0)
+        assert torch.equal(a["mask"], b["mask"]) and torch.equal(a["index"], b["index"])
+        assert float(a["views"][1][~a["mask"][:, 1]].abs().sum()) == 0.0   # missing cells are zeros
+        batch = next(iter(DataLoader(ds, batch_size=8, collate_fn=collate_views)))   # uses __getitems__
+        torch.testing.assert_close(batch["views"][2], collate_views([ds[i] for i in range(8)])["views"][2])
+
+
 def test_dataset_validation_errors():
     v = np.random.rand(5, 3).astype(np.float32)
     with pytest.raises(ValueError, match="has 4 rows"):

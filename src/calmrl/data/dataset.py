@@ -189,8 +189,23 @@ class MultiViewDataset(Dataset):
             views.append(x if d.mask[i, m] else torch.zeros_like(x))
         return {"views": views, "mask": torch.as_tensor(d.mask[i]), "index": i}
 
+    def __getitems__(self, indices: Sequence[int]) -> dict:
+        """A whole batch by one fancy index per modality (``DataLoader`` calls this instead
+        of ``__getitem__`` per instance); returns the collated batch."""
+        d = self.data
+        idx = np.asarray(indices, dtype=np.int64)
+        mask = np.asarray(d.mask[idx], dtype=bool)
+        views = []
+        for m, v in enumerate(d.views):                      # loop over modalities
+            x = np.asarray(v[idx], dtype=np.float32)
+            views.append(torch.from_numpy(np.where(mask[:, m:m + 1], x, np.float32(0.0))))
+        return {"views": views, "mask": torch.from_numpy(mask), "index": torch.from_numpy(idx)}
 
-def collate_views(items: Sequence[dict]) -> dict:
+
+def collate_views(items: Sequence[dict] | dict) -> dict:
+    """Stack items of :class:`MultiViewDataset` (a batch from ``__getitems__`` passes through)."""
+    if isinstance(items, dict):
+        return items
     M = len(items[0]["views"])
     return {"views": [torch.stack([it["views"][m] for it in items]) for m in range(M)],
             "mask": torch.stack([it["mask"] for it in items]),
