@@ -87,7 +87,7 @@ def blocked_cholesky_ex(A: Tensor, block: int = 64) -> tuple[Tensor, Tensor]:
     if n < 2 * block:
         return torch.linalg.cholesky_ex(A)
     b = n // 2
-    L11, info1 = torch.linalg.cholesky_ex(A[..., :b, :b])
+    L11, info1 = blocked_cholesky_ex(A[..., :b, :b], block)
     L21 = torch.linalg.solve_triangular(L11.transpose(-2, -1), A[..., b:, :b], upper=True, left=False)
     L22, info2 = blocked_cholesky_ex(A[..., b:, b:] - L21 @ L21.transpose(-2, -1), block)
     L = torch.cat([torch.cat([L11, torch.zeros_like(L21.transpose(-2, -1))], -1), torch.cat([L21, L22], -1)], -2)
@@ -110,6 +110,7 @@ class Posterior:
     pattern_index: Tensor  # (B,)
     counts: Tensor         # (P,)
     rhs: Tensor            # (B, k)
+    observed_rows: list[Tensor] | None = None   # per modality (None: every cell observed)
 
     def instance_cov(self) -> Tensor:
         """Per-instance covariance ``(B, k, k)`` (materialises ``B*k*k`` numbers)."""
@@ -287,11 +288,12 @@ class SharedLatentCalibrator(nn.Module):
         prec = self._eye(self.k) + torch.einsum("pm,mkl->pkl", patterns.to(W.dtype), self._scaled_gram())
         L = self._cholesky(prec, "posterior precision")                     # (P, k, k)
         cov = torch.cholesky_inverse(L)
-        if bool(mask.all()):                                                 # (B, k): one GEMM
+        rows_m = None if bool(mask.all()) else modality_rows(mask)
+        if rows_m is None:                                                   # (B, k): one GEMM
             rhs = ((Z - self.mu) / s2[:, None]).reshape(B, -1) @ W.reshape(-1, self.k)
         else:                                                                # observed cells only
             rhs = Z.new_zeros(B, self.k)
-            for m, rows in enumerate(modality_rows(mask)):                   # loop over modalities
+            for m, rows in enumerate(rows_m):                                # loop over modalities
                 if rows.numel():
                     rhs = rhs.index_add(0, rows, (Z[rows, m] - self.mu[m]) @ W[m] / s2[m])
         if cov.shape[0] == 1:
@@ -300,7 +302,7 @@ class SharedLatentCalibrator(nn.Module):
             order = torch.argsort(index)
             mean_sorted = torch.cat([r @ cov[p] for p, r in enumerate(torch.split(rhs[order], counts.tolist()))])
             mean = torch.empty_like(mean_sorted).index_copy(0, order, mean_sorted)
-        return Posterior(mean, cov, L, patterns, index, counts, rhs)
+        return Posterior(mean, cov, L, patterns, index, counts, rhs, rows_m)
 
     def _scaled_gram(self) -> Tensor:
         r""":math:`W_m^\top W_m/\sigma_m^2` ``(M, k, k)``, cached until ``W`` or ``sigma2`` change."""
@@ -358,13 +360,14 @@ class SharedLatentCalibrator(nn.Module):
             n = mask.to(Z.dtype).sum(0)
             cov_sum = torch.einsum("pm,pkl->mkl", post.patterns.to(Z.dtype) * post.counts[:, None].to(Z.dtype),
                                    post.cov)                                   # sum of V_O over S_m
-            if bool(mask.all()):
+            rows_m = None if bool(mask.all()) else (post.observed_rows or modality_rows(mask))
+            if rows_m is None:
                 sz, szz, sb = Z.sum(0), (Z * Z).sum((0, 2)), Eb.sum(0).expand(self.M, -1)
                 szb = (Z.reshape(Z.shape[0], -1).T @ Eb).view(self.M, self.D, self.k)
                 sbb = (Eb.T @ Eb).expand(self.M, -1, -1) + cov_sum
             else:   # observed cells only, one loop over modalities
                 stats = []
-                for m, rows in enumerate(modality_rows(mask)):
+                for m, rows in enumerate(rows_m):
                     Zm, Em = Z[rows, m], Eb[rows]
                     stats.append((Zm.sum(0), (Zm * Zm).sum(), Em.sum(0), Zm.T @ Em, Em.T @ Em))
                 sz, szz, sb, szb, sbb = (torch.stack(t) for t in zip(*stats))

@@ -19,6 +19,18 @@ import torch
 from torch import Tensor
 
 
+def _broadened_inverse_gaps(evals: Tensor) -> Tensor:
+    r""":math:`F_{ij} = (\lambda_j-\lambda_i)/((\lambda_j-\lambda_i)^2+\delta^2)`, zero diagonal: the
+    :math:`1/(\lambda_j-\lambda_i)` of the eigenvector gradient, finite for repeated eigenvalues
+    (:math:`\delta = \sqrt{\epsilon_{mach}}\max(1, |\lambda|_{max})`)."""
+    E = evals.unsqueeze(-2) - evals.unsqueeze(-1)                # E_ij = l_j - l_i
+    scale = evals.abs().amax(-1, keepdim=True).unsqueeze(-1).clamp_min(1.0)
+    delta2 = (torch.finfo(evals.dtype).eps ** 0.5 * scale) ** 2
+    F = E / (E * E + delta2)
+    F.diagonal(dim1=-2, dim2=-1).zero_()
+    return F
+
+
 class _SafeEigh(torch.autograd.Function):
     @staticmethod
     def forward(ctx, G: Tensor):
@@ -31,12 +43,7 @@ class _SafeEigh(torch.autograd.Function):
         evals, V = ctx.saved_tensors
         inner = torch.zeros_like(V)
         if g_evecs is not None:
-            E = evals.unsqueeze(-2) - evals.unsqueeze(-1)        # E_ij = l_j - l_i
-            scale = evals.abs().amax(-1, keepdim=True).unsqueeze(-1).clamp_min(1.0)
-            delta2 = (torch.finfo(evals.dtype).eps ** 0.5 * scale) ** 2
-            F = E / (E * E + delta2)
-            F.diagonal(dim1=-2, dim2=-1).zero_()
-            inner = F * (V.transpose(-2, -1) @ g_evecs)
+            inner = _broadened_inverse_gaps(evals) * (V.transpose(-2, -1) @ g_evecs)
         if g_evals is not None:
             inner = inner + torch.diag_embed(g_evals)
         inner = 0.5 * (inner + inner.transpose(-2, -1))
@@ -92,11 +99,7 @@ class _PrincipalSpectrum(torch.autograd.Function):
             g_s1 = -(gc * v1).sum(-1, keepdim=True) / s1 ** 2
             g_evals[..., :1] += torch.where(evals[..., :1] > ctx.eps, 0.5 * g_s1 / s1, torch.zeros_like(s1))
             outer = (v1 / s1).unsqueeze(-1) * g_u.unsqueeze(-2)
-        E = evals.unsqueeze(-2) - evals.unsqueeze(-1)                         # E_ij = l_j - l_i
-        scale = evals.abs().amax(-1, keepdim=True).unsqueeze(-1).clamp_min(1.0)
-        delta2 = (torch.finfo(evals.dtype).eps ** 0.5 * scale) ** 2
-        f = E[..., :, 0] / (E[..., :, 0] ** 2 + delta2[..., 0])               # column 0 of F
-        f[..., 0] = 0.0
+        f = _broadened_inverse_gaps(evals)[..., :, 0]                          # column 0 of F
         inner = torch.diag_embed(g_evals)
         inner[..., :, 0] += f * (V * g_vcol.unsqueeze(-1)).sum(-2)            # F o (V^T V_bar), column 0
         inner = 0.5 * (inner + inner.transpose(-2, -1))
