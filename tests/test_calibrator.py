@@ -223,3 +223,19 @@ def test_sigma2_floor_guards_collapse():
     cal.fit(Z, n_iter=50)
     assert (cal.sigma2 >= 1e-5).all() and torch.isfinite(cal.W).all()
     assert math.isfinite(cal.history_[-1])
+
+
+def test_cached_pattern_factors_follow_parameter_changes():
+    cal = random_calibrator(M=3, D=5, k=2)
+    Z, _ = sample_from(cal, 30)
+    mask = random_mask(30, 3, 0.5)
+    first = cal.posterior(Z, mask)
+    again = cal.posterior(Z[:10], mask[:10])            # subset of the patterns: from the cache
+    torch.testing.assert_close(again.mean, first.mean[:10], atol=1e-12, rtol=0)
+    cal.m_step(cal.sufficient_stats(Z, mask))            # in-place update: the cache must not be used
+    fresh = SharedLatentCalibrator(3, 5, 2, dtype=torch.float64)
+    fresh.load_state_dict(cal.state_dict())
+    torch.testing.assert_close(cal.posterior(Z, mask).mean, fresh.posterior(Z, mask).mean, atol=1e-12, rtol=0)
+    cal.W = cal.W.clone() * 2                            # a replaced tensor is not mistaken for the old one
+    fresh.W.mul_(2)
+    torch.testing.assert_close(cal.posterior(Z, mask).cov, fresh.posterior(Z, mask).cov, atol=1e-12, rtol=0)

@@ -273,8 +273,9 @@ class SharedLatentCalibrator(nn.Module):
 
         :math:`P_O = I + \sum_{m\in O} W_m^\top W_m/\sigma_m^2`, :math:`V_O = P_O^{-1}`,
         :math:`\mathbb E[\beta_i] = V_O \sum_{m\in O} W_m^\top (z_{im}-\mu_m)/\sigma_m^2`.
-        One Cholesky factor per distinct pattern gives :math:`V_O` (``cholesky_inverse``); the
-        means of a pattern's instances are then one GEMM with :math:`V_O`. As
+        One Cholesky factor per distinct pattern gives :math:`V_O` (``cholesky_inverse``; both
+        are cached per pattern until the parameters change); the means of a pattern's
+        instances are then one GEMM with :math:`V_O`. As
         :math:`P_O \succeq I`, :math:`\lVert V_O\rVert_2 \le 1` and this product is as accurate as two
         triangular solves (tested to 1e-10 against dense Gaussian conditioning in float64)
         while several times faster for small groups.
@@ -285,9 +286,7 @@ class SharedLatentCalibrator(nn.Module):
         W, s2 = self.W, self.sigma2
         B = Z.shape[0]
         patterns, index, counts = missing_patterns(mask)
-        prec = self._eye(self.k) + torch.einsum("pm,mkl->pkl", patterns.to(W.dtype), self._scaled_gram())
-        L = self._cholesky(prec, "posterior precision")                     # (P, k, k)
-        cov = torch.cholesky_inverse(L)
+        L, cov = self._pattern_factors(patterns)                             # (P, k, k) each
         rows_m = None if bool(mask.all()) else modality_rows(mask)
         if rows_m is None:                                                   # (B, k): one GEMM
             rhs = ((Z - self.mu) / s2[:, None]).reshape(B, -1) @ W.reshape(-1, self.k)
@@ -304,14 +303,53 @@ class SharedLatentCalibrator(nn.Module):
             mean = torch.empty_like(mean_sorted).index_copy(0, order, mean_sorted)
         return Posterior(mean, cov, L, patterns, index, counts, rhs, rows_m)
 
+    def _param_cache(self) -> dict:
+        """Quantities that depend on ``W`` and ``sigma2`` only, kept until either changes
+        (in place, e.g. by an M-step, or replaced); rebuilt on every call while ``W`` takes gradients."""
+        # the cache holds the tensors themselves (compared by identity, so a new tensor at a
+        # recycled address is not mistaken for the old one) and their in-place version counters
+        key = (self.W._version, self.sigma2._version)
+        cache = getattr(self, "_cache", None)
+        if (cache is None or cache["tensors"][0] is not self.W or cache["tensors"][1] is not self.sigma2
+                or cache["key"] != key or torch.is_grad_enabled() and self.W.requires_grad):
+            cache = {"tensors": (self.W, self.sigma2), "key": key, "factors": {}}
+            self._cache = cache
+        return cache
+
+    def invalidate_cache(self) -> None:
+        """Forget the cached parameter-derived quantities; needed only after ``W`` or
+        ``sigma2`` were written by something that bypasses PyTorch's version counter
+        (``.data``, a collective such as ``dist.broadcast``)."""
+        self._cache = None
+
     def _scaled_gram(self) -> Tensor:
         r""":math:`W_m^\top W_m/\sigma_m^2` ``(M, k, k)``, cached until ``W`` or ``sigma2`` change."""
-        key = (self.W.data_ptr(), self.W._version, self.sigma2.data_ptr(), self.sigma2._version, self.W.dtype)
-        cache = getattr(self, "_gram_cache", None)
-        if cache is None or cache[0] != key or torch.is_grad_enabled() and self.W.requires_grad:
-            cache = (key, self.W.transpose(1, 2) @ self.W / self.sigma2[:, None, None])
-            self._gram_cache = cache
-        return cache[1]
+        cache = self._param_cache()
+        if "gram" not in cache:
+            cache["gram"] = self.W.transpose(1, 2) @ self.W / self.sigma2[:, None, None]
+        return cache["gram"]
+
+    _MAX_CACHED_PATTERNS = 256
+
+    def _pattern_factors(self, patterns: Tensor) -> tuple[Tensor, Tensor]:
+        r"""Cholesky factor of :math:`P_O` and :math:`V_O=P_O^{-1}` for each row of ``patterns``
+        ``(P, M)``. Factorised once per pattern while the parameters stay the same (a refit
+        pass, an epoch of the ``epoch`` schedule, inference), so later batches only stack them."""
+        factors = self._param_cache()["factors"]
+        keys = [tuple(row) for row in patterns.tolist()]
+        new = [i for i, key in enumerate(keys) if key not in factors]
+        if new:
+            sub = patterns[new].to(self.W.dtype)
+            prec = self._eye(self.k) + torch.einsum("pm,mkl->pkl", sub, self._scaled_gram())
+            L = self._cholesky(prec, "posterior precision")
+            cov = torch.cholesky_inverse(L)
+            if len(factors) + len(new) > self._MAX_CACHED_PATTERNS:
+                factors.clear()
+            for j, i in enumerate(new):
+                factors[keys[i]] = (L[j], cov[j])
+            if len(new) == len(keys):                                         # all fresh: no re-stacking
+                return L, cov
+        return (torch.stack([factors[key][0] for key in keys]), torch.stack([factors[key][1] for key in keys]))
 
     def transform(self, Z: Tensor, mask: Tensor | None = None) -> Tensor:
         r"""Posterior mean :math:`\mathbb E[\beta_i \mid z_{i,O_i}]`, shape ``(B, k)``."""

@@ -61,6 +61,7 @@ class CalMRLModule(L.LightningModule):
         if is_distributed():
             for t in (self.calibrator.W, self.calibrator.mu, self.calibrator.sigma2):
                 dist.broadcast(t, 0)
+            self.calibrator.invalidate_cache()
 
     def _embed_batches(self, loader):
         for batch in loader:
