@@ -87,6 +87,9 @@ class CalibratorConfig:
     warmup_epochs: int = _f(2, lo=0, help="epochs of observed-only training before calibration starts")
     em_iters: int = _f(10, lo=1, help="epoch/frozen schedules: EM iterations per refit")
     momentum: float = _f(0.1, lo=0.0, hi=1.0, help="step schedule: EMA weight of a batch's statistics")
+    m_step_every: int = _f(4, lo=1, help="step schedule: M-step after every n batches, their statistics summed "
+                                         "(EMA weight 1-(1-momentum)^n; the posterior factors are reused in "
+                                         "between); the last batch of an epoch always updates")
     jitter: float = _f(1e-6, lo=0.0)
     sigma2_floor: float = _f(1e-6, lo=0.0)
     max_cached: int = _f(100_000_000, lo=0, help="epoch schedule: cache at most this many embedding numbers "

@@ -125,13 +125,17 @@ class CalMRLModule(L.LightningModule):
         self.log("calib/loglik", history[-1], on_epoch=True, sync_dist=False)
         self.log("calib/sigma2_mean", float(self.calibrator.sigma2.mean()), on_epoch=True)
 
-    def _stochastic_m_step(self, stats):
-        """Step schedule: sum the batch statistics over processes, blend them into the running
-        statistics (stochastic-approximation EM) and take the closed-form M-step."""
+    def _stochastic_m_step(self, stats, n_batches: int = 1):
+        r"""Step schedule: sum the statistics of the last ``n_batches`` batches over processes,
+        blend their per-batch mean into the running statistics with weight
+        :math:`1-(1-\eta)^n` (as ``n`` EMA updates of weight :math:`\eta` would give it), and
+        take the closed-form M-step (which is invariant to a common scale of the statistics)."""
         stats = all_reduce_stats(stats)
+        if n_batches > 1:
+            stats = stats.scale(1.0 / n_batches)
         if bool(self.running_valid):
             running = stats.unflatten_like(self.running_stats.to(stats.n.dtype))
-            stats = running.ema(stats, self.cfg.calibrator.momentum)
+            stats = running.ema(stats, 1.0 - (1.0 - self.cfg.calibrator.momentum) ** n_batches)
         self.running_stats.copy_(stats.flatten().to(self.running_stats.dtype))
         self.running_valid.fill_(True)
         self.calibrator.m_step(stats)
@@ -162,7 +166,9 @@ class CalMRLModule(L.LightningModule):
             post = cal.posterior(src.to(cal.W.dtype), mask, validate=False)
             if stepwise:
                 A_det = A.detach().to(cal.W.dtype)
-                self._pending_stats = cal.sufficient_stats(A_det, mask, post, validate=False)
+                stats = cal.sufficient_stats(A_det, mask, post, validate=False)
+                pending = getattr(self, "_pending", None)
+                self._pending = (stats, 1) if pending is None else (pending[0] + stats, pending[1] + 1)
                 with torch.no_grad():   # of the batch, before its M-step (post may carry a graph)
                     ll = cal.log_likelihood(A_det, mask, post, validate=False)
                 step = torch.stack([ll.sum(), ll.new_tensor(float(ll.numel()))])
@@ -183,9 +189,15 @@ class CalMRLModule(L.LightningModule):
         return loss * global_loss_scale()
 
     def on_train_batch_end(self, outputs, batch, batch_idx):
-        stats, self._pending_stats = getattr(self, "_pending_stats", None), None
-        if stats is not None:   # bi-step (1), step schedule: after the encoders' update
-            self._stochastic_m_step(stats)
+        pending = getattr(self, "_pending", None)
+        if pending is None:
+            return
+        # bi-step (1), step schedule: after the encoders' update, every m_step_every batches and
+        # at the end of the epoch (so that nothing is pending when a checkpoint is written)
+        last = batch_idx + 1 >= self.trainer.num_training_batches
+        if pending[1] >= self.cfg.calibrator.m_step_every or last:
+            self._pending = None
+            self._stochastic_m_step(*pending)
 
     def on_train_epoch_end(self):
         if self._batch_ll is not None:   # step schedule: mean log-likelihood of this epoch's batches
