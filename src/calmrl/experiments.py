@@ -161,6 +161,7 @@ def _ablations(d: int) -> dict[str, list[str]]:
         "gradients through imputations": ["method.impute_grad=true"],
         "confidence-weighted imputations": ["method.confidence_weighting=true"],
         "EM refit per epoch (10 iterations)": ["calibrator.schedule=epoch", "calibrator.em_iters=10"],
+        "M-step after every batch": ["calibrator.schedule=step", "calibrator.m_step_every=1"],
         "stochastic EM, momentum 0.5": ["calibrator.schedule=step", "calibrator.momentum=0.5"],
         "calibrator frozen after warm-up": ["calibrator.schedule=frozen"],
         f"latent k = {max(1, d // 8)} (d/8)": [f"calibrator.latent_dim={max(1, d // 8)}"],
