@@ -46,6 +46,7 @@ class CalMRLModule(L.LightningModule):
         self.anchor_index = names.index(cfg.method.anchor) if cfg.method.anchor else 0
         self._val_A: list[torch.Tensor] = []
         self._batch_ll = None   # step schedule: (sum, count) of this epoch's batch log-likelihoods
+        self._pending = None    # step schedule: (summed statistics, number of batches) awaiting an M-step
 
     # ------------------------------------------------------------------ schedule
     @property
@@ -167,7 +168,7 @@ class CalMRLModule(L.LightningModule):
             if stepwise:
                 A_det = A.detach().to(cal.W.dtype)
                 stats = cal.sufficient_stats(A_det, mask, post, validate=False)
-                pending = getattr(self, "_pending", None)
+                pending = self._pending
                 self._pending = (stats, 1) if pending is None else (pending[0] + stats, pending[1] + 1)
                 with torch.no_grad():   # of the batch, before its M-step (post may carry a graph)
                     ll = cal.log_likelihood(A_det, mask, post, validate=False)
@@ -189,7 +190,7 @@ class CalMRLModule(L.LightningModule):
         return loss * global_loss_scale()
 
     def on_train_batch_end(self, outputs, batch, batch_idx):
-        pending = getattr(self, "_pending", None)
+        pending = self._pending
         if pending is None:
             return
         # bi-step (1), step schedule: after the encoders' update, every m_step_every batches and
