@@ -4,7 +4,9 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from calmrl.core import anchor_infonce_loss, gram_loss, gram_volume_matrix, pmrl_loss, safe_eigh, spectrum
+from calmrl.core import (GRAMLoss, PairwiseInfoNCELoss, TriangleLoss, anchor_infonce_loss, gram_loss, gram_volume_matrix,
+                         pair_similarity, pairwise_infonce_loss, pmrl_loss, retrieval_ranks, safe_eigh, spectrum,
+                         triangle_area_matrix, triangle_loss)
 
 
 def unit(B, M, d, seed=0, dtype=torch.float64):
@@ -178,7 +180,8 @@ def test_losses_finite_for_random_masks(B, M, d, seed, p):
     A = unit(B, M, d, seed=seed).requires_grad_(True)
     mask = torch.rand(B, M, generator=g) >= p
     mask[:, 0] = True
-    for loss in (pmrl_loss(A, mask).loss, gram_loss(A, mask), anchor_infonce_loss(A, mask)):
+    for loss in (pmrl_loss(A, mask).loss, gram_loss(A, mask), triangle_loss(A, mask), pairwise_infonce_loss(A, mask),
+                 anchor_infonce_loss(A, mask)):
         assert torch.isfinite(loss)
         grad, = torch.autograd.grad(loss, A, allow_unused=True)
         assert grad is None or torch.isfinite(grad).all()
@@ -187,3 +190,128 @@ def test_losses_finite_for_random_masks(B, M, d, seed, p):
 def test_bad_mask_shape_is_an_error():
     with pytest.raises(ValueError, match="mask has shape"):
         pmrl_loss(unit(4, 3, 5), torch.ones(4, 2, dtype=torch.bool))
+
+
+# ---------------------------------------------------------------- GRAM, TRIANGLE, pairwise InfoNCE
+
+def test_gram_volume_is_the_product_of_singular_values():
+    A = unit(6, 4, 9)
+    V = gram_volume_matrix(A, None, anchor=1)
+    for i in range(6):
+        for j in range(6):
+            X = torch.stack([A[i, 1]] + [A[j, m] for m in (0, 2, 3)], 1)          # (d, 4)
+            assert abs(float(V[i, j] - torch.linalg.svdvals(X).prod())) < 1e-7
+
+
+def test_two_vector_volume_is_abs_sine():
+    A = unit(7, 2, 5)
+    V = gram_volume_matrix(A, None, anchor=0)
+    cos = A[:, 0] @ A[:, 1].T
+    torch.testing.assert_close(V, (1 - cos ** 2).sqrt(), atol=1e-7, rtol=0)
+    torch.testing.assert_close(pair_similarity(A[:, 0], A[:, 1], "volume"), -(1 - cos ** 2).sqrt())
+
+
+def _area_reference(a, others):
+    """Twice the squared content of the simplex with vertices a, others (brute force)."""
+    if not others:
+        return torch.zeros((), dtype=a.dtype)
+    E = torch.stack([o - a for o in others], 1)
+    return 0.5 * torch.det(E.T @ E)
+
+
+def test_triangle_area_against_brute_force_and_authors_formula():
+    A = unit(5, 4, 7)
+    mask = torch.tensor([[1, 1, 1, 1], [1, 0, 1, 1], [1, 1, 0, 0], [0, 1, 1, 1], [1, 1, 1, 0]]).bool()
+    T = triangle_area_matrix(A, mask, anchor=0)
+    for i in range(5):
+        for j in range(5):
+            ref = _area_reference(A[i, 0], [A[j, m] for m in (1, 2, 3) if mask[j, m]])
+            assert abs(float(T[i, j] - ref)) < 1e-9
+    # three modalities: exactly the TRIANGLE authors' area_computation
+    B = unit(6, 3, 8, seed=3)
+    u = B[:, None, 0] - B[None, :, 1]
+    v = B[:, None, 0] - B[None, :, 2]
+    authors = ((u * u).sum(-1) * (v * v).sum(-1) - (u * v).sum(-1) ** 2) / 2
+    torch.testing.assert_close(triangle_area_matrix(B), authors, atol=1e-9, rtol=0)
+    # a right isosceles triangle with unit legs has area 1/2: the score is 2 * area^2 = 1/2
+    e = torch.eye(3, dtype=torch.float64)
+    C = torch.stack([torch.zeros(3, dtype=torch.float64), e[0], e[1]])[None]
+    assert abs(float(triangle_area_matrix(C)[0, 0]) - 0.5) < 1e-12
+
+
+def test_volume_and_area_losses_have_finite_gradients_when_vectors_coincide():
+    v = F.normalize(torch.randn(1, 1, 8, dtype=torch.float64), dim=-1)
+    for dtype in (torch.float64, torch.float32):
+        A = v.expand(5, 4, 8).to(dtype).clone().requires_grad_(True)   # every vector equal
+        for fn in (gram_loss, triangle_loss, pairwise_infonce_loss):
+            loss = fn(A)
+            g, = torch.autograd.grad(loss, A)
+            assert torch.isfinite(loss) and torch.isfinite(g).all(), fn.__name__
+
+
+def test_volume_and_area_gradcheck_with_masks():
+    A = unit(4, 4, 6, seed=7).requires_grad_(True)
+    mask = torch.tensor([[1, 1, 1, 1], [1, 0, 1, 1], [1, 1, 0, 1], [1, 1, 1, 0]]).bool()
+    assert torch.autograd.gradcheck(lambda X: gram_volume_matrix(X, mask, 0), (A,))
+    assert torch.autograd.gradcheck(lambda X: triangle_area_matrix(X, mask, 0), (A,))
+
+
+def _pairwise_infonce_reference(A, mask, tau):
+    """Loop form: every ordered pair (m, n), every query i observing both, gallery = all j observing n."""
+    terms = []
+    B, M, _ = A.shape
+    for m in range(M):
+        for n in range(M):
+            if m == n:
+                continue
+            gal = torch.nonzero(mask[:, n]).flatten()
+            for i in range(B):
+                if mask[i, m] and mask[i, n]:
+                    logits = A[i, m] @ A[gal, n].T / tau
+                    pos = int((gal == i).nonzero())
+                    terms.append(-torch.log_softmax(logits, 0)[pos])
+    return torch.stack(terms).mean()
+
+
+@settings(max_examples=20, deadline=None)
+@given(B=st.integers(2, 7), M=st.integers(2, 4), seed=st.integers(0, 1000), p=st.floats(0, 0.6))
+def test_pairwise_infonce_matches_loop_reference(B, M, seed, p):
+    g = torch.Generator().manual_seed(seed)
+    A = unit(B, M, 6, seed=seed)
+    mask = torch.rand(B, M, generator=g) >= p
+    mask[0] = True
+    ref = _pairwise_infonce_reference(A, mask, 0.2)
+    assert abs(float(pairwise_infonce_loss(A, mask, tau=0.2) - ref)) < 1e-10
+
+
+def test_new_contrasts_prefer_aligned_data_and_ignore_masked_columns():
+    aligned = F.normalize(unit(16, 1, 8).expand(16, 3, 8) + 0.05 * unit(16, 3, 8, seed=1), dim=-1)
+    random = unit(16, 3, 8, seed=2)
+    mask = torch.ones(16, 3, dtype=torch.bool)
+    mask[::3, 2] = False
+    for fn in (triangle_loss, pairwise_infonce_loss):
+        assert fn(aligned, mask) < fn(random, mask)
+        A = random.clone().requires_grad_(True)
+        fn(A, mask).backward()
+        assert float(A.grad[~mask].abs().max()) == 0.0
+
+
+def test_learnable_temperature_modules_train_tau():
+    A = unit(8, 3, 6).float().requires_grad_(True)
+    for mod in (GRAMLoss(), TriangleLoss(), PairwiseInfoNCELoss()):
+        assert abs(float(mod.tau) - 0.07) < 1e-6
+        mod(A).backward()
+        assert mod.log_tau.grad is not None and torch.isfinite(mod.log_tau.grad)
+
+
+def test_retrieval_by_own_similarity():
+    A = unit(50, 2, 16, seed=4)
+    q, g = A[:, 0], A[:, 1].clone()
+    g[:25] = -q[:25]                        # anti-aligned: first by |sin| (volume), last by cosine
+    r_vol = retrieval_ranks(q, g, similarity="volume")
+    r_cos = retrieval_ranks(q, g, similarity="cosine")
+    assert (r_vol[:25] == 1).all() and (r_cos[:25] > 1).all()
+    # area of two unit vertices ranks as cosine does
+    torch.testing.assert_close(retrieval_ranks(q, g, similarity="area"), r_cos)
+    with pytest.raises(ValueError, match="unknown similarity"):
+        retrieval_ranks(q, g, similarity="dot")

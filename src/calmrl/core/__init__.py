@@ -3,16 +3,18 @@ diagnostics and metrics. Nothing here depends on the trainer."""
 
 from .anchor import anchor, anchor_distance, anchor_shift, shift_bounds
 from .calibrator import Imputation, Posterior, SharedLatentCalibrator, SufficientStats, missing_patterns
-from .losses import (AnchorInfoNCELoss, GRAMLoss, PMRLLoss, PMRLOutput, anchor_infonce_loss, gram_loss,
-                     gram_volume_matrix, info_nce, pmrl_loss)
+from .geometry import SIMILARITIES, gram_volume_matrix, pair_similarity, psd_det, triangle_area_matrix
+from .losses import (AnchorInfoNCELoss, GRAMLoss, LearnableTemperature, PairwiseInfoNCELoss, PMRLLoss, PMRLOutput, TriangleLoss,
+                     anchor_infonce_loss, gram_loss, info_nce, pairwise_infonce_loss, pmrl_loss, triangle_loss)
 from .metrics import imputation_quality, retrieval_metrics, retrieval_ranks, summarize_ranks
 from .spectral import safe_eigh, spectrum
 from .validation import check_embeddings, check_mask, stack_modalities
 
 __all__ = [
     "SharedLatentCalibrator", "Posterior", "Imputation", "SufficientStats", "missing_patterns",
-    "pmrl_loss", "gram_loss", "gram_volume_matrix", "anchor_infonce_loss", "info_nce",
-    "PMRLLoss", "GRAMLoss", "AnchorInfoNCELoss", "PMRLOutput",
+    "pmrl_loss", "gram_loss", "triangle_loss", "pairwise_infonce_loss", "anchor_infonce_loss", "info_nce",
+    "LearnableTemperature", "PMRLLoss", "GRAMLoss", "TriangleLoss", "PairwiseInfoNCELoss", "AnchorInfoNCELoss", "PMRLOutput",
+    "gram_volume_matrix", "triangle_area_matrix", "pair_similarity", "psd_det", "SIMILARITIES",
     "anchor", "anchor_shift", "anchor_distance", "shift_bounds",
     "retrieval_ranks", "retrieval_metrics", "summarize_ranks", "imputation_quality",
     "safe_eigh", "spectrum", "check_embeddings", "check_mask", "stack_modalities",

@@ -10,23 +10,29 @@ a softmax or a determinant.
   instance-wise InfoNCE over principal vectors :math:`u_i^\top u_j/\tau_2`.
 * :func:`gram_loss` -- GRAM: contrastive score :math:`-\operatorname{vol}/\tau` with
   :math:`\operatorname{vol} = \sqrt{\det G}` of an anchor vector and another instance's
-  other modalities.
+  other modalities, both directions, label smoothing (the authors' form).
+* :func:`triangle_loss` -- TRIANGLE: the same with the area of the triangle (simplex)
+  spanned by the tips of the anchor and the other modalities.
+* :func:`pairwise_infonce_loss` -- symmetric InfoNCE over every co-observed pair of
+  modalities, no hub (CLIP / VAST).
 * :func:`anchor_infonce_loss` -- CLIP/ImageBind style pairwise InfoNCE of every modality
   against one anchor modality.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .geometry import gram_volume_matrix, triangle_area_matrix
 from .spectral import spectrum
 
-__all__ = ["PMRLOutput", "pmrl_loss", "gram_volume_matrix", "gram_loss", "anchor_infonce_loss",
-           "info_nce", "PMRLLoss", "GRAMLoss", "AnchorInfoNCELoss"]
+__all__ = ["PMRLOutput", "pmrl_loss", "gram_loss", "triangle_loss", "pairwise_infonce_loss", "anchor_infonce_loss",
+           "info_nce", "LearnableTemperature", "PMRLLoss", "GRAMLoss", "TriangleLoss", "PairwiseInfoNCELoss", "AnchorInfoNCELoss"]
 
 
 def _full_mask(A: Tensor, mask: Tensor | None) -> Tensor:
@@ -37,13 +43,13 @@ def _full_mask(A: Tensor, mask: Tensor | None) -> Tensor:
     return mask.bool()
 
 
-def info_nce(logits: Tensor, symmetric: bool = True) -> Tensor:
+def info_nce(logits: Tensor, symmetric: bool = True, label_smoothing: float = 0.0) -> Tensor:
     r"""InfoNCE with positives on the diagonal: :math:`-\frac1B\sum_i\log\operatorname{softmax}(\ell_{i\cdot})_i`
-    (averaged with the column direction when ``symmetric``)."""
+    (averaged with the column direction when ``symmetric``; optional label smoothing)."""
     target = torch.arange(logits.shape[0], device=logits.device)
-    loss = F.cross_entropy(logits, target)
+    loss = F.cross_entropy(logits, target, label_smoothing=label_smoothing)
     if symmetric:
-        loss = 0.5 * (loss + F.cross_entropy(logits.T, target))
+        loss = 0.5 * (loss + F.cross_entropy(logits.T, target, label_smoothing=label_smoothing))
     return loss
 
 
@@ -101,40 +107,56 @@ def pmrl_loss(A: Tensor, mask: Tensor | None = None, *, tau1: float = 0.05, tau2
     return PMRLOutput(intra + inter_weight * inter_loss, intra, inter_loss, s, u)
 
 
-def gram_volume_matrix(A: Tensor, mask: Tensor | None = None, anchor: int = 0) -> Tensor:
-    r"""Volumes :math:`V_{ij}=\sqrt{\det G_{ij}}` of the parallelotope spanned by the anchor
-    vector of instance :math:`i` and the observed non-anchor vectors of instance :math:`j`.
-
-    Excluded columns are replaced by unit rows/columns of :math:`G_{ij}`, which leaves the
-    determinant of the remaining block unchanged. Returns ``(B, B)``.
-    """
-    mask = _full_mask(A, mask)
-    B, M, _ = A.shape
-    others = mask.clone()
-    others[:, anchor] = False
-    Am = A * others.to(A.dtype).unsqueeze(-1)
-    Gj = Am @ Am.transpose(1, 2)                                        # (B, M, M)
-    cross = torch.einsum("id,jmd->ijm", A[:, anchor], Am)               # (B, B, M)
-    G = Gj.unsqueeze(0).expand(B, B, M, M).clone()
-    G[..., anchor, :] = cross
-    G[..., :, anchor] = cross
-    G[..., anchor, anchor] = (A[:, anchor] ** 2).sum(-1)[:, None]
-    pad = (~others).to(A.dtype)
-    pad[:, anchor] = 0.0
-    G = G + torch.diag_embed(pad).unsqueeze(0)
-    det = torch.linalg.det(G)
-    return det.clamp_min(1e-12).sqrt()
+def gram_loss(A: Tensor, mask: Tensor | None = None, *, anchor: int = 0, tau: float | Tensor = 0.07,
+              label_smoothing: float = 0.1) -> Tensor:
+    r"""GRAM contrastive loss (authors' form): logits :math:`-V_{ij}/\tau` with :math:`V` the
+    :func:`~calmrl.core.geometry.gram_volume_matrix`, positives :math:`i=j`, cross-entropy with
+    label smoothing in both directions, :math:`\tfrac12(\mathcal L_{A2D}+\mathcal L_{D2A})`, over
+    the instances whose anchor and at least one other modality are observed. ``tau`` may be
+    a learnable tensor (the authors initialise it at 0.07)."""
+    return _volume_contrast(gram_volume_matrix, A, mask, anchor, tau, label_smoothing)
 
 
-def gram_loss(A: Tensor, mask: Tensor | None = None, *, anchor: int = 0, tau: float = 0.1) -> Tensor:
-    r"""GRAM contrastive loss: logits :math:`-V_{ij}/\tau`, positives :math:`i=j`, over the
-    instances whose anchor is observed (both directions)."""
+def triangle_loss(A: Tensor, mask: Tensor | None = None, *, anchor: int = 0, tau: float | Tensor = 0.07,
+                  label_smoothing: float = 0.1) -> Tensor:
+    r"""TRIANGLE contrastive loss: as :func:`gram_loss` with the area score
+    :func:`~calmrl.core.geometry.triangle_area_matrix` in place of the volume."""
+    return _volume_contrast(triangle_area_matrix, A, mask, anchor, tau, label_smoothing)
+
+
+def _volume_contrast(score_fn, A, mask, anchor, tau, label_smoothing):
     mask = _full_mask(A, mask)
     keep = mask[:, anchor] & (mask.sum(-1) >= 2)
     if int(keep.sum()) < 2:
         return A.sum() * 0.0
     A, mask = A[keep], mask[keep]
-    return info_nce(-gram_volume_matrix(A, mask, anchor) / tau, symmetric=True)
+    return info_nce(-score_fn(A, mask, anchor) / tau, symmetric=True, label_smoothing=label_smoothing)
+
+
+def pairwise_infonce_loss(A: Tensor, mask: Tensor | None = None, *, tau: float | Tensor = 0.07,
+                          label_smoothing: float = 0.0) -> Tensor:
+    r"""Symmetric InfoNCE over every pair of co-observed modalities, no hub (CLIP / VAST style).
+
+    For each ordered pair :math:`(m, n)`, :math:`m\ne n`, each instance :math:`i` observing both
+    queries with :math:`a_{im}` among the gallery :math:`\{a_{jn} : n \in O_j\}` (every instance
+    that observes :math:`n`), logits :math:`a_{im}^\top a_{jn}/\tau`, positive :math:`j=i`:
+    :math:`\mathcal L = \frac{1}{|P|}\sum_{(m,n,i)\in P} -\log\operatorname{softmax}_j(\ell_{mnij})_i`.
+    Both directions of a pair enter, so the loss is symmetric. Computed for all pairs at
+    once (no loop over modalities or instances)."""
+    mask = _full_mask(A, mask)
+    B, M, _ = A.shape
+    if B < 2 or M < 2:
+        return A.sum() * 0.0
+    logits = torch.einsum("imd,jnd->mnij", A, A) / tau                   # (M, M, B, B)
+    gallery_ok = mask.T[None, :, None, :]                                # a_jn observed
+    logits = logits.masked_fill(~gallery_ok, float("-inf"))
+    query_ok = mask.T[:, None, :] & mask.T[None, :, :]                   # (M, M, B): both observed
+    query_ok = query_ok & ~torch.eye(M, dtype=torch.bool, device=A.device)[..., None]
+    if not bool(query_ok.any()):
+        return A.sum() * 0.0
+    rows = logits[query_ok]                                              # (P, B)
+    target = torch.arange(B, device=A.device).expand(M, M, B)[query_ok]
+    return F.cross_entropy(rows, target, label_smoothing=label_smoothing)
 
 
 def anchor_infonce_loss(A: Tensor, mask: Tensor | None = None, *, anchor: int = 0, tau: float = 0.1) -> Tensor:
@@ -168,15 +190,47 @@ class PMRLLoss(nn.Module):
                          column_weights=column_weights)
 
 
-class GRAMLoss(nn.Module):
-    """Module form of :func:`gram_loss`."""
+class LearnableTemperature(nn.Module):
+    """A temperature :math:`\tau = e^{\theta}` learned with the encoders (initialised at
+    ``tau``), clamped below at ``min_tau`` so the logits stay bounded."""
 
-    def __init__(self, anchor: int = 0, tau: float = 0.1):
+    def __init__(self, tau: float = 0.07, learnable: bool = True, min_tau: float = 0.01):
         super().__init__()
-        self.anchor, self.tau = anchor, tau
+        self.log_tau = nn.Parameter(torch.tensor(math.log(tau)), requires_grad=learnable)
+        self.min_tau = min_tau
+
+    @property
+    def tau(self) -> Tensor:
+        return self.log_tau.exp().clamp_min(self.min_tau)
+
+
+class GRAMLoss(LearnableTemperature):
+    """Module form of :func:`gram_loss` with a learnable temperature."""
+
+    def __init__(self, anchor: int = 0, tau: float = 0.07, label_smoothing: float = 0.1, learnable: bool = True):
+        super().__init__(tau, learnable)
+        self.anchor, self.label_smoothing = anchor, label_smoothing
 
     def forward(self, A: Tensor, mask: Tensor | None = None) -> Tensor:
-        return gram_loss(A, mask, anchor=self.anchor, tau=self.tau)
+        return gram_loss(A, mask, anchor=self.anchor, tau=self.tau, label_smoothing=self.label_smoothing)
+
+
+class TriangleLoss(GRAMLoss):
+    """Module form of :func:`triangle_loss` with a learnable temperature."""
+
+    def forward(self, A: Tensor, mask: Tensor | None = None) -> Tensor:
+        return triangle_loss(A, mask, anchor=self.anchor, tau=self.tau, label_smoothing=self.label_smoothing)
+
+
+class PairwiseInfoNCELoss(LearnableTemperature):
+    """Module form of :func:`pairwise_infonce_loss` with a learnable temperature."""
+
+    def __init__(self, tau: float = 0.07, label_smoothing: float = 0.0, learnable: bool = True):
+        super().__init__(tau, learnable)
+        self.label_smoothing = label_smoothing
+
+    def forward(self, A: Tensor, mask: Tensor | None = None) -> Tensor:
+        return pairwise_infonce_loss(A, mask, tau=self.tau, label_smoothing=self.label_smoothing)
 
 
 class AnchorInfoNCELoss(nn.Module):

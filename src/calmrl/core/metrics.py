@@ -15,12 +15,17 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from .geometry import SIMILARITIES, pair_similarity
+
 __all__ = ["retrieval_ranks", "retrieval_metrics", "summarize_ranks", "imputation_quality"]
 
 
 def retrieval_ranks(query: Tensor, gallery: Tensor, targets: Tensor | None = None, *,
-                    chunk_size: int = 4096, backend: str = "torch", max_rank: int = 100) -> Tensor:
-    """1-based rank of each query's correct gallery item, ``(Q,)`` long."""
+                    chunk_size: int = 4096, backend: str = "torch", max_rank: int = 100,
+                    similarity: str = "cosine") -> Tensor:
+    """1-based rank of each query's correct gallery item, ``(Q,)`` long. ``similarity``: the
+    score of :func:`~calmrl.core.geometry.pair_similarity` (``cosine`` = inner product;
+    ``volume`` and ``area`` need the torch backend)."""
     if query.dim() != 2 or gallery.dim() != 2 or query.shape[1] != gallery.shape[1]:
         raise ValueError(f"query {tuple(query.shape)} and gallery {tuple(gallery.shape)} must be "
                          "(n, d) matrices of the same width")
@@ -28,14 +33,18 @@ def retrieval_ranks(query: Tensor, gallery: Tensor, targets: Tensor | None = Non
         if query.shape[0] != gallery.shape[0]:
             raise ValueError("without targets, query and gallery must be aligned (same length)")
         targets = torch.arange(query.shape[0], device=query.device)
+    if similarity not in SIMILARITIES:
+        raise ValueError(f"unknown similarity '{similarity}'; valid: {list(SIMILARITIES)}")
     if backend == "faiss":
+        if similarity != "cosine":
+            raise ValueError(f"the faiss backend scores by inner product only, not by '{similarity}'")
         return _faiss_ranks(query, gallery, targets, max_rank)
     if backend != "torch":
         raise ValueError(f"unknown retrieval backend '{backend}'; valid: 'torch', 'faiss'")
     ranks = torch.empty(query.shape[0], dtype=torch.long, device=query.device)
     for s in range(0, query.shape[0], chunk_size):
         q = query[s: s + chunk_size]
-        scores = q @ gallery.T                                                # (c, G)
+        scores = q @ gallery.T if similarity == "cosine" else pair_similarity(q, gallery, similarity)  # (c, G)
         pos = scores.gather(1, targets[s: s + chunk_size, None])
         ranks[s: s + chunk_size] = 1 + (scores > pos).sum(1)
     return ranks

@@ -14,9 +14,15 @@ from typing import Any, get_origin, get_type_hints
 import yaml
 
 __all__ = ["ConfigError", "Config", "DataConfig", "MissingConfig", "ModelConfig", "MethodConfig",
-           "CalibratorConfig", "TrainConfig", "EvalConfig", "load_config", "apply_overrides", "config_to_dict", "METHODS"]
+           "CalibratorConfig", "TrainConfig", "EvalConfig", "load_config", "apply_overrides", "config_to_dict", "METHODS",
+           "LEARNED_TEMPERATURE", "OWN_SIMILARITY"]
 
-METHODS = ("calmrl", "pmrl-drop", "pmrl-meanfill", "pmrl-zerofill", "gram", "anchor-infonce", "oracle")
+METHODS = ("calmrl", "pmrl-drop", "pmrl-meanfill", "pmrl-zerofill", "gram", "triangle", "pairwise-infonce",
+           "anchor-infonce", "oracle")
+# the similarity each method is trained with (and scored with under results.json "pairs_own")
+OWN_SIMILARITY = {"gram": "volume", "triangle": "area"}   # every other method: cosine
+# methods whose contrast has a learnable temperature (initialised at method.tau_init), as in their authors' code
+LEARNED_TEMPERATURE = ("gram", "triangle", "pairwise-infonce")
 
 
 class ConfigError(ValueError):
@@ -68,11 +74,17 @@ class ModelConfig:
 class MethodConfig:
     name: str = _f("calmrl", choices=METHODS)
     tau1: float = _f(0.05, lo=1e-4, help="PMRL temperature on singular values")
-    tau2: float = _f(0.1, lo=1e-4, help="temperature of the instance-wise contrast (PMRL), GRAM and InfoNCE")
+    tau2: float = _f(0.1, lo=1e-4, help="temperature of the instance-wise contrast (PMRL) and of anchor-infonce")
+    tau_init: float = _f(0.07, lo=1e-2, help="gram / triangle / pairwise-infonce: initial value of the learnable "
+                                            "temperature (authors: 0.07; kept >= 0.01)")
+    learn_temperature: bool = _f(True, help="gram / triangle / pairwise-infonce: learn the temperature (else fixed "
+                                            "at tau_init)")
+    label_smoothing: float = _f(0.1, lo=0.0, hi=0.5, help="gram / triangle: label smoothing of the contrast "
+                                                         "(authors: 0.1)")
     inter_weight: float = _f(1.0, lo=0.0)
     inter: str = _f("modality", choices=("modality", "anchor"),
                     help="PMRL instance-wise term: columns vs anchors (modality) or anchors vs anchors")
-    anchor: str = _f("", help="anchor modality of gram / anchor-infonce (empty = first)")
+    anchor: str = _f("", help="anchor modality of gram / triangle / anchor-infonce (empty = first)")
     renormalize_imputed: bool = _f(False, help="project imputed vectors to the unit sphere (paper: no)")
     impute_grad: bool = _f(False, help="let gradients flow through imputations into observed encoders")
     confidence_weighting: bool = _f(False, help="scale imputed columns by the posterior confidence")

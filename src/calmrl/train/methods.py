@@ -7,7 +7,10 @@
 ``pmrl-drop``      PMRL over the observed columns only (the uncalibrated baseline)
 ``pmrl-meanfill``  missing columns filled with the batch mean direction of that modality
 ``pmrl-zerofill``  missing columns left as zero vectors (zero singular values enter the softmax)
-``gram``           GRAM volume contrast against the anchor modality, observed columns only
+``gram``           GRAM (authors' form): volume contrast of the anchor modality against the other
+                   observed modalities, both directions, learnable temperature, label smoothing
+``triangle``       TRIANGLE: the same with the area spanned by the tips of the vectors
+``pairwise-infonce`` symmetric InfoNCE over every co-observed pair of modalities (CLIP / VAST)
 ``anchor-infonce`` pairwise InfoNCE of each modality against the anchor modality (ImageBind)
 ``oracle``         PMRL with no missingness in training (upper bound; set by the data layer)
 =================  ===========================================================================
@@ -19,7 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..core import SharedLatentCalibrator, anchor_infonce_loss, gram_loss, pmrl_loss
+from ..core import (SharedLatentCalibrator, anchor_infonce_loss, gram_loss, pairwise_infonce_loss, pmrl_loss,
+                    triangle_loss)
 from ..core.calibrator import Posterior
 from .config import MethodConfig
 
@@ -54,12 +58,14 @@ def fill_missing(A: Tensor, mask: Tensor, calibrator: SharedLatentCalibrator, cf
 
 def alignment_loss(A: Tensor, mask: Tensor, cfg: MethodConfig, *, anchor: int = 0,
                    calibrator: SharedLatentCalibrator | None = None, calibrated: bool = False,
-                   column_weights: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+                   column_weights: Tensor | None = None, tau: Tensor | float | None = None
+                   ) -> tuple[Tensor, dict[str, Tensor]]:
     """Loss of one batch for method ``cfg.name``; returns ``(loss, logs)``.
 
     For ``calmrl`` with ``calibrated=True``: given a ``calibrator``, the missing columns of
     ``A`` are imputed here; without one, ``A`` is taken as already filled (as the trainer
-    does, per process before the all-gather) and ``column_weights`` are optional."""
+    does, per process before the all-gather) and ``column_weights`` are optional. ``tau``:
+    the (learnable) temperature of gram / triangle / pairwise-infonce (default ``cfg.tau_init``)."""
     name = cfg.name
 
     def pmrl(cols: Tensor, cols_mask: Tensor | None, weights: Tensor | None = None):
@@ -79,8 +85,13 @@ def alignment_loss(A: Tensor, mask: Tensor, cfg: MethodConfig, *, anchor: int = 
         return pmrl(torch.where(mask[..., None], A, mean_dir.expand_as(A)), None)
     if name == "pmrl-zerofill":
         return pmrl(A * mask[..., None], None)
+    tau = cfg.tau_init if tau is None else tau
     if name == "gram":
-        return gram_loss(A, mask, anchor=anchor, tau=cfg.tau2), {}
+        return gram_loss(A, mask, anchor=anchor, tau=tau, label_smoothing=cfg.label_smoothing), {}
+    if name == "triangle":
+        return triangle_loss(A, mask, anchor=anchor, tau=tau, label_smoothing=cfg.label_smoothing), {}
+    if name == "pairwise-infonce":
+        return pairwise_infonce_loss(A, mask, tau=tau), {}
     if name == "anchor-infonce":
         return anchor_infonce_loss(A, mask, anchor=anchor, tau=cfg.tau2), {}
     raise ValueError(f"unknown method '{name}'")

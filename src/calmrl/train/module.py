@@ -18,9 +18,9 @@ import lightning as L
 import torch
 import torch.distributed as dist
 
-from ..core import SharedLatentCalibrator
+from ..core import LearnableTemperature, SharedLatentCalibrator
 from ..core.distributed import all_reduce_stats, gather_nograd, gather_with_grad, global_loss_scale, is_distributed
-from .config import Config
+from .config import LEARNED_TEMPERATURE, Config
 from .encoders import MultiModalEncoder
 from .evaluate import retrieval_table
 from .methods import alignment_loss, fill_missing
@@ -44,6 +44,9 @@ class CalMRLModule(L.LightningModule):
         self.register_buffer("running_stats", torch.zeros(n_stats))
         self.register_buffer("running_valid", torch.tensor(False))
         self.anchor_index = names.index(cfg.method.anchor) if cfg.method.anchor else 0
+        self.temperature = None
+        if cfg.method.name in LEARNED_TEMPERATURE:   # tau = exp(log_tau), kept >= 0.01
+            self.temperature = LearnableTemperature(cfg.method.tau_init, learnable=cfg.method.learn_temperature)
         self._val_A: list[torch.Tensor] = []
         self._batch_ll = None   # step schedule: (sum, count) of this epoch's batch log-likelihoods
         self._pending = None    # step schedule: (summed statistics, number of batches) awaiting an M-step
@@ -179,8 +182,11 @@ class CalMRLModule(L.LightningModule):
         # loss is scaled by the world size so that DDP's gradient average is the global gradient
         A_all, mask_all = gather_with_grad(A), gather_nograd(mask)
         weights_all = gather_nograd(weights) if weights is not None else None
+        tau = self.temperature.tau if self.temperature is not None else None
         loss, logs = alignment_loss(A_all, mask_all, self.cfg.method, anchor=self.anchor_index,
-                                    calibrated=calibrated, column_weights=weights_all)
+                                    calibrated=calibrated, column_weights=weights_all, tau=tau)
+        if tau is not None:
+            logs["tau"] = tau.detach()
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite training loss at epoch {self.current_epoch}, step {batch_idx}")
         bs = mask_all.shape[0]
@@ -227,7 +233,10 @@ class CalMRLModule(L.LightningModule):
 
     def configure_optimizers(self):
         t = self.cfg.train
-        opt = torch.optim.AdamW(self.encoder.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+        groups = [{"params": list(self.encoder.parameters())}]
+        if self.temperature is not None and self.temperature.log_tau.requires_grad:
+            groups.append({"params": [self.temperature.log_tau], "weight_decay": 0.0})   # no decay on it
+        opt = torch.optim.AdamW(groups, lr=t.lr, weight_decay=t.weight_decay)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, t.epochs))
         return {"optimizer": opt, "lr_scheduler": sched}
 
