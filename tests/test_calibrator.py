@@ -239,3 +239,23 @@ def test_cached_pattern_factors_follow_parameter_changes():
     cal.W = cal.W.clone() * 2                            # a replaced tensor is not mistaken for the old one
     fresh.W.mul_(2)
     torch.testing.assert_close(cal.posterior(Z, mask).cov, fresh.posterior(Z, mask).cov, atol=1e-12, rtol=0)
+
+
+def test_randomized_init_matches_full_eigendecomposition():
+    """The randomised low-rank initialisation (no p x p eigendecomposition) spans the same
+    leading subspace as the full one and EM from it reaches the same likelihood."""
+    cal = random_calibrator(M=3, D=120, k=4, seed=11)
+    Z, _ = sample_from(cal, 400, seed=12)
+    mask = random_mask(400, 3, 0.3, seed=13)
+    full = SharedLatentCalibrator(3, 120, 4, dtype=torch.float64).init_from_data(Z, mask, solver="full")
+    rand = SharedLatentCalibrator(3, 120, 4, dtype=torch.float64).init_from_data(Z, mask, solver="randomized")
+    Qf, _ = torch.linalg.qr(full.W.reshape(-1, 4))
+    Qr, _ = torch.linalg.qr(rand.W.reshape(-1, 4))
+    cos_angles = torch.linalg.svdvals(Qf.T @ Qr)
+    assert float(cos_angles.min()) > 0.999
+    torch.testing.assert_close(rand.sigma2, full.sigma2, rtol=1e-3, atol=0)
+    torch.testing.assert_close(rand.mu, full.mu)
+    ll = [c.fit(Z, mask, n_iter=15, init=None, tol=0).history_[-1] for c in (full, rand)]
+    assert abs(ll[0] - ll[1]) < 1e-4 * abs(ll[0])
+    with pytest.raises(ValueError, match="unknown init solver"):
+        full.init_from_data(Z, mask, solver="lanczos")

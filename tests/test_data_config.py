@@ -161,3 +161,21 @@ def test_from_tables_joins_modalities_on_ids():
         MultiViewData.from_tables({"a": (["x", "y"], np.zeros((3, 2)))})
     with pytest.raises(ValueError, match="no label"):
         MultiViewData.from_tables({"a": a}, labels={"x": 0})
+
+
+def test_thread_policy(monkeypatch):
+    from calmrl.train import runner
+    cfg = load_config(None, [])
+    monkeypatch.setattr(runner.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    monkeypatch.setattr(runner, "busy_cores", lambda window=0.25: 0.1)
+    assert runner.choose_threads(cfg) == 4                       # idle machine: every core
+    monkeypatch.setattr(runner, "busy_cores", lambda window=0.25: 2.7)
+    assert runner.choose_threads(cfg) == 1                       # 3 cores busy elsewhere
+    monkeypatch.setattr(runner, "busy_cores", lambda window=0.25: 0.0)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert runner.choose_threads(cfg) == 2                       # shared among the node's processes
+    assert runner.choose_threads(load_config(None, ["train.threads=3"])) == 3
+    assert 0.0 <= runner.busy_cores(0.05) <= (runner.os.cpu_count() or 1)
+    with pytest.raises(ConfigError, match="train.threads"):
+        load_config(None, ["train.threads=-1"])

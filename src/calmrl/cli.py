@@ -33,7 +33,7 @@ def _print_tables(results: list[dict]):
 def cmd_train(args) -> int:
     from .train import load_config, run
 
-    cfg = load_config(args.config, args.set)
+    cfg = load_config(args.config, args.set + ([f"train.threads={args.threads}"] if args.threads else []))
     methods = args.method.split(",") if args.method else [cfg.method.name]
     from .train.config import METHODS
     bad = [m for m in methods if m not in METHODS]
@@ -185,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--method", default=None, help="comma-separated methods, e.g. calmrl,pmrl-drop,oracle")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
     t.add_argument("--resume", action="store_true", help="continue from <output_dir>/<method>/checkpoints/last.ckpt")
+    t.add_argument("--threads", type=int, default=0, help="intra-op CPU threads (train.threads; 0 = auto)")
     t.set_defaults(fn=cmd_train)
     e = sub.add_parser("eval", help="evaluate a checkpoint on its test split")
     e.add_argument("--checkpoint", required=True)
@@ -201,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--seeds", default=None, help="comma-separated seeds (default 0,1,2; quick: 0)")
     b.add_argument("--out", default="reports/bench")
     b.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    b.add_argument("--threads", type=int, default=0, help="intra-op CPU threads (train.threads; 0 = auto)")
     b.set_defaults(fn=cmd_bench)
     em = sub.add_parser("embed", help="raw inputs (JSON lines) -> feature store; resumable")
     em.add_argument("--input", required=True, help="JSON lines, one instance per line")

@@ -489,7 +489,8 @@ class SharedLatentCalibrator(nn.Module):
     # ------------------------------------------------------------------ initialisation
     @_full_precision
     def init_from_data(self, Z: Tensor, mask: Tensor | None = None, *, method: str = "pca",
-                       max_samples: int = 20000, generator: torch.Generator | None = None) -> "SharedLatentCalibrator":
+                       max_samples: int = 20000, generator: torch.Generator | None = None,
+                       solver: str = "auto") -> "SharedLatentCalibrator":
         r"""Initialise ``W, mu, sigma2``.
 
         ``"pca"``: :math:`\mu_m` = mean of the observed rows; missing cells are mean-filled,
@@ -498,9 +499,18 @@ class SharedLatentCalibrator(nn.Module):
         :math:`\sigma_m^2` the per-feature residual variance of modality :math:`m` outside the
         top-:math:`k` subspace. A subsample of at most ``max_samples`` instances is used.
         ``"random"``: small random ``W``, data means and variances (for tests of EM itself).
+
+        ``solver`` (PCA): ``"full"`` eigendecomposes the ``p x p`` covariance of the
+        concatenated widths :math:`p=\sum_m d_m` (cubic in ``p``); ``"randomized"`` takes the
+        top-``k`` singular vectors of the ``N x p`` data by a randomised range finder with
+        power iterations (``torch.svd_lowrank``, Halko et al. 2011), linear in ``p``, and the
+        residual variance :math:`(\operatorname{tr}C - \sum_{j\le k}\lambda_j)/(p-k)` without the
+        other eigenvalues; ``"auto"``: ``full`` up to ``p = 1024``, else ``randomized``.
         """
         if method not in ("pca", "random"):
             raise ValueError(f"unknown init method '{method}'; valid: 'pca', 'random'")
+        if solver not in ("auto", "full", "randomized"):
+            raise ValueError(f"unknown init solver '{solver}'; valid: 'auto', 'full', 'randomized'")
         Z, mask = self._check(Z, mask)
         with torch.no_grad():
             if Z.shape[0] > max_samples:
@@ -520,11 +530,22 @@ class SharedLatentCalibrator(nn.Module):
                 self.sigma2.copy_(var.clamp_min(self.sigma2_floor))
             else:
                 Xc = X[:, rows]                                                   # (B, sum d_m)
-                C = Xc.T @ Xc / Xc.shape[0]
-                evals, evecs = torch.linalg.eigh(C)
-                evals, evecs = evals.flip(0), evecs.flip(1)
-                k = min(self.k, C.shape[0])
-                resid = evals[k:].clamp_min(0).mean() if C.shape[0] > k else evals.new_tensor(self.sigma2_floor)
+                p = Xc.shape[1]
+                k = min(self.k, p, Xc.shape[0])
+                if solver == "full" or (solver == "auto" and p <= 1024):
+                    evals, evecs = torch.linalg.eigh(Xc.T @ Xc / Xc.shape[0])
+                    evals, evecs = evals.flip(0), evecs.flip(1)
+                    resid = evals[k:].clamp_min(0).mean() if p > k else evals.new_tensor(self.sigma2_floor)
+                else:
+                    # svd_lowrank draws from the global generator: a forked, seeded one keeps the
+                    # initialisation reproducible and leaves the caller's random stream untouched
+                    with torch.random.fork_rng(devices=[Xc.device] if Xc.is_cuda else []):
+                        torch.manual_seed(0)
+                        _, S, V = torch.svd_lowrank(Xc, q=min(k + 10, min(Xc.shape)), niter=4)
+                    evals, evecs = S[:k] ** 2 / Xc.shape[0], V[:, :k]
+                    total = (Xc * Xc).sum() / Xc.shape[0]
+                    resid = ((total - evals.sum()) / (p - k)).clamp_min(0) if p > k \
+                        else evals.new_tensor(self.sigma2_floor)
                 Wc = evecs[:, :k] * (evals[:k] - resid).clamp_min(0).sqrt()        # (sum d_m, k)
                 W = torch.zeros(self.M, self.D, self.k, dtype=Z.dtype, device=Z.device)
                 W_rows = torch.zeros(Wc.shape[0], self.k, dtype=Z.dtype, device=Z.device)
@@ -550,10 +571,12 @@ class SharedLatentCalibrator(nn.Module):
         for s in range(0, Z.shape[0], batch_size):
             yield Z[s: s + batch_size], mask[s: s + batch_size]
 
-    def accumulate(self, Z: Tensor, mask: Tensor | None = None, batch_size: int | None = None
-                   ) -> tuple[SufficientStats, float]:
-        """One E-step pass: summed statistics and total log-likelihood under the current parameters."""
-        Z, mask = self._check(Z, mask)
+    def accumulate(self, Z: Tensor, mask: Tensor | None = None, batch_size: int | None = None, *,
+                   validate: bool = True) -> tuple[SufficientStats, float]:
+        """One E-step pass: summed statistics and total log-likelihood under the current parameters.
+        ``validate=False`` skips the input checks (``Z`` already checked, missing cells zero)."""
+        if validate:
+            Z, mask = self._check(Z, mask)
         total, ll = None, 0.0
         with torch.no_grad():
             for Zb, mb in self._batches(Z, mask, batch_size):
@@ -580,7 +603,7 @@ class SharedLatentCalibrator(nn.Module):
         self.history_ = []
         N = Z.shape[0]
         for it in range(n_iter):
-            stats, ll = self.accumulate(Z, mask, batch_size)
+            stats, ll = self.accumulate(Z, mask, batch_size, validate=False)   # checked once above
             self.history_.append(ll / N)
             if verbose:
                 print(f"EM iter {it}: mean log-likelihood {ll / N:.6f}")

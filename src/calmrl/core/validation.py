@@ -68,15 +68,14 @@ def check_embeddings(Z: Tensor, mask: Tensor | None, n_modalities: int, dim: int
             f"embeddings have shape {tuple(Z.shape)} but the model expects (B, {n_modalities}, {dim})")
     if not Z.dtype.is_floating_point:
         raise ValueError(f"embeddings must be floating point, got {Z.dtype}")
-    nan_cell = torch.isnan(Z)
     if mask is None:
-        mask = ~nan_cell.all(dim=2)
+        mask = ~torch.isnan(Z).all(dim=2)
     mask = check_mask(mask.to(Z.device), Z.shape[0], n_modalities, require_observed=require_observed,
                       names=names)
-    bad = (~torch.isfinite(Z)).any(dim=2) & mask
+    bad = ~torch.isfinite(Z).all(dim=2) & mask                   # one pass over Z
     if bool(bad.any()):
         row, m = bad.nonzero()[0].tolist()
-        kind = "NaN" if bool(nan_cell[row, m].any()) else "inf"
+        kind = "NaN" if bool(torch.isnan(Z[row, m]).any()) else "inf"
         raise ValueError(
             f"modality {_name(names, m)} row {row} is marked observed but holds {kind} values "
             f"({int(bad.sum())} such cell(s)); fix the data or mark the cell missing in the mask")

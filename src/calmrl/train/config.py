@@ -122,6 +122,9 @@ class TrainConfig:
     strategy: str = _f("auto", help="Lightning strategy, e.g. ddp")
     precision: str = _f("32-true", choices=("32-true", "32", "16-mixed", "bf16-mixed", "64-true"))
     num_workers: int = _f(0, lo=0)
+    threads: int = _f(0, lo=0, help="intra-op CPU threads per process (0 = auto: the cores this process may use "
+                                    "that other processes are not keeping busy at the start, divided among its "
+                                    "node's processes; benchmarks/bench_threads.py)")
     progress: bool = _f(True, help="show a progress bar")
     check_val_every: int = _f(5, lo=1)
     init_from: str = _f("", help="continual training: start from this checkpoint's encoders and calibrator "
