@@ -17,6 +17,7 @@ import time
 import numpy as np
 import torch
 from sklearn.decomposition import PCA
+from threadpoolctl import threadpool_limits
 
 from calmrl.core import SharedLatentCalibrator
 from common import machine
@@ -55,7 +56,8 @@ def main():
     Z, mask, X = data()
     print(f"# {machine()}; N={Z.shape[0]}, widths {WIDTHS}, k={a.k}, {a.iters} EM iterations")
     Xn = X.numpy()
-    t_pca, _ = timed(lambda: PCA(n_components=a.k, svd_solver="randomized", random_state=0).fit(Xn))
+    with threadpool_limits(a.threads):   # BLAS of scikit-learn on as many threads as torch
+        t_pca, _ = timed(lambda: PCA(n_components=a.k, svd_solver="randomized", random_state=0).fit(Xn))
     print(f"sklearn PCA(randomized) fit                 {t_pca:8.2f} s")
 
     def make():
