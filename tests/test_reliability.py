@@ -69,8 +69,9 @@ def test_modality_never_observed_in_training_is_an_error():
 def test_sigkill_mid_training_then_resume_matches_uninterrupted(tmp_path):
     """A real subprocess is killed with SIGKILL after some epochs; `--resume` finishes the run
     and the final metrics equal those of an uninterrupted run with the same seed."""
+    # no validation during the run: checkpoints must come from the end of every training epoch
     sets = ["model.embed_dim=32", "model.hidden_dim=64", "train.epochs=30", "calibrator.warmup_epochs=2",
-            "calibrator.em_iters=3", "train.progress=false", "train.check_val_every=10"]
+            "calibrator.em_iters=3", "train.progress=false", "train.check_val_every=50"]
 
     def cmd(out, resume=False):
         c = [sys.executable, "-m", "calmrl.cli", "train", "--method", "calmrl"]
@@ -96,6 +97,8 @@ def test_sigkill_mid_training_then_resume_matches_uninterrupted(tmp_path):
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
     assert not (out / "calmrl" / "results.json").exists()
+    kept = torch.load(ckpt, weights_only=False, map_location="cpu")["epoch"]
+    assert 5 <= kept < 29, kept          # a mid-run epoch was kept, not only the end of training
     resumed = subprocess.run(cmd(out, resume=True), env=env, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     a = json.loads((tmp_path / "ref" / "calmrl" / "results.json").read_text())

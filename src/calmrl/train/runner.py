@@ -174,7 +174,8 @@ def build_trainer(cfg: Config, run_dir: Path, *, max_epochs: int | None = None, 
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
     t = cfg.train
-    ckpt = ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0, every_n_epochs=1)
+    ckpt = ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=1, every_n_epochs=1,
+                           save_on_train_epoch_end=True)
     loggers = [CSVLogger(run_dir, name="logs", version="")]
     try:
         loggers.append(TensorBoardLogger(run_dir, name="tensorboard", version=""))
