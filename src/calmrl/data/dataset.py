@@ -89,8 +89,66 @@ class MultiViewData:
         return self
 
     @classmethod
-    def from_tables(cls, tables: "dict[str, tuple[Sequence, np.ndarray]]", labels: dict | None = None
-                    ) -> "MultiViewData":
+    def unchecked(cls, views, names, mask, ids=None, labels=None, meta=None) -> "MultiViewData":
+        """Build without :meth:`validate` (for data whose partial views are resolved afterwards)."""
+        data = cls.__new__(cls)
+        data.views, data.names, data.mask = list(views), list(names), np.asarray(mask, dtype=bool)
+        data.ids = np.arange(data.mask.shape[0]) if ids is None else np.asarray(ids)
+        data.labels, data.meta = labels, dict(meta or {})
+        return data
+
+    def nonfinite_rows(self, m: int) -> np.ndarray:
+        """Indices of observed rows of modality ``m`` with a NaN/inf feature (chunked: a
+        memory-mapped view is never loaded whole)."""
+        rows = np.nonzero(self.mask[:, m])[0]
+        bad = []
+        for s in range(0, len(rows), 65536):
+            r = rows[s: s + 65536]
+            bad.append(r[~np.isfinite(np.asarray(self.views[m][r])).all(1)])
+        return np.concatenate(bad) if bad else np.zeros(0, np.int64)
+
+    def resolve_partial_views(self, policy: str, fill_rows: np.ndarray | None = None
+                              ) -> tuple["MultiViewData", dict[str, dict[str, int]]]:
+        """Observed views with NaN/inf in some features. ``policy``: ``error`` (raise, naming the
+        modality, the count and the first id), ``missing`` (the view becomes missing in those
+        rows) or ``fill`` (each non-finite feature is replaced by that feature's mean over the
+        observed finite values of ``fill_rows``, default all rows; 0 where it has none).
+        Returns the new data and ``{modality: {"rows": r, "cells": c}}`` for the affected ones."""
+        if policy not in ("error", "missing", "fill"):
+            raise ValueError(f"unknown partial-view policy '{policy}'; valid: error, missing, fill")
+        report, mask, views = {}, self.mask.copy(), list(self.views)
+        for m, name in enumerate(self.names):
+            bad = self.nonfinite_rows(m)
+            if len(bad) == 0:
+                continue
+            block = np.asarray(self.views[m][bad])
+            cells = int((~np.isfinite(block)).sum())
+            report[name] = {"rows": int(len(bad)), "cells": cells}
+            if policy == "error":
+                raise ValueError(f"modality '{name}' has NaN/inf in {cells} feature(s) of {len(bad)} observed row(s) "
+                                 f"(first id {self.ids[bad[0]]!r}); set data.partial_views to 'missing' (treat the "
+                                 "view as missing in those rows) or 'fill' (training-split feature means)")
+            if policy == "missing":
+                mask[bad, m] = False
+            else:
+                v = np.array(self.views[m], dtype=np.float32)            # a writable copy
+                rows = np.arange(self.n) if fill_rows is None else np.asarray(fill_rows)
+                rows = rows[self.mask[rows, m]]
+                ref = np.where(np.isfinite(v[rows]), v[rows], np.nan)
+                with np.errstate(all="ignore"):
+                    import warnings
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore", RuntimeWarning)
+                        means = np.nanmean(ref, 0) if len(rows) else np.zeros(v.shape[1])
+                means = np.where(np.isfinite(means), means, 0.0).astype(np.float32)
+                sub = v[bad]
+                v[bad] = np.where(np.isfinite(sub), sub, means)
+                views[m] = v
+        return MultiViewData.unchecked(views, self.names, mask, self.ids, self.labels, self.meta), report
+
+    @classmethod
+    def from_tables(cls, tables: "dict[str, tuple[Sequence, np.ndarray]]", labels: dict | None = None, *,
+                    validate: bool = True) -> "MultiViewData":
         """Join per-modality tables ``name -> (ids, features)`` on their ids.
 
         Modality files often disagree on which instances they cover: the union of ids is
@@ -126,6 +184,8 @@ class MultiViewData:
                 raise ValueError(f"no label for {len(unknown)} id(s), e.g. {unknown[:3]}")
             y = np.array([labels[i] for i in all_ids])
         meta = {"missing_by_join": {n: int((~mask[:, m]).sum()) for m, n in enumerate(names)}}
+        if not validate:
+            return cls.unchecked(views, names, mask, np.array(all_ids), y, meta)
         return cls(views, names, mask, np.array(all_ids), y, meta)
 
     # ------------------------------------------------------------------ helpers

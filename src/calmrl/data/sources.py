@@ -11,7 +11,7 @@ import torch
 
 from .dataset import MultiViewData
 
-__all__ = ["UCI_VIEWS", "load_uci_mfeat", "synthetic_multiview", "stratified_split", "mcar_mask",
+__all__ = ["UCI_VIEWS", "load_uci_mfeat", "synthetic_multiview", "stratified_split", "split_parts", "mcar_mask",
            "paired_subsets_mask"]
 
 # file suffix -> (modality name, width), in the order of the UCI documentation
@@ -93,10 +93,49 @@ def stratified_split(n: int, labels: np.ndarray | None, val: float, test: float,
     if not (0 < val < 1 and 0 < test < 1 and val + test < 1):
         raise ValueError(f"val and test fractions must be in (0, 1) with a sum below 1, got {val}, {test}")
     idx = np.arange(n)
-    train, rest = train_test_split(idx, test_size=val + test, random_state=seed, stratify=labels)
-    rest_y = labels[rest] if labels is not None else None
-    v, t = train_test_split(rest, test_size=test / (val + test), random_state=seed, stratify=rest_y)
+    n_rest = n - int(np.floor(n * (1 - val - test)))
+    if n < 6 or round(n * test) < 2:
+        raise ValueError(f"{n} instances are too few to split into train / validation / test with fractions "
+                         f"{1 - val - test:.2f} / {val:.2f} / {test:.2f} (the test split needs at least 2)")
+    try:
+        train, rest = train_test_split(idx, test_size=val + test, random_state=seed, stratify=labels)
+        rest_y = labels[rest] if labels is not None else None
+        v, t = train_test_split(rest, test_size=test / (val + test), random_state=seed, stratify=rest_y)
+    except ValueError as e:
+        if labels is None:
+            raise
+        counts = np.unique(labels, return_counts=True)[1]
+        raise ValueError(f"cannot stratify {n} instances with {len(counts)} classes (smallest class: {counts.min()} "
+                         f"instance(s)) into validation and test splits of about {n_rest} instances: every class "
+                         "needs a few instances in each split; use more data, larger data.val_fraction / "
+                         f"data.test_fraction, or data.stratify=false ({e})") from None
     return np.sort(train), np.sort(v), np.sort(t)
+
+
+def split_parts(n: int, n_parts: int, *, labels: np.ndarray | None = None, order: str = "random",
+                seed: int = 0) -> list[np.ndarray]:
+    """``n_parts`` disjoint, sorted index arrays covering ``range(n)``. ``order="random"``: each
+    part a random share, stratified by ``labels`` when given (every class spread over the
+    parts); ``"class"``: consecutive blocks of the label-sorted order (class-incremental)."""
+    if n_parts < 1:
+        raise ValueError(f"n_parts must be >= 1, got {n_parts}")
+    if order == "class":
+        by = np.argsort(labels, kind="stable") if labels is not None else np.arange(n)
+        return [np.sort(p) for p in np.array_split(by, n_parts)]
+    if order != "random":
+        raise ValueError(f"unknown part order '{order}'; valid: random, class")
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(n)
+    if labels is not None:   # deal each class's shuffled members round-robin over the parts
+        lab = np.asarray(labels)[perm]
+        pos = np.empty(n, np.int64)
+        for c in np.unique(lab):
+            members = np.nonzero(lab == c)[0]
+            pos[members] = np.arange(len(members)) + rng.integers(n_parts)
+        part_of = pos % n_parts
+    else:
+        part_of = np.arange(n) % n_parts
+    return [np.sort(perm[part_of == p]) for p in range(n_parts)]
 
 
 def mcar_mask(n: int, M: int, rate: float, *, min_observed: int = 1, seed: int = 0) -> np.ndarray:

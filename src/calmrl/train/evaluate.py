@@ -36,38 +36,60 @@ def embed_data(encoder, data: MultiViewData, *, batch_size: int = 1024, mask: np
     return torch.cat(out), mask_t
 
 
-def retrieval_table(A: Tensor, names: Sequence[str], *, ks=(1, 5, 10), chunk_size: int = 4096,
-                    backend: str = "torch", similarity: str = "cosine") -> dict[str, dict[str, float]]:
-    """Metrics for every ordered pair ``query->gallery`` of complete embeddings ``(N, M, d)``
-    and their average under the key ``"average"``; scored by ``similarity`` (cosine, or a
-    method's own: GRAM's volume, TRIANGLE's area)."""
+def retrieval_table(A: Tensor, names: Sequence[str], mask: Tensor | None = None, *, ks=(1, 5, 10),
+                    chunk_size: int = 4096, backend: str = "torch", similarity: str = "cosine"
+                    ) -> dict[str, dict[str, float]]:
+    """Metrics for every ordered pair ``query->gallery`` of embeddings ``(N, M, d)`` and their
+    average under ``"average"``; scored by ``similarity`` (cosine, or a method's own: GRAM's
+    volume, TRIANGLE's area). With a ``mask`` each pair is scored over the instances where
+    both modalities are observed (``n`` in each entry; pairs with fewer than 2 are left out
+    of the table and the average)."""
     M = A.shape[1]
+    mask = torch.ones(A.shape[:2], dtype=torch.bool) if mask is None else torch.as_tensor(mask).bool().cpu()
     table = {}
     for q in range(M):
         for g in range(M):
-            if q != g:
-                ranks = retrieval_ranks(A[:, q], A[:, g], chunk_size=chunk_size, backend=backend,
-                                        similarity=similarity)
-                table[f"{names[q]}->{names[g]}"] = summarize_ranks(ranks, ks)
+            if q == g:
+                continue
+            rows = torch.nonzero(mask[:, q] & mask[:, g]).squeeze(1)
+            if len(rows) < 2:
+                continue
+            ranks = retrieval_ranks(A[rows, q], A[rows, g], chunk_size=chunk_size, backend=backend,
+                                    similarity=similarity)
+            table[f"{names[q]}->{names[g]}"] = {**summarize_ranks(ranks, ks), "n": int(len(rows))}
+    if not table:
+        raise ValueError("no pair of modalities is observed together in 2 or more instances; nothing to score")
     return _with_average(table)
 
 
 def _with_average(table: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
-    keys = next(iter(table.values())).keys()
+    keys = [k for k in next(iter(table.values())).keys() if k != "n"]
     table["average"] = {k: float(np.mean([v[k] for v in table.values()])) for k in keys}
+    table["average"]["pairs"] = len(table) - 1
     return table
 
 
-def fused_retrieval(A: Tensor, names: Sequence[str], *, ks=(1, 5, 10), chunk_size: int = 4096,
-                    backend: str = "torch") -> dict[str, dict[str, float]]:
-    """Multi-modal queries: all other modalities fused (normalised sum) retrieve modality ``m``."""
+def fused_retrieval(A: Tensor, names: Sequence[str], mask: Tensor | None = None, *, ks=(1, 5, 10),
+                    chunk_size: int = 4096, backend: str = "torch") -> dict[str, dict[str, float]]:
+    """Multi-modal queries: every other *observed* modality of an instance, fused (normalised
+    sum), retrieves its modality ``m`` among all instances that observe ``m``."""
     M = A.shape[1]
+    mask = torch.ones(A.shape[:2], dtype=torch.bool) if mask is None else torch.as_tensor(mask).bool().cpu()
     table = {}
     for g in range(M):
-        others = [m for m in range(M) if m != g]
-        query = F.normalize(A[:, others].sum(1), dim=-1)
-        ranks = retrieval_ranks(query, A[:, g], chunk_size=chunk_size, backend=backend)
-        table[f"rest->{names[g]}"] = summarize_ranks(ranks, ks)
+        gal = torch.nonzero(mask[:, g]).squeeze(1)
+        others = mask.clone()
+        others[:, g] = False
+        qsel = mask[gal, g] & others[gal].any(1)
+        if len(gal) < 2 or not bool(qsel.any()):
+            continue
+        qrows = gal[qsel]
+        query = F.normalize((A[qrows] * others[qrows, :, None].to(A.dtype)).sum(1), dim=-1)
+        targets = torch.nonzero(qsel).squeeze(1)             # positions of the query rows in the gallery
+        ranks = retrieval_ranks(query, A[gal, g], targets, chunk_size=chunk_size, backend=backend)
+        table[f"rest->{names[g]}"] = {**summarize_ranks(ranks, ks), "n": int(len(qrows))}
+    if not table:
+        raise ValueError("no instance observes two or more modalities; fused queries cannot be scored")
     return _with_average(table)
 
 
@@ -75,9 +97,11 @@ def _fuse(A: Tensor, mask: Tensor) -> Tensor:
     return F.normalize((A * mask[..., None].to(A.dtype)).sum(1), dim=-1)
 
 
-def knn_accuracy(train_A: Tensor, train_mask: Tensor, train_y, test_A: Tensor, test_y, k: int = 10) -> float:
+def knn_accuracy(train_A: Tensor, train_mask: Tensor, train_y, test_A: Tensor, test_y, k: int = 10,
+                 test_mask: Tensor | None = None) -> float:
     """Accuracy (%) of a cosine kNN (majority vote) on fused embeddings (mean of the observed modalities)."""
-    tr, te = _fuse(train_A, train_mask), _fuse(test_A, torch.ones(test_A.shape[:2], dtype=torch.bool))
+    test_mask = torch.ones(test_A.shape[:2], dtype=torch.bool) if test_mask is None else torch.as_tensor(test_mask)
+    tr, te = _fuse(train_A, train_mask), _fuse(test_A, test_mask)
     ytr, yte = torch.as_tensor(train_y), torch.as_tensor(test_y)
     idx = (te @ tr.T).topk(min(k, tr.shape[0]), dim=1).indices
     votes = F.one_hot(ytr[idx], int(max(ytr.max(), yte.max())) + 1).sum(1)
@@ -112,12 +136,13 @@ def anchor_report(A_full: Tensor, mask: Tensor, calibrator: SharedLatentCalibrat
     }
 
 
-def evaluate_embeddings(test_A: Tensor, names: Sequence[str], *, ks=(1, 5, 10), chunk_size: int = 4096,
-                        backend: str = "torch", similarity: str = "cosine") -> dict:
+def evaluate_embeddings(test_A: Tensor, names: Sequence[str], mask: Tensor | None = None, *, ks=(1, 5, 10),
+                        chunk_size: int = 4096, backend: str = "torch", similarity: str = "cosine") -> dict:
     """``pairs`` (cosine), ``pairs_own`` (the same table scored by the method's own
-    ``similarity``; equal to ``pairs`` for cosine) and ``fused`` retrieval."""
-    pairs = retrieval_table(test_A, names, ks=ks, chunk_size=chunk_size, backend=backend)
-    own = pairs if similarity == "cosine" else retrieval_table(test_A, names, ks=ks, chunk_size=chunk_size,
+    ``similarity``; equal to ``pairs`` for cosine) and ``fused`` retrieval, each pair over
+    the instances where both sides are observed (``mask``; default: all)."""
+    pairs = retrieval_table(test_A, names, mask, ks=ks, chunk_size=chunk_size, backend=backend)
+    own = pairs if similarity == "cosine" else retrieval_table(test_A, names, mask, ks=ks, chunk_size=chunk_size,
                                                                similarity=similarity)
-    fused = fused_retrieval(test_A, names, ks=ks, chunk_size=chunk_size, backend=backend)
+    fused = fused_retrieval(test_A, names, mask, ks=ks, chunk_size=chunk_size, backend=backend)
     return {"pairs": pairs, "pairs_own": own, "similarity": similarity, "fused": fused}

@@ -33,6 +33,7 @@ class CalMRLModule(L.LightningModule):
         super().__init__()
         self.cfg = cfg
         self.names = list(names)
+        self.dims = [int(x) for x in dims]
         d = cfg.model.embed_dim
         self.encoder = encoder or MultiModalEncoder.mlp(dims, names, d, cfg.model.hidden_dim, cfg.model.layers,
                                                         cfg.model.dropout)
@@ -47,7 +48,8 @@ class CalMRLModule(L.LightningModule):
         self.temperature = None
         if cfg.method.name in LEARNED_TEMPERATURE:   # tau = exp(log_tau), kept >= 0.01
             self.temperature = LearnableTemperature(cfg.method.tau_init, learnable=cfg.method.learn_temperature)
-        self._val_A: list[torch.Tensor] = []
+        self._val_A: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.standardization = None   # [(mean, std)] per modality, set by the runner; saved in checkpoints
         self._batch_ll = None   # step schedule: (sum, count) of this epoch's batch log-likelihoods
         self._pending = None    # step schedule: (summed statistics, number of batches) awaiting an M-step
 
@@ -218,16 +220,18 @@ class CalMRLModule(L.LightningModule):
             self.loss_history = getattr(self, "loss_history", []) + [float(loss)]
 
     def validation_step(self, batch, batch_idx):
-        self._val_A.append(self.encoder(batch["views"], batch["mask"]).detach().float().cpu())
+        self._val_A.append((self.encoder(batch["views"], batch["mask"]).detach().float().cpu(), batch["mask"].cpu()))
 
     def on_validation_epoch_end(self):
         if not self._val_A:
             return
-        A = torch.cat(self._val_A)
+        A = torch.cat([a for a, _ in self._val_A])
+        mask = torch.cat([m for _, m in self._val_A])
         self._val_A = []
         if is_distributed():
             A = self.all_gather(A.to(self.device)).reshape(-1, *A.shape[1:]).cpu()
-        table = retrieval_table(A, self.names, ks=tuple(self.cfg.eval.ks))
+            mask = self.all_gather(mask.to(self.device)).reshape(-1, mask.shape[1]).cpu()
+        table = retrieval_table(A, self.names, mask, ks=tuple(self.cfg.eval.ks))
         self.log("val/R@1", table["average"]["R@1"], prog_bar=True, sync_dist=False)
         self.log("val/R@5", table["average"]["R@5"], sync_dist=False)
 
@@ -244,3 +248,13 @@ class CalMRLModule(L.LightningModule):
         from .config import config_to_dict
         checkpoint["calmrl_config"] = config_to_dict(self.cfg)
         checkpoint["calmrl_names"] = self.names
+        checkpoint["calmrl_dims"] = self.dims
+        # what inference needs without the training data: the training split's standardisation
+        checkpoint["calmrl_standardization"] = self.standardization
+        checkpoint["calmrl_history"] = {"loss": list(getattr(self, "loss_history", [])),
+                                        "em": list(getattr(self, "em_history", []))}
+
+    def on_load_checkpoint(self, checkpoint):
+        hist = checkpoint.get("calmrl_history") or {}
+        self.loss_history = list(hist.get("loss", []))
+        self.em_history = [tuple(x) for x in hist.get("em", [])]

@@ -6,12 +6,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import time
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import lightning as L
@@ -21,19 +22,32 @@ from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader
 
-from ..data import (FeatureStore, MultiViewData, MultiViewDataset, collate_views, load_uci_mfeat, mcar_mask,
-                    paired_subsets_mask, stratified_split, synthetic_multiview)
-from .config import OWN_SIMILARITY, Config, config_to_dict
+try:
+    import fcntl
+except ImportError:  # not on POSIX: no lock
+    fcntl = None
+
+from ..data import (FeatureStore, MultiViewData, MultiViewDataset, collate_views, load_tables, load_uci_mfeat,
+                    mcar_mask, paired_subsets_mask, split_parts, stratified_split, synthetic_multiview)
+from .config import OWN_SIMILARITY, Config, config_to_dict, default_output_dir
 from .evaluate import anchor_report, embed_data, evaluate_embeddings, knn_accuracy
 from .module import CalMRLModule
 
-__all__ = ["Splits", "prepare_data", "run", "AtomicCheckpointIO", "CheckpointError", "load_checkpoint"]
+__all__ = ["Splits", "prepare_data", "run", "AtomicCheckpointIO", "CheckpointError", "RunLockedError", "load_checkpoint",
+           "output_lock", "resume_checkpoint"]
 
 log = logging.getLogger("calmrl")
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint file is missing, truncated or corrupt."""
+
+
+class RunLockedError(RuntimeError):
+    """Another process is writing into the same output directory."""
+
+
+PREVIOUS = "last.prev.ckpt"   # the checkpoint before last.ckpt, kept in case last.ckpt is damaged
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -48,6 +62,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             torch.save(checkpoint, f)
             f.flush()
             os.fsync(f.fileno())
+        if path.name == "last.ckpt" and path.exists():
+            os.replace(path, path.with_name(PREVIOUS))    # the previous good one is kept
         os.replace(tmp, path)
 
     def load_checkpoint(self, path, map_location=None, weights_only=None):
@@ -71,51 +87,91 @@ def load_checkpoint(path, map_location="cpu") -> dict:
 @dataclass
 class Splits:
     train: MultiViewData        # with the simulated missingness
-    train_full: MultiViewData   # the same instances, complete (for diagnostics only)
-    val: MultiViewData
+    train_full: MultiViewData   # the same instances before the simulator hid cells (for diagnostics only)
+    val: MultiViewData          # natural missingness kept: each pair is scored where both are observed
     test: MultiViewData
     names: list[str]
     dims: list[int]
     standardization: list | None = None  # per-modality (mean, std) of the training split, or None
+    classes: list | None = None          # label values, in the order of the integer labels used here
+    notes: list = field(default_factory=list)   # what was done to the data, for the user
+
+
+def _select_views(data: MultiViewData, views: list) -> MultiViewData:
+    if not views:
+        return data
+    unknown = [v for v in views if v not in data.names]
+    if unknown:
+        raise ValueError(f"data.views names unknown modality(ies) {unknown}; the data has {data.names}")
+    idx = [data.index(v) for v in views]
+    return MultiViewData.unchecked([data.views[i] for i in idx], [data.names[i] for i in idx], data.mask[:, idx],
+                                   data.ids, data.labels, data.meta)
+
+
+def _encode_labels(data: MultiViewData) -> tuple[MultiViewData, list | None]:
+    """Labels of any type (strings, floats, negative ints) -> 0..C-1, with the class values."""
+    if data.labels is None:
+        return data, None
+    y = np.asarray(data.labels)
+    if y.dtype == object:
+        if any(v is None or (isinstance(v, float) and v != v) for v in y):
+            raise ValueError("some labels are missing (None/NaN); give every instance a label or none")
+        y = y.astype(str)
+    elif y.dtype.kind == "f" and np.isnan(y).any():
+        raise ValueError("some labels are NaN; give every instance a label or none")
+    classes, codes = np.unique(y, return_inverse=True)
+    return (MultiViewData.unchecked(data.views, data.names, data.mask, data.ids, codes.astype(np.int64), data.meta),
+            [c.item() if hasattr(c, "item") else c for c in classes])
 
 
 def _load_source(cfg: Config) -> MultiViewData:
+    """The configured data, not yet checked for partial views (see :func:`prepare_data`)."""
     d = cfg.data
     if d.dataset == "uci_mfeat":
-        return load_uci_mfeat(d.path or None, d.views or None)
-    if d.dataset == "synthetic":
+        data = load_uci_mfeat(d.path or None, d.views or None)
+    elif d.dataset == "synthetic":
         data, _ = synthetic_multiview(d.synthetic_n, d.synthetic_dims, d.synthetic_latent, d.synthetic_noise,
                                       seed=cfg.train.seed)
-        return data
-    data = FeatureStore(d.path).read()
-    if d.views:
-        idx = [data.index(v) for v in d.views]
-        data = MultiViewData([data.views[i] for i in idx], [data.names[i] for i in idx], data.mask[:, idx],
-                             data.ids, data.labels, data.meta)
-    return data
+    elif d.dataset == "tables":
+        data = load_tables(d.tables, d.id_column, d.label_column)
+    else:
+        data = FeatureStore(d.path).read(validate=False)
+    return _select_views(data, d.views)
 
 
 def prepare_data(cfg: Config, method: str | None = None) -> Splits:
-    """Split (stratified), standardise on the training split, simulate missingness on the
-    training split only (none for ``oracle``). Val/test keep their complete instances."""
+    """Resolve partial views (``data.partial_views``), split (stratified), standardise on the
+    training split, simulate missingness on the training split only (none for ``oracle``).
+    Validation and test keep their natural missingness; every check runs before training."""
     method = method or cfg.method.name
-    data = _load_source(cfg)
+    data, classes = _encode_labels(_load_source(cfg))
+    notes = []
+    policy = cfg.data.partial_views
+    if policy != "fill":         # error / missing need no split statistics
+        data, report = data.resolve_partial_views(policy)
+        if report:
+            empty = ~data.mask.any(1)
+            notes.append(f"partial views treated as missing: {report}"
+                         + (f"; {int(empty.sum())} instance(s) left with no view were dropped" if empty.any() else ""))
+            data = data.subset(np.nonzero(~empty)[0]) if empty.any() else data
+    data.validate()
     seed = cfg.train.seed
-    tr, va, te = stratified_split(data.n, data.labels, cfg.data.val_fraction, cfg.data.test_fraction, seed)
+    tr, va, te = stratified_split(data.n, data.labels if cfg.data.stratify else None, cfg.data.val_fraction,
+                                  cfg.data.test_fraction, seed)
+    if policy == "fill":
+        data, report = data.resolve_partial_views("fill", fill_rows=tr)
+        if report:
+            notes.append(f"partial views filled with training-split feature means: {report}")
     train, val, test = data.subset(tr), data.subset(va), data.subset(te)
-    # evaluation needs complete instances
-    val = val.subset(np.nonzero(val.mask.all(1))[0])
-    test = test.subset(np.nonzero(test.mask.all(1))[0])
-    if test.n < 2:
-        raise ValueError("the test split has fewer than 2 complete instances; retrieval cannot be evaluated")
+    if cfg.data.train_part:
+        i, n_parts = cfg.data.train_part
+        parts = split_parts(train.n, n_parts, labels=train.labels, order=cfg.data.train_part_order, seed=seed)
+        train = train.subset(parts[i])
     stats = None
     if cfg.data.standardize:
         train, stats = train.standardize()
         val, _ = val.standardize(stats)
         test, _ = test.standardize(stats)
-    if cfg.data.train_part:
-        i, n_parts = cfg.data.train_part
-        train = train.subset(np.array_split(np.arange(train.n), n_parts)[i])
     M = len(data.names)
     miss = cfg.data.missing
     train_full = train
@@ -132,7 +188,17 @@ def prepare_data(cfg: Config, method: str | None = None) -> Splits:
     never = [data.names[m] for m in range(M) if not train.mask[:, m].any()]
     if never:
         raise ValueError(f"modality(ies) {never} are never observed in the training split")
-    return Splits(train, train_full, val, test, list(data.names), data.dims, stats)
+    for name, part in (("test", test), ("validation", val)):
+        if M > 1 and not _has_scorable_pair(part.mask):
+            raise ValueError(f"the {name} split ({part.n} instances) has no two modalities observed together in 2 "
+                             "or more instances; retrieval cannot be evaluated (use more data or a larger fraction)")
+    return Splits(train, train_full, val, test, list(data.names), data.dims, stats, classes, notes)
+
+
+def _has_scorable_pair(mask: np.ndarray) -> bool:
+    co = mask.T.astype(np.int64) @ mask.astype(np.int64)
+    np.fill_diagonal(co, 0)
+    return bool((co >= 2).any())
 
 
 class EpochShuffleSampler(torch.utils.data.Sampler):
@@ -168,15 +234,60 @@ def _quiet_lightning():
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     warnings.filterwarnings("ignore", message=".*is deprecated.*")
     warnings.filterwarnings("ignore", message=".*tensorboardX.*")
+    warnings.filterwarnings("ignore", message=".*exists and is not empty.*")
 
 
-def build_trainer(cfg: Config, run_dir: Path, *, max_epochs: int | None = None, extra_callbacks=()) -> L.Trainer:
-    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+def _keeping_csv_logger(run_dir: Path, keep_before_epoch: int | None):
+    """Lightning's CSV logger deletes ``metrics.csv`` when it starts. This one does so only on a
+    fresh run; on a resumed one it keeps the rows of the epochs the checkpoint holds and drops
+    the later ones (logged after that checkpoint, before the interruption)."""
+    import csv
+
+    from lightning.fabric.loggers.csv_logs import _ExperimentWriter
+    from lightning.pytorch.loggers import CSVLogger
+    from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+
+    class _Writer(ExperimentWriter):
+        def _check_log_dir_exists(self):
+            f = Path(self.metrics_file_path)
+            if not f.is_file():
+                return
+            if keep_before_epoch is None:
+                f.unlink()
+                return
+            with open(f, newline="") as fh:
+                rows = list(csv.DictReader(fh))
+                header = list(rows[0].keys()) if rows else []
+            kept = [r for r in rows if r.get("epoch", "") != "" and float(r["epoch"]) < keep_before_epoch]
+            tmp = f.with_name(f.name + ".tmp")
+            with open(tmp, "w", newline="") as fh:
+                w = csv.DictWriter(fh, fieldnames=header)
+                w.writeheader()
+                w.writerows(kept)
+            os.replace(tmp, f)
+            self.metrics_keys = sorted(header)
+
+    assert issubclass(_Writer, _ExperimentWriter)
+
+    class _Logger(CSVLogger):
+        @property
+        def experiment(self):
+            if self._experiment is None:
+                self._fs.makedirs(self.root_dir, exist_ok=True)
+                self._experiment = _Writer(log_dir=self.log_dir)
+            return self._experiment
+
+    return _Logger(run_dir, name="logs", version="")
+
+
+def build_trainer(cfg: Config, run_dir: Path, *, max_epochs: int | None = None, extra_callbacks=(),
+                  keep_logs_before_epoch: int | None = None) -> L.Trainer:
+    from lightning.pytorch.loggers import TensorBoardLogger
 
     t = cfg.train
     ckpt = ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=1, every_n_epochs=1,
                            save_on_train_epoch_end=True)
-    loggers = [CSVLogger(run_dir, name="logs", version="")]
+    loggers = [_keeping_csv_logger(run_dir, keep_logs_before_epoch)]
     try:
         loggers.append(TensorBoardLogger(run_dir, name="tensorboard", version=""))
     except ModuleNotFoundError:
@@ -228,18 +339,124 @@ def choose_threads(cfg: Config) -> int:
     return max(1, free // max(1, local))
 
 
+_HELD_LOCKS: dict[str, tuple[int, int]] = {}   # path -> (fd, depth): re-entrant within a process
+
+
+@contextlib.contextmanager
+def output_lock(output_dir: str | os.PathLike):
+    """Hold an exclusive lock on ``output_dir`` (``.calmrl.lock``, ``flock``) for a run: a
+    second run into the same directory fails at once with :class:`RunLockedError` instead of
+    interleaving files. The lock dies with its process (a killed run leaves no stale lock).
+    Only rank 0 locks; re-entrant within one process."""
+    rank = int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) or 0)
+    path = str(Path(output_dir).resolve() / ".calmrl.lock")
+    if rank != 0 or fcntl is None:
+        yield
+        return
+    if path in _HELD_LOCKS:
+        fd, depth = _HELD_LOCKS[path]
+        _HELD_LOCKS[path] = (fd, depth + 1)
+        try:
+            yield
+        finally:
+            fd, depth = _HELD_LOCKS[path]
+            _HELD_LOCKS[path] = (fd, depth - 1)
+        return
+    Path(output_dir).mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise RunLockedError(f"output directory {output_dir} is in use by another calmrl run (pid {holder}); "
+                             "wait for it or choose another --output-dir") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    _HELD_LOCKS[path] = (fd, 1)
+    try:
+        yield
+    finally:
+        fd, depth = _HELD_LOCKS.pop(path)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def _check_writable(directory: Path):
+    """Fail before training if checkpoints cannot be written (full disk, permissions, a file in
+    the way), instead of after the last epoch."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe = directory / f".write-test-{os.getpid()}"
+        with open(probe, "wb") as f:
+            f.write(b"\0" * 4096)
+            f.flush()
+            os.fsync(f.fileno())
+        probe.unlink()
+    except OSError as e:
+        raise OSError(f"cannot write checkpoints to {directory}: {e.strerror or e}") from None
+
+
+def resume_checkpoint(run_dir: str | os.PathLike) -> tuple[Path | None, dict | None, list[str]]:
+    """The checkpoint to resume ``run_dir`` from: ``last.ckpt``, else the previous one kept
+    beside it when ``last.ckpt`` is damaged. Returns ``(path, checkpoint, notes)``; ``(None,
+    None, notes)`` when there is none. Raises :class:`CheckpointError` when every checkpoint
+    there is damaged (nothing is touched)."""
+    d = Path(run_dir) / "checkpoints"
+    notes, errors = [], []
+    for name in ("last.ckpt", PREVIOUS):
+        p = d / name
+        if not p.exists():
+            continue
+        try:
+            ck = load_checkpoint(p)
+        except CheckpointError as e:
+            errors.append(str(e))
+            notes.append(f"{p} is damaged; trying the previous checkpoint")
+            continue
+        return p, ck, notes
+    if errors:
+        raise CheckpointError("cannot resume: " + "; ".join(errors))
+    return None, None, notes
+
+
 def run(cfg: Config, *, method: str | None = None, resume: bool = False, splits: Splits | None = None,
         max_epochs: int | None = None, extra_callbacks=()) -> dict:
-    """Train one method and evaluate it; writes ``results.json`` under ``output_dir/method``."""
+    """Train one method and evaluate it; writes ``results.json`` under ``output_dir/method``.
+
+    Everything that can fail before training is checked first (data, labels, trainer settings,
+    the checkpoint to resume from, a writable checkpoint directory, no other run in
+    ``output_dir``), so that a bad input changes nothing on disk."""
     _quiet_lightning()
     method = method or cfg.method.name
-    cfg = replace(cfg, method=replace(cfg.method, name=method))
+    cfg = replace(cfg, method=replace(cfg.method, name=method), output_dir=cfg.output_dir or default_output_dir(cfg))
     run_dir = Path(cfg.output_dir) / method
-    run_dir.mkdir(parents=True, exist_ok=True)
+    with output_lock(cfg.output_dir):
+        return _run_locked(cfg, method, run_dir, resume, splits, max_epochs, extra_callbacks)
+
+
+def _run_locked(cfg, method, run_dir, resume, splits, max_epochs, extra_callbacks) -> dict:
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
     splits = splits or prepare_data(cfg, method)
+    for note in splits.notes:
+        log.warning("note: %s", note)
+    resume_path, resume_ckpt, notes = resume_checkpoint(run_dir) if resume else (None, None, [])
+    for note in notes:
+        log.warning("%s", note)
+    total = max_epochs or cfg.train.epochs
+    start_epoch = 0
+    if resume:
+        if resume_path is None:
+            log.warning("--resume: no checkpoint under %s; starting from epoch 0", run_dir / "checkpoints")
+        else:
+            start_epoch = int(resume_ckpt.get("epoch", 0)) + 1
+            if resume_ckpt.get("calmrl_names") not in (None, splits.names):
+                raise CheckpointError(f"{resume_path} was trained on modalities {resume_ckpt['calmrl_names']}, "
+                                      f"this run has {splits.names}")
+            log.warning("resuming from %s: epoch %d of %d", resume_path, min(start_epoch, total), total)
     torch.set_num_threads(choose_threads(cfg))
     model = CalMRLModule(cfg, splits.dims, splits.names)
+    model.standardization = splits.standardization
     if cfg.train.init_from:
         # continual training: encoders, calibrator parameters and statistics warm-started
         state = load_checkpoint(cfg.train.init_from)["state_dict"]
@@ -250,49 +467,74 @@ def run(cfg: Config, *, method: str | None = None, resume: bool = False, splits:
         if missing or unexpected:
             raise CheckpointError(f"{cfg.train.init_from} does not fit this model (missing {missing[:5]}, "
                                   f"unexpected {unexpected[:5]}): modalities or sizes differ")
-    trainer = build_trainer(cfg, run_dir, max_epochs=max_epochs, extra_callbacks=extra_callbacks)
-    ckpt_path = run_dir / "checkpoints" / "last.ckpt"
-    resume_from = None
-    if resume and ckpt_path.exists():
-        resume_from = str(ckpt_path)
-    (run_dir / "config.yaml").write_text(_yaml(config_to_dict(cfg)))
+    _check_writable(run_dir / "checkpoints")
+    trainer = build_trainer(cfg, run_dir, max_epochs=max_epochs, extra_callbacks=extra_callbacks,
+                            keep_logs_before_epoch=start_epoch if resume_path is not None else None)
+    if trainer.is_global_zero:
+        (run_dir / "config.yaml").write_text(_yaml(config_to_dict(cfg)))
+        if not resume_path:
+            (run_dir / "results.json").unlink(missing_ok=True)   # no stale results beside a new run
     t0 = time.time()
-    trainer.fit(model, _loader(splits.train, cfg, True), _loader(splits.val, cfg, False), ckpt_path=resume_from)
+    trainer.fit(model, _loader(splits.train, cfg, True), _loader(splits.val, cfg, False),
+                ckpt_path=str(resume_path) if resume_path else None)
     train_time = time.time() - t0
+    t1 = time.time()
     results = evaluate_model(model, splits, cfg)
-    results.update({"method": method, "train_seconds": train_time, "epochs": trainer.current_epoch,
+    results.update({"method": method, "train_seconds": train_time, "eval_seconds": time.time() - t1,
+                    "epochs": trainer.current_epoch, "resumed_from_epoch": start_epoch if resume_path else None,
                     "threads": torch.get_num_threads(),
                     "em_history": getattr(model, "em_history", []),
                     "loss_history": getattr(model, "loss_history", []),
-                    "missing_fraction_train": float(1 - splits.train.mask.mean())})
+                    "missing_fraction_train": float(1 - splits.train.mask.mean()),
+                    "n_train": splits.train.n, "n_val": splits.val.n, "n_test": splits.test.n,
+                    "data_notes": splits.notes})
     if trainer.is_global_zero:
-        (run_dir / "results.json").write_text(json.dumps(results, indent=2))
+        tmp = run_dir / "results.json.tmp"
+        tmp.write_text(json.dumps(results, indent=2))
+        os.replace(tmp, run_dir / "results.json")
     return results
 
 
 def evaluate_model(model: CalMRLModule, splits: Splits, cfg: Config) -> dict:
+    """Test retrieval (each pair over the instances that observe both), fused queries over what
+    is observed, kNN, and the anchor diagnostics on the training split (where the simulator
+    hid cells whose true embeddings are known); ``notes`` say why a diagnostic is absent."""
     enc = model.encoder
     e = cfg.eval
-    test_A, _ = embed_data(enc, splits.test)
+    test_A, test_mask = embed_data(enc, splits.test)
     own = OWN_SIMILARITY.get(cfg.method.name, "cosine")
-    out = evaluate_embeddings(test_A, splits.names, ks=tuple(e.ks), chunk_size=e.chunk_size, backend=e.backend,
-                              similarity=own)
-    val_A, _ = embed_data(enc, splits.val)
-    val = evaluate_embeddings(val_A, splits.names, ks=tuple(e.ks), chunk_size=e.chunk_size, backend=e.backend,
-                              similarity=own)
+    out = evaluate_embeddings(test_A, splits.names, test_mask, ks=tuple(e.ks), chunk_size=e.chunk_size,
+                              backend=e.backend, similarity=own)
+    val_A, val_mask = embed_data(enc, splits.val)
+    val = evaluate_embeddings(val_A, splits.names, val_mask, ks=tuple(e.ks), chunk_size=e.chunk_size,
+                              backend=e.backend, similarity=own)
     out["val_average"], out["val_own_average"] = val["pairs"]["average"], val["pairs_own"]["average"]
+    out["test_complete_fraction"] = float(test_mask.all(1).float().mean())
+    notes = []
     # cells hidden by the simulator are known (train_full); cells missing in the data itself are not
     train_full_A, full_mask = embed_data(enc, splits.train_full)
     train_mask = torch.as_tensor(splits.train.mask)
     if splits.train.labels is not None:
         out["knn_accuracy"] = knn_accuracy(train_full_A, train_mask, splits.train.labels, test_A,
-                                           splits.test.labels, e.knn_k)
+                                           splits.test.labels, e.knn_k, test_mask=test_mask)
     cal = None
     if model.uses_calibrator and bool(model.calibrator.initialized):
         cal = model.calibrator
     known = full_mask.all(1)
-    out["anchor"] = anchor_report(train_full_A[known], train_mask[known], cal, em_iters=cfg.calibrator.em_iters * 3,
-                                  latent_dim=model.calibrator.k)
+    hidden = known & ~train_mask.all(1)
+    nan = float("nan")
+    if int(hidden.sum()) < 2:
+        why = ("no training instance is complete in the data" if not bool(known.any()) else
+               "the simulator hid no cell (data.missing.kind = none, or method oracle)")
+        notes.append(f"anchor shift and imputation quality need hidden cells whose true embeddings are known: {why}")
+        out["anchor"] = {"shift_observed_deg": nan, "shift_calibrated_deg": nan, "shift_calibrated_unit_deg": nan,
+                         "imputation_cosine": nan, "imputation_r2": nan}
+        if cfg.method.name == "oracle" or cfg.data.missing.kind == "none":
+            out["anchor"].update(shift_observed_deg=0.0, shift_calibrated_deg=0.0, shift_calibrated_unit_deg=0.0)
+    else:
+        out["anchor"] = anchor_report(train_full_A[known], train_mask[known], cal,
+                                      em_iters=cfg.calibrator.em_iters * 3, latent_dim=model.calibrator.k)
+    out["notes"] = notes
     return out
 
 

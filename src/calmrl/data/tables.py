@@ -1,0 +1,117 @@
+"""Per-modality tables (CSV or Parquet) joined on an id column into :class:`MultiViewData`.
+
+Each file holds one row per instance: an id column, optionally a label column, and numeric
+feature columns (every other column). Rows of different files are joined on the id as
+:meth:`MultiViewData.from_tables` does: the union of ids is kept and an id absent from a
+modality's file makes that modality missing for the instance. Empty CSV cells and Parquet
+nulls are read as NaN (partial views; see ``data.partial_views``).
+
+CSV is read with the standard library; Parquet with ``pyarrow`` (``pip install
+"calmrl[tables]"``).
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+from .dataset import MultiViewData
+
+__all__ = ["read_table", "load_tables"]
+
+
+def _read_csv(path: Path) -> tuple[list[str], list[list[str]]]:
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    if not rows:
+        raise ValueError(f"{path} is empty")
+    return rows[0], rows[1:]
+
+
+def _read_parquet(path: Path) -> tuple[list[str], dict]:
+    try:
+        import pyarrow.parquet as pq
+    except ModuleNotFoundError:
+        raise ValueError(f"reading {path} needs pyarrow: pip install 'calmrl[tables]'") from None
+    try:
+        t = pq.read_table(path)
+    except Exception as e:  # ArrowInvalid etc.
+        raise ValueError(f"{path} is not a readable Parquet file: {e}") from None
+    return t.column_names, {c: t.column(c).to_pylist() for c in t.column_names}
+
+
+def read_table(path: str | Path, id_column: str = "id", label_column: str = "") -> tuple[list, np.ndarray, dict]:
+    """``(ids, features (n, d) float32, labels {id: label} or {})`` of one CSV/Parquet file."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"table {path} does not exist")
+    suffix = path.suffix.lower()
+    if suffix in (".parquet", ".pq"):
+        header, cols = _read_parquet(path)
+    elif suffix in (".csv", ".tsv", ".txt"):
+        header, rows = _read_csv(path)
+        cols = {c: [r[j] if j < len(r) else "" for r in rows] for j, c in enumerate(header)}
+    else:
+        raise ValueError(f"{path}: unknown table format '{suffix}' (use .csv or .parquet)")
+    if id_column not in header:
+        raise ValueError(f"{path} has no id column '{id_column}' (columns: {header[:8]}...); set data.id_column")
+    feats = [c for c in header if c not in (id_column, label_column)]
+    if not feats:
+        raise ValueError(f"{path} has no feature column besides '{id_column}'")
+    n = len(cols[id_column])
+    if n == 0:
+        raise ValueError(f"{path} holds no row")
+    X = np.empty((n, len(feats)), np.float32)
+    for j, c in enumerate(feats):
+        col = cols[c]
+        try:
+            X[:, j] = [np.nan if v is None or v == "" else float(v) for v in col]
+        except (TypeError, ValueError):
+            bad = next(v for v in col if not _is_number(v))
+            raise ValueError(f"{path}: column '{c}' holds a non-numeric value {bad!r}; only the id and label "
+                             "columns may be non-numeric") from None
+    ids = [_id(v) for v in cols[id_column]]
+    labels = {}
+    if label_column and label_column in header:
+        labels = {i: y for i, y in zip(ids, cols[label_column]) if y not in (None, "")}
+    return ids, X, labels
+
+
+def _is_number(v) -> bool:
+    if v is None or v == "":
+        return True
+    try:
+        float(v)
+        return True
+    except (TypeError, ValueError):
+        return False
+
+
+def _id(v):
+    """Ids compare as written: '7' in a CSV equals 7 in a Parquet integer column."""
+    if isinstance(v, str):
+        s = v.strip()
+        return int(s) if s.lstrip("-").isdigit() else s
+    return v.item() if hasattr(v, "item") else v
+
+
+def load_tables(tables: Mapping[str, str | Path], id_column: str = "id", label_column: str = "") -> MultiViewData:
+    """Join ``{modality: file}`` on ``id_column`` (union of ids; absent = missing). The label of
+    an instance is taken from whichever table has it; tables that disagree are an error."""
+    if not tables:
+        raise ValueError("no table given")
+    read = {name: read_table(p, id_column, label_column) for name, p in tables.items()}
+    labels: dict = {}
+    for name, (_, _, lab) in read.items():
+        for i, y in lab.items():
+            if labels.setdefault(i, y) != y:
+                raise ValueError(f"id {i!r} has label {labels[i]!r} in one table and {y!r} in '{name}'")
+    if label_column and not labels:
+        raise ValueError(f"no table has the label column '{label_column}'")
+    data = MultiViewData.from_tables({name: (ids, X) for name, (ids, X, _) in read.items()},
+                                     labels=labels or None, validate=False)
+    data.meta.update({"source": "tables", "tables": {k: str(v) for k, v in tables.items()}})
+    return data
