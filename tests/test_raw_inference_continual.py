@@ -117,7 +117,8 @@ def test_inference_api_and_continual_training(tmp_path):
     model = CalMRLModel.load(tmp_path / "model")
     from calmrl.train import prepare_data
     sp = prepare_data(load_config(None, base))
-    te = sp.test
+    from calmrl.data import load_uci_mfeat
+    te = load_uci_mfeat(views=sp.names).subset(sp.test.ids)   # raw features: the model standardises them
     x = {n: torch.as_tensor(np.asarray(v)) for n, v in zip(te.names, te.views)}
     full = model.embed(x)
     part = model.embed({"pixel": x["pixel"], "fourier": None})

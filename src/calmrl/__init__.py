@@ -8,5 +8,13 @@ shared-latent generative model (CalMRL).
 from .core import *  # noqa: F401,F403
 from .core import __all__ as _core_all
 
-__version__ = "0.1.0"
-__all__ = list(_core_all) + ["__version__"]
+__version__ = "0.2.0"
+__all__ = list(_core_all) + ["__version__", "fit"]
+
+
+def fit(data, config=None, **kwargs):
+    """Train on in-memory data and return a model: see :func:`calmrl.api.fit` (imported on
+    first use, so that ``import calmrl`` stays light)."""
+    from .api import fit as _fit
+
+    return _fit(data, config, **kwargs)

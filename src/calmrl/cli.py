@@ -1,5 +1,8 @@
 """Command line: ``calmrl train | eval | impute | export | bench | embed | retrieve``.
 
+Library errors (bad data, config, checkpoints, a locked output directory) print one line
+``error: ...`` and exit with status 2; ``--debug`` shows the traceback.
+
 ``calmrl train --config FILE [--method a,b,...] [--set key=value ...] [--resume]`` trains
 each method (same data split, encoders, budget) and prints a summary table.
 ``calmrl eval --checkpoint CKPT`` re-evaluates a checkpoint on its test split.
@@ -20,31 +23,45 @@ def _default_config() -> str:
     return str(resources.files("calmrl") / "configs" / "uci_mfeat.yaml")
 
 
-def _print_tables(results: list[dict]):
+def _print_tables(results: list[dict], eval_only: bool = False):
     from .train.runner import format_table
 
     print()
-    print("Cross-modal retrieval on the complete test split (average over all ordered view pairs),")
-    print("fused queries (all other views -> one view), kNN accuracy of the fused embedding, and the")
-    print("anchor shift (degrees) on the training split: observed columns vs observed + imputed.")
-    print(format_table(results))
+    print("Cross-modal retrieval on the test split (average over all ordered view pairs, each over the")
+    print("instances observing both), fused queries (the other observed views -> one view), kNN accuracy")
+    print("of the fused embedding, and the anchor shift (degrees) on the training split: observed columns")
+    print("vs observed + imputed.")
+    print(format_table(results, eval_only=eval_only))
+    seen = set()
+    for r in results:
+        for note in r.get("notes", []) + r.get("data_notes", []):
+            if note not in seen:
+                seen.add(note)
+                print(f"note ({r['method']}): {note}")
 
 
 def cmd_train(args) -> int:
     from .train import load_config, run
 
-    cfg = load_config(args.config, args.set + ([f"train.threads={args.threads}"] if args.threads else []))
+    extra = ([f"train.threads={args.threads}"] if args.threads else []) + \
+        ([f"output_dir={args.output_dir}"] if args.output_dir else [])
+    cfg = load_config(args.config, args.set + extra)
     methods = args.method.split(",") if args.method else [cfg.method.name]
     from .train.config import METHODS
     bad = [m for m in methods if m not in METHODS]
     if bad:
         print(f"error: unknown method(s) {bad}; valid: {list(METHODS)}", file=sys.stderr)
         return 2
+    from .train.runner import output_lock, prepare_data
+
     results = []
-    for m in methods:
-        print(f"== training {m} on {cfg.data.dataset} ({cfg.data.missing.kind}"
-              f"{'' if m == 'oracle' else f', rate {cfg.data.missing.rate}'}) ==", flush=True)
-        results.append(run(cfg, method=m, resume=args.resume))
+    first = prepare_data(cfg, methods[0])      # every data check before anything is written
+    with output_lock(cfg.output_dir):
+        for i, m in enumerate(methods):
+            splits = first if i == 0 else prepare_data(cfg, m)
+            print(f"== training {m} on {_data_name(cfg)}: {_missing_text(cfg, m)}; train {splits.train.n}, "
+                  f"val {splits.val.n}, test {splits.test.n} instances ==", flush=True)
+            results.append(run(cfg, method=m, resume=args.resume, splits=splits))
     _print_tables(results)
     out = Path(cfg.output_dir)
     (out / "summary.json").write_text(json.dumps(results, indent=2))
@@ -52,29 +69,68 @@ def cmd_train(args) -> int:
     return 0
 
 
-def _load_run(ckpt_path: str):
-    from .train import load_checkpoint
-    from .train.config import _build, Config
-    from .train.module import CalMRLModule
-    from .train.runner import prepare_data
+def _data_name(cfg) -> str:
+    d = cfg.data
+    return {"store": f"store {d.path}", "tables": f"tables {list(d.tables)}"}.get(d.dataset, d.dataset)
 
-    ckpt = load_checkpoint(ckpt_path)
-    if "calmrl_config" not in ckpt:
-        raise SystemExit(f"error: {ckpt_path} has no calmrl configuration (not written by calmrl train)")
-    cfg = _build(Config, ckpt["calmrl_config"])
-    splits = prepare_data(cfg)
-    model = CalMRLModule(cfg, splits.dims, splits.names)
-    model.load_state_dict(ckpt["state_dict"])
+
+def _missing_text(cfg, method: str) -> str:
+    miss = cfg.data.missing
+    if method == "oracle" or miss.kind == "none":
+        return "no cell hidden" + (" (oracle)" if method == "oracle" else "")
+    if miss.kind == "mcar":
+        return f"MCAR, {miss.rate:.0%} of training cells hidden"
+    return f"paired subsets {miss.subsets}, {miss.complete_fraction:.0%} kept complete"
+
+
+def _load_run(ckpt_path: str, with_data: bool = True):
+    from .train.runner import model_from_checkpoint, prepare_data
+
+    cfg, model = model_from_checkpoint(ckpt_path)
+    splits = prepare_data(cfg) if with_data else None
     return cfg, splits, model
 
 
-def cmd_eval(args) -> int:
-    from .train.runner import evaluate_model
+def _store_split(store: str, model, cfg):
+    """A new feature store as a test split: the model's modalities, standardised with the
+    training split's statistics saved in the checkpoint."""
+    from .data import FeatureStore
+    from .train.runner import Splits
 
-    cfg, splits, model = _load_run(args.checkpoint)
-    res = evaluate_model(model, splits, cfg)
-    res.update({"method": cfg.method.name, "train_seconds": 0.0})
-    _print_tables([res])
+    data = FeatureStore(store).read(validate=False)
+    if sorted(data.names) != sorted(model.names):
+        raise ValueError(f"store modalities {data.names} differ from the model's {model.names}")
+    data, _ = data.resolve_partial_views(cfg.data.partial_views, fill_rows=None)
+    idx = [data.index(n) for n in model.names]
+    from .data import MultiViewData
+    data = MultiViewData([data.views[i] for i in idx], list(model.names), data.mask[:, idx], data.ids,
+                         data.labels, data.meta)
+    if model.standardization is not None:
+        data, _ = data.standardize(model.standardization)
+    return Splits(data, data, data, data, list(model.names), data.dims, model.standardization)
+
+
+def cmd_eval(args) -> int:
+    import time
+
+    from .train.evaluate import embed_data, evaluate_embeddings
+    from .train.runner import OWN_SIMILARITY, evaluate_model
+
+    t0 = time.time()
+    cfg, splits, model = _load_run(args.checkpoint, with_data=not args.store)
+    if args.store:
+        sp = _store_split(args.store, model, cfg)
+        A, mask = embed_data(model.encoder, sp.test)
+        e = cfg.eval
+        res = evaluate_embeddings(A, sp.names, mask, ks=tuple(e.ks), chunk_size=e.chunk_size, backend=e.backend,
+                                  similarity=OWN_SIMILARITY.get(cfg.method.name, "cosine"))
+        res["anchor"] = {"shift_observed_deg": float("nan"), "shift_calibrated_deg": float("nan")}
+        res["notes"] = [f"evaluated on every instance of {args.store} ({sp.test.n}); anchor shift needs "
+                        "training data and is not computed"]
+    else:
+        res = evaluate_model(model, splits, cfg)
+    res.update({"method": cfg.method.name, "train_seconds": float("nan"), "eval_seconds": time.time() - t0})
+    _print_tables([res], eval_only=True)
     if args.out:
         Path(args.out).write_text(json.dumps(res, indent=2))
     return 0
@@ -84,36 +140,83 @@ def cmd_impute(args) -> int:
     import numpy as np
 
     from .data import FeatureStore, MultiViewData
+
+    if args.space == "embedding" and not args.checkpoint:
+        raise ValueError("--space embedding needs --checkpoint (the trained encoders and calibrator)")
+    model = cfg = None
+    if args.checkpoint:
+        cfg, _, model = _load_run(args.checkpoint, with_data=False)
+    data = FeatureStore(args.store).read(validate=False)
+    data, report = data.resolve_partial_views(args.partial_views)
+    if report:
+        print(f"note: partial views treated per --partial-views={args.partial_views}: {report}")
+    if model is not None and sorted(data.names) != sorted(model.names):
+        raise ValueError(f"store modalities {data.names} differ from the model's {model.names}")
+    if model is not None:
+        idx = [data.index(n) for n in model.names]
+        data = MultiViewData([data.views[i] for i in idx], list(model.names), data.mask[:, idx], data.ids,
+                             data.labels, data.meta)
+    else:
+        data.validate()
+    stats = model.standardization if model is not None else None
+    if stats is not None or args.space == "input":
+        std, stats = data.standardize(stats)      # the training split's statistics, or the store's own
+    else:
+        std = data
+    if args.space == "embedding":
+        values, mask, conf = _impute_embeddings(model, cfg, std)
+        views = [values[:, m] for m in range(values.shape[1])]
+    else:
+        views, mask, conf = _impute_inputs(std, stats, args.latent_dim, args.em_iters)
+    out = MultiViewData(views, data.names, np.ones_like(data.mask), data.ids, data.labels,
+                        {"imputed_from": str(args.store), "space": args.space})
+    FeatureStore.write(args.out, out)
+    np.save(Path(args.out) / "observed_mask.npy", data.mask)
+    np.save(Path(args.out) / "confidence.npy", conf)
+    n_missing = int((~mask).sum())
+    print(f"imputed {n_missing} missing cells of {data.n} instances in the {args.space} space into {args.out} "
+          f"(mean confidence of imputed cells {float(conf[~mask].mean()) if n_missing else 1.0:.3f})")
+    return 0
+
+
+def _impute_embeddings(model, cfg, data):
     from .train.evaluate import embed_data
 
-    cfg, splits, model = _load_run(args.checkpoint)
-    data = FeatureStore(args.store).read()
-    if data.names != splits.names:
-        raise SystemExit(f"error: store modalities {data.names} differ from the model's {splits.names}")
-    if splits.standardization is not None:
-        data, _ = data.standardize(splits.standardization)   # the training split's statistics
     A, mask = embed_data(model.encoder, data)
     cal = model.calibrator
     if not bool(cal.initialized):
         cal.fit(A.to(cal.W.dtype), mask, n_iter=cfg.calibrator.em_iters * 3)
     imp = cal.impute(A.to(cal.W.dtype), mask)
-    filled = imp.filled.float().numpy()
-    out = MultiViewData([filled[:, m] for m in range(filled.shape[1])], data.names, np.ones_like(data.mask),
-                        data.ids, data.labels, {"imputed_from": str(args.store), "space": "embedding"})
-    FeatureStore.write(args.out, out)
-    np.save(Path(args.out) / "observed_mask.npy", data.mask)
-    np.save(Path(args.out) / "confidence.npy", imp.confidence.float().numpy())
-    n_missing = int((~mask).sum())
-    print(f"imputed {n_missing} missing cells of {data.n} instances into {args.out} "
-          f"(mean confidence of imputed cells {float(imp.confidence[~mask].mean()) if n_missing else 1.0:.3f})")
-    return 0
+    return imp.filled.float().numpy(), mask.numpy(), imp.confidence.float().numpy()
+
+
+def _impute_inputs(data, stats, latent_dim: int, em_iters: int):
+    """A shared-latent model fitted by EM on the standardised input features themselves
+    (ragged widths, zero-padded); imputations mapped back to the raw feature units."""
+    import numpy as np
+    import torch
+
+    from .core import SharedLatentCalibrator
+
+    dims, D = data.dims, max(data.dims)
+    Z = torch.zeros(data.n, len(dims), D, dtype=torch.float64)
+    for m, v in enumerate(data.views):                       # loop over modalities
+        Z[:, m, :dims[m]] = torch.as_tensor(np.asarray(v, dtype=np.float64))
+    mask = torch.as_tensor(data.mask)
+    k = max(1, min(latent_dim, min(dims), int(mask.all(1).sum()) or latent_dim))
+    cal = SharedLatentCalibrator(len(dims), D, k, dims=dims, names=data.names, dtype=torch.float64)
+    cal.fit(Z, mask, n_iter=em_iters)
+    imp = cal.impute(Z, mask)
+    filled = imp.filled.numpy()
+    views = [(filled[:, m, :dims[m]] * sd + mu).astype(np.float32) for m, (mu, sd) in enumerate(stats)]
+    return views, mask.numpy(), imp.confidence.float().numpy()
 
 
 def cmd_export(args) -> int:
     from .train import export_model
 
-    cfg, splits, model = _load_run(args.checkpoint)
-    out = export_model(model.encoder, model.calibrator, cfg, splits.dims, args.out)
+    cfg, _, model = _load_run(args.checkpoint, with_data=False)
+    out = export_model(model.encoder, model.calibrator, cfg, model.dims, args.out, model.standardization)
     print(f"exported encoders and calibrator to {out}/model.safetensors (+ config.json)")
     return 0
 
@@ -177,26 +280,44 @@ def cmd_retrieve(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from . import __version__
+
     p = argparse.ArgumentParser(prog="calmrl", description="Multimodal representation learning with missing "
                                 "modalities, calibrated by a shared-latent model (CalMRL).")
+    p.add_argument("--version", action="version", version=f"calmrl {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = p.add_subparsers(dest="cmd", required=True)
-    t = sub.add_parser("train", help="train one or several methods and print the retrieval table")
+    t = sub.add_parser("train", help="train one or several methods and print the retrieval table", parents=[common])
+    t.add_argument("--output-dir", default=None, help="where to write (output_dir; default runs/<dataset>)")
     t.add_argument("--config", default=None, help="YAML config (default: the bundled UCI Multiple Features one)")
     t.add_argument("--method", default=None, help="comma-separated methods, e.g. calmrl,pmrl-drop,oracle")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
     t.add_argument("--resume", action="store_true", help="continue from <output_dir>/<method>/checkpoints/last.ckpt")
     t.add_argument("--threads", type=int, default=0, help="intra-op CPU threads (train.threads; 0 = auto)")
     t.set_defaults(fn=cmd_train)
-    e = sub.add_parser("eval", help="evaluate a checkpoint on its test split")
+    e = sub.add_parser("eval", help="evaluate a checkpoint on its test split, or on a new feature store",
+                       parents=[common])
     e.add_argument("--checkpoint", required=True)
+    e.add_argument("--store", default=None, help="evaluate on every instance of this feature store instead "
+                   "(standardised with the training split's statistics from the checkpoint)")
     e.add_argument("--out", default=None, help="write the metrics as JSON here")
     e.set_defaults(fn=cmd_eval)
-    i = sub.add_parser("impute", help="fill the missing modalities of a feature store (embedding space)")
-    i.add_argument("--checkpoint", required=True)
+    i = sub.add_parser("impute", help="fill the missing modalities of a feature store (embedding or input space)",
+                       parents=[common])
+    i.add_argument("--checkpoint", default=None, help="a trained checkpoint (needed for --space embedding; for "
+                   "--space input it supplies the training split's standardisation)")
     i.add_argument("--store", required=True, help="input feature-store directory")
     i.add_argument("--out", required=True, help="output feature-store directory")
+    i.add_argument("--space", choices=("embedding", "input"), default="embedding",
+                   help="embedding: the calibrator's imputations in the shared space; input: a shared-latent "
+                        "model fitted by EM on the input features, imputations in the input units")
+    i.add_argument("--latent-dim", type=int, default=16, help="--space input: latent size k")
+    i.add_argument("--em-iters", type=int, default=50, help="--space input: EM iterations")
+    i.add_argument("--partial-views", choices=("error", "missing", "fill"), default="missing",
+                   help="rows of a view with some NaN features: refuse, treat as missing (default), or mean-fill")
     i.set_defaults(fn=cmd_impute)
-    b = sub.add_parser("bench", help="sweep missing rates x methods x seeds; write report.md and plots")
+    b = sub.add_parser("bench", help="sweep missing rates x methods x seeds; write report.md and plots", parents=[common])
     b.add_argument("--config", default=None)
     b.add_argument("--quick", action="store_true", help="one setting, three methods, one seed (< 3 min on 2 cores)")
     b.add_argument("--seeds", default=None, help="comma-separated seeds (default 0,1,2; quick: 0)")
@@ -204,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     b.add_argument("--threads", type=int, default=0, help="intra-op CPU threads (train.threads; 0 = auto)")
     b.set_defaults(fn=cmd_bench)
-    em = sub.add_parser("embed", help="raw inputs (JSON lines) -> feature store; resumable")
+    em = sub.add_parser("embed", help="raw inputs (JSON lines) -> feature store; resumable", parents=[common])
     em.add_argument("--input", required=True, help="JSON lines, one instance per line")
     em.add_argument("--out", required=True, help="feature-store directory to write")
     em.add_argument("--text-fields", default="", help="comma-separated text fields (embedded by a sentence model)")
@@ -214,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
     em.add_argument("--batch-size", type=int, default=64)
     em.add_argument("--model", default=None, help="sentence-transformers model directory (default: bundled MiniLM)")
     em.set_defaults(fn=cmd_embed)
-    r = sub.add_parser("retrieve", help="top-k gallery items for queries with any subset of modalities")
+    r = sub.add_parser("retrieve", help="top-k gallery items for queries with any subset of modalities", parents=[common])
     r.add_argument("--model", required=True, help="directory written by calmrl export")
     r.add_argument("--query", required=True, help="feature store of queries (missing cells allowed)")
     r.add_argument("--gallery", required=True, help="feature store of the gallery")
@@ -222,20 +343,38 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--k", type=int, default=10)
     r.add_argument("--out", required=True, help="JSON lines: query_id, gallery_ids, scores")
     r.set_defaults(fn=cmd_retrieve)
-    x = sub.add_parser("export", help="write model.safetensors + config.json for inference")
+    x = sub.add_parser("export", help="write model.safetensors + config.json for inference", parents=[common])
     x.add_argument("--checkpoint", required=True)
     x.add_argument("--out", required=True)
     x.set_defaults(fn=cmd_export)
     args = p.parse_args(argv)
     if getattr(args, "config", "unset") is None:
         args.config = _default_config()
-    from .train.config import ConfigError
-    from .train.runner import CheckpointError
+    import logging
+
+    logging.basicConfig(format="calmrl: %(message)s", stream=sys.stderr)
+    logging.getLogger("calmrl").setLevel(logging.INFO)
+    if getattr(args, "debug", False):
+        return args.fn(args)
     try:
         return args.fn(args)
-    except (ConfigError, CheckpointError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except SystemExit:
+        raise
+    except Exception as err:  # one line for the user; --debug shows the traceback
+        msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        print(f"error: {msg}", file=sys.stderr)
+        if not _is_library_error(err):
+            print(f"({type(err).__name__}; rerun with --debug for the traceback)", file=sys.stderr)
         return 2
+
+
+def _is_library_error(err: BaseException) -> bool:
+    """Errors the library raises on purpose, with a message meant for the user."""
+    from .train.runner import CheckpointError, RunLockedError
+    return isinstance(err, (ValueError, OSError, CheckpointError, RunLockedError, FloatingPointError))
 
 
 if __name__ == "__main__":

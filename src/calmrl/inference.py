@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Mapping
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -33,15 +34,40 @@ class Embedded:
 class CalMRLModel:
     """A trained encoder set and calibrator, with modality names."""
 
-    def __init__(self, encoder, calibrator: SharedLatentCalibrator, names: list[str]):
+    def __init__(self, encoder, calibrator: SharedLatentCalibrator, names: list[str], standardization=None):
+        """``standardization``: per-modality ``(mean, std)`` of the training split; raw inputs
+        are standardised with it exactly as in training (``None``: inputs are used as given)."""
         self.encoder, self.calibrator, self.names = encoder.eval(), calibrator, list(names)
+        self.standardization = None
+        if standardization is not None:
+            self.standardization = [(torch.as_tensor(m, dtype=torch.float64), torch.as_tensor(s, dtype=torch.float64))
+                                    for m, s in standardization]
 
     @classmethod
     def load(cls, path) -> "CalMRLModel":
         from .train.export import load_exported
 
         enc, cal, meta = load_exported(path)
-        return cls(enc, cal, meta["names"])
+        return cls(enc, cal, meta["names"], meta.get("standardization"))
+
+    def _prepare(self, m: int, v) -> Tensor:
+        """numpy or torch input -> float32 tensor, standardised as in training."""
+        name = self.names[m]
+        if not isinstance(v, Tensor):
+            try:
+                v = torch.as_tensor(np.asarray(v, dtype=np.float64))
+            except (TypeError, ValueError):
+                raise ValueError(f"modality '{name}' must be a numeric (n, d) array") from None
+        if v.dim() != 2:
+            raise ValueError(f"modality '{name}' must be a 2-D (instances, features) array, got shape {tuple(v.shape)}")
+        if not bool(torch.isfinite(v).all()):
+            raise ValueError(f"modality '{name}' holds NaN/inf values")
+        if self.standardization is not None:
+            mean, std = self.standardization[m]
+            if v.shape[1] != mean.shape[0]:
+                raise ValueError(f"modality '{name}' has {v.shape[1]} features, the model was trained on {mean.shape[0]}")
+            v = (v.to(torch.float64) - mean) / std
+        return v.to(torch.float32)
 
     def _views(self, inputs: Mapping[str, object]) -> tuple[list, Tensor]:
         unknown = [k for k in inputs if k not in self.names]
@@ -60,9 +86,7 @@ class CalMRLModel:
             if v is None:
                 views.append(torch.zeros(n, 1))  # placeholder: encoders never run on missing rows
                 continue
-            if isinstance(v, Tensor) and not bool(torch.isfinite(v).all()):
-                raise ValueError(f"modality '{name}' holds NaN/inf values")
-            views.append(v)
+            views.append(self._prepare(m, v))
             mask[:, m] = True
         return views, mask
 

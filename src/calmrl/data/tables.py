@@ -76,7 +76,7 @@ def read_table(path: str | Path, id_column: str = "id", label_column: str = "") 
     ids = [_id(v) for v in cols[id_column]]
     labels = {}
     if label_column and label_column in header:
-        labels = {i: y for i, y in zip(ids, cols[label_column]) if y not in (None, "")}
+        labels = {i: _id(y) for i, y in zip(ids, cols[label_column]) if y not in (None, "")}
     return ids, X, labels
 
 

@@ -36,6 +36,33 @@ def _read_jsonl(path: Path) -> list[dict]:
     return rows
 
 
+def _resume_manifest(part: Path, path: Path, fields: list[str], batch_size: int, n_rows: int) -> int:
+    """The partial store's ``manifest.json`` records what its chunks were made from. A rerun
+    with another ``--batch-size`` continues with the recorded one (chunks stay consistent); a
+    different input or field list is refused, naming the partial directory to delete."""
+    want = {"input": str(path.resolve()), "input_size": path.stat().st_size, "fields": fields, "rows": n_rows}
+    mf = part / "manifest.json"
+    if mf.exists():
+        try:
+            have = json.loads(mf.read_text())
+        except json.JSONDecodeError:
+            have = None
+        if have is None or any(have.get(k) != v for k, v in want.items()):
+            raise ValueError(f"{part} holds a partial run made from other input or fields; delete it to start over")
+        if have["batch_size"] != batch_size:
+            import logging
+            logging.getLogger("calmrl").warning("resuming %s with its batch size %d (not %d), so that finished "
+                                                "chunks stay valid", part, have["batch_size"], batch_size)
+        return int(have["batch_size"])
+    if part.exists() and any(part.glob("chunk_*.npz")):
+        raise ValueError(f"{part} holds chunks without a manifest (an older calmrl); delete it to start over")
+    part.mkdir(parents=True, exist_ok=True)
+    tmp = mf.with_name("manifest.json.tmp")
+    tmp.write_text(json.dumps({**want, "batch_size": batch_size}))
+    tmp.replace(mf)
+    return batch_size
+
+
 def embed_jsonl(path: str | Path, out: str | Path, *, text_fields: Sequence[str] = (),
                 vector_fields: Sequence[str] = (), id_field: str = "id", label_field: str | None = None,
                 batch_size: int = 64, model_path: str | None = None, progress: bool = True) -> FeatureStore:
@@ -56,7 +83,7 @@ def embed_jsonl(path: str | Path, out: str | Path, *, text_fields: Sequence[str]
         from .raw_encoders import SentenceEncoder
         text_model = SentenceEncoder(2, model_path)  # the head is unused: only backbone features are stored
     part = out.with_name(out.name + ".partial")
-    part.mkdir(parents=True, exist_ok=True)
+    batch_size = _resume_manifest(part, path, fields, batch_size, len(rows))
     n_chunks = (len(rows) + batch_size - 1) // batch_size
     from tqdm.auto import tqdm
 

@@ -7,6 +7,8 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
+import torch
 from safetensors.torch import load_file, save_file
 
 from ..core import SharedLatentCalibrator
@@ -17,15 +19,21 @@ __all__ = ["export_model", "load_exported"]
 
 
 def export_model(encoder: MultiModalEncoder, calibrator: SharedLatentCalibrator, cfg: Config, dims: list[int],
-                 out: str | os.PathLike) -> Path:
+                 out: str | os.PathLike, standardization: list | None = None) -> Path:
+    """``standardization``: the training split's per-modality ``(mean, std)``; stored (float64)
+    and applied by :class:`~calmrl.inference.CalMRLModel` to raw inputs, as training did."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     tensors = {f"encoder.{k}": v.detach().contiguous().cpu() for k, v in encoder.state_dict().items()}
     tensors.update({f"calibrator.{k}": v.detach().contiguous().cpu() for k, v in calibrator.state_dict().items()})
+    for name, (mean, std) in zip(encoder.names, standardization or []):
+        tensors[f"standardize.{name}.mean"] = torch.as_tensor(np.asarray(mean, np.float64))
+        tensors[f"standardize.{name}.std"] = torch.as_tensor(np.asarray(std, np.float64))
     tmp = out / "model.safetensors.tmp"
     save_file(tensors, str(tmp))
     os.replace(tmp, out / "model.safetensors")
-    meta = {"names": encoder.names, "dims": list(dims), "config": config_to_dict(cfg), "format_version": 1}
+    meta = {"names": encoder.names, "dims": list(dims), "config": config_to_dict(cfg), "format_version": 2,
+            "standardized": bool(standardization)}
     (out / "config.json").write_text(json.dumps(meta, indent=2))
     return out
 
@@ -47,4 +55,12 @@ def load_exported(path: str | os.PathLike, device="cpu") -> tuple[MultiModalEnco
     cal_state = {k[len("calibrator."):]: v for k, v in tensors.items() if k.startswith("calibrator.")}
     cal = SharedLatentCalibrator(len(meta["names"]), m.embed_dim, cal_state["W"].shape[-1], names=meta["names"])
     cal.load_state_dict(cal_state)
+    std = None
+    if f"standardize.{meta['names'][0]}.mean" in tensors:
+        std = [(tensors[f"standardize.{n}.mean"], tensors[f"standardize.{n}.std"]) for n in meta["names"]]
+    elif meta.get("format_version", 1) < 2:
+        import warnings
+        warnings.warn(f"{path} was exported before standardisation was saved: inputs must be standardised by "
+                      "the caller with the training split's statistics", stacklevel=2)
+    meta["standardization"] = std
     return enc.eval(), cal, meta

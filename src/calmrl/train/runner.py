@@ -34,7 +34,7 @@ from .evaluate import anchor_report, embed_data, evaluate_embeddings, knn_accura
 from .module import CalMRLModule
 
 __all__ = ["Splits", "prepare_data", "run", "AtomicCheckpointIO", "CheckpointError", "RunLockedError", "load_checkpoint",
-           "output_lock", "resume_checkpoint"]
+           "output_lock", "resume_checkpoint", "model_from_checkpoint"]
 
 log = logging.getLogger("calmrl")
 
@@ -139,12 +139,12 @@ def _load_source(cfg: Config) -> MultiViewData:
     return _select_views(data, d.views)
 
 
-def prepare_data(cfg: Config, method: str | None = None) -> Splits:
+def prepare_data(cfg: Config, method: str | None = None, data: MultiViewData | None = None) -> Splits:
     """Resolve partial views (``data.partial_views``), split (stratified), standardise on the
     training split, simulate missingness on the training split only (none for ``oracle``).
     Validation and test keep their natural missingness; every check runs before training."""
     method = method or cfg.method.name
-    data, classes = _encode_labels(_load_source(cfg))
+    data, classes = _encode_labels(_load_source(cfg) if data is None else _select_views(data, cfg.data.views))
     notes = []
     policy = cfg.data.partial_views
     if policy != "fill":         # error / missing need no split statistics
@@ -363,14 +363,22 @@ def output_lock(output_dir: str | os.PathLike):
             _HELD_LOCKS[path] = (fd, depth - 1)
         return
     Path(output_dir).mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
-        os.close(fd)
-        raise RunLockedError(f"output directory {output_dir} is in use by another calmrl run (pid {holder}); "
-                             "wait for it or choose another --output-dir") from None
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise RunLockedError(f"output directory {output_dir} is in use by another calmrl run (pid {holder}); "
+                                 "wait for it or choose another --output-dir") from None
+        try:
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)        # the holder removed the file as we opened it: lock the new one
     os.ftruncate(fd, 0)
     os.pwrite(fd, str(os.getpid()).encode(), 0)
     _HELD_LOCKS[path] = (fd, 1)
@@ -378,6 +386,10 @@ def output_lock(output_dir: str | os.PathLike):
         yield
     finally:
         fd, depth = _HELD_LOCKS.pop(path)
+        try:
+            os.unlink(path)     # removed while still held, so no one can take a lock on a stale file
+        except FileNotFoundError:
+            pass
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
 
@@ -421,7 +433,7 @@ def resume_checkpoint(run_dir: str | os.PathLike) -> tuple[Path | None, dict | N
 
 
 def run(cfg: Config, *, method: str | None = None, resume: bool = False, splits: Splits | None = None,
-        max_epochs: int | None = None, extra_callbacks=()) -> dict:
+        max_epochs: int | None = None, extra_callbacks=(), return_model: bool = False):
     """Train one method and evaluate it; writes ``results.json`` under ``output_dir/method``.
 
     Everything that can fail before training is checked first (data, labels, trainer settings,
@@ -432,7 +444,8 @@ def run(cfg: Config, *, method: str | None = None, resume: bool = False, splits:
     cfg = replace(cfg, method=replace(cfg.method, name=method), output_dir=cfg.output_dir or default_output_dir(cfg))
     run_dir = Path(cfg.output_dir) / method
     with output_lock(cfg.output_dir):
-        return _run_locked(cfg, method, run_dir, resume, splits, max_epochs, extra_callbacks)
+        results, model = _run_locked(cfg, method, run_dir, resume, splits, max_epochs, extra_callbacks)
+    return (results, model) if return_model else results
 
 
 def _run_locked(cfg, method, run_dir, resume, splits, max_epochs, extra_callbacks) -> dict:
@@ -492,7 +505,7 @@ def _run_locked(cfg, method, run_dir, resume, splits, max_epochs, extra_callback
         tmp = run_dir / "results.json.tmp"
         tmp.write_text(json.dumps(results, indent=2))
         os.replace(tmp, run_dir / "results.json")
-    return results
+    return results, model
 
 
 def evaluate_model(model: CalMRLModule, splits: Splits, cfg: Config) -> dict:
@@ -538,16 +551,40 @@ def evaluate_model(model: CalMRLModule, splits: Splits, cfg: Config) -> dict:
     return out
 
 
+def model_from_checkpoint(path: str | os.PathLike) -> tuple[Config, CalMRLModule]:
+    """The trained model of a checkpoint, without the training data (names, widths and the
+    training split's standardisation travel in the checkpoint; older checkpoints without
+    them fall back to reading the configured data)."""
+    from .config import _build
+
+    ckpt = load_checkpoint(path)
+    if "calmrl_config" not in ckpt:
+        raise CheckpointError(f"{path} has no calmrl configuration (not written by calmrl train)")
+    cfg = _build(Config, ckpt["calmrl_config"])
+    names, dims, std = ckpt.get("calmrl_names"), ckpt.get("calmrl_dims"), ckpt.get("calmrl_standardization")
+    if dims is None:
+        splits = prepare_data(cfg)
+        names, dims, std = splits.names, splits.dims, splits.standardization
+    model = CalMRLModule(cfg, dims, names)
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as e:
+        raise CheckpointError(f"{path} does not match its own configuration: {str(e)[:300]}") from None
+    model.standardization = std
+    return cfg, model
+
+
 def _yaml(d: dict) -> str:
     import yaml
     return yaml.safe_dump(d, sort_keys=False)
 
 
-def format_table(results: list[dict]) -> str:
+def format_table(results: list[dict], eval_only: bool = False) -> str:
     """One row per method: pairwise retrieval average (by cosine, and by the method's own
-    similarity), fused queries, kNN and anchor shift."""
+    similarity), fused queries, kNN and anchor shift; the last column is the training time
+    (the evaluation time with ``eval_only``)."""
     head = (f"{'method':<17}{'R@1':>7}{'own R@1':>9}{'R@5':>7}{'R@10':>7}{'MedR':>7}{'fused R@1':>11}{'kNN acc':>9}"
-            f"{'shift obs':>11}{'shift cal':>11}{'imp cos':>9}{'time s':>8}")
+            f"{'shift obs':>11}{'shift cal':>11}{'imp cos':>9}{'eval s' if eval_only else 'train s':>8}")
     lines = [head, "-" * len(head)]
     for r in results:
         a, f, an = r["pairs"]["average"], r["fused"]["average"], r["anchor"]
@@ -555,5 +592,6 @@ def format_table(results: list[dict]) -> str:
         lines.append(f"{r['method']:<17}{a['R@1']:>7.2f}{own:>9.2f}{a['R@5']:>7.2f}{a['R@10']:>7.2f}{a['MedR']:>7.1f}"
                      f"{f['R@1']:>11.2f}{r.get('knn_accuracy', float('nan')):>9.2f}"
                      f"{an['shift_observed_deg']:>11.2f}{an['shift_calibrated_deg']:>11.2f}"
-                     f"{an.get('imputation_cosine', float('nan')):>9.3f}{r['train_seconds']:>8.1f}")
+                     f"{an.get('imputation_cosine', float('nan')):>9.3f}"
+                     f"{r.get('eval_seconds' if eval_only else 'train_seconds', float('nan')):>8.1f}")
     return "\n".join(lines)
