@@ -183,9 +183,12 @@ def test_bad_inputs_give_one_clear_line_and_change_nothing(tmp_path, capsys):
 
 
 def test_second_run_into_a_locked_output_dir_is_refused(tmp_path, capsys):
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom calmrl.train.runner import output_lock\n"
-                               "with output_lock(sys.argv[1]):\n    print('locked', flush=True)\n    time.sleep(60)",
-                               str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    # another process holding the lock as output_lock does: flock on .calmrl.lock holding its pid
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, os, sys, time\n"
+                               "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)\n"
+                               "fcntl.flock(fd, fcntl.LOCK_EX)\nos.write(fd, str(os.getpid()).encode())\n"
+                               "print('locked', flush=True)\ntime.sleep(60)",
+                               str(tmp_path / ".calmrl.lock")], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
         rc = main(["train"] + _args(tmp_path))

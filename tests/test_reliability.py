@@ -71,8 +71,9 @@ def test_sigkill_mid_training_then_resume_matches_uninterrupted(tmp_path):
     """A real subprocess is killed with SIGKILL after some epochs; `--resume` finishes the run
     and the final metrics equal those of an uninterrupted run with the same seed."""
     # no validation during the run: checkpoints must come from the end of every training epoch
-    sets = ["model.embed_dim=32", "model.hidden_dim=64", "train.epochs=30", "calibrator.warmup_epochs=2",
-            "calibrator.em_iters=3", "train.progress=false", "train.check_val_every=50"]
+    sets = ["model.embed_dim=16", "model.hidden_dim=32", "train.epochs=30", "calibrator.warmup_epochs=2",
+            "calibrator.em_iters=3", "train.progress=false", "train.check_val_every=50", "train.threads=1",
+            "data.views=[fourier, karhunen, zernike]"]
 
     def cmd(out, resume=False):
         c = [sys.executable, "-m", "calmrl.cli", "train", "--method", "calmrl"]

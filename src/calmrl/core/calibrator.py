@@ -95,6 +95,26 @@ def blocked_cholesky_ex(A: Tensor, block: int = 64) -> tuple[Tensor, Tensor]:
     return L, info
 
 
+class _ObservedBlocks:
+    """Data held for an EM fit in memory: per modality the observed rows and their features
+    (gathered once, contiguous, trimmed to the modality's own width) and the data-only
+    statistics that stay fixed across iterations (``sum z``, ``sum ||z||^2``, ``||z_i||^2``)."""
+
+    def __init__(self, Z: Tensor, mask: Tensor, dims: Tensor):
+        self.N, self.mask = Z.shape[0], mask
+        self.rows = modality_rows(mask)
+        self.blocks = [Z[r, m, :int(d)].contiguous() for m, (r, d) in enumerate(zip(self.rows, dims.tolist()))]
+        self.sq = [(B * B).sum(1) for B in self.blocks]
+        self.sz = Z.new_zeros(Z.shape[1], Z.shape[2])
+        for m, B in enumerate(self.blocks):
+            self.sz[m, :B.shape[1]] = B.sum(0)
+        self.szz = torch.stack([q.sum() for q in self.sq])
+        self.n = mask.to(Z.dtype).sum(0)
+        self.patterns, self.index, self.counts = missing_patterns(mask)
+        self.order = torch.argsort(self.index)
+        self.split = self.counts.tolist()
+
+
 @dataclass
 class Posterior:
     r"""Posterior :math:`p(\beta_i \mid z_{i,O_i}) = \mathcal N(\text{mean}_i, V_{O_i})`.
@@ -586,6 +606,52 @@ class SharedLatentCalibrator(nn.Module):
                 total = st if total is None else total + st
         return total, ll
 
+    @_full_precision
+    def _em_pass(self, b: "_ObservedBlocks") -> tuple[SufficientStats, float]:
+        r"""One E-step over data held as :class:`_ObservedBlocks`: the same statistics and
+        log-likelihood as :meth:`accumulate`, with the parameter-dependent work only: per
+        modality :math:`Z_m W_m` (for :math:`r_i`), :math:`Z_m^\top \mathbb E[\beta]` and
+        :math:`Z_m\mu_m` (for the quadratic form
+        :math:`\lVert z-\mu\rVert^2=\lVert z\rVert^2-2z^\top\mu+\lVert\mu\rVert^2`), on blocks
+        trimmed to each modality's own width."""
+        with torch.no_grad():
+            W, mu, s2, k = self.W, self.mu, self.sigma2, self.k
+            N = b.N
+            L, cov = self._pattern_factors(b.patterns)
+            rhs = W.new_zeros(N, k)
+            quad = W.new_zeros(N)
+            for m, (rows, Zm) in enumerate(zip(b.rows, b.blocks)):          # loop over modalities
+                if not rows.numel():
+                    continue
+                d = Zm.shape[1]
+                Wm, mum = W[m, :d], mu[m, :d]
+                rhs.index_add_(0, rows, (Zm @ Wm - mum @ Wm) / s2[m])
+                quad.index_add_(0, rows, (b.sq[m] - 2 * (Zm @ mum) + mum @ mum) / s2[m])
+            if cov.shape[0] == 1:
+                mean = rhs @ cov[0]
+            else:
+                parts = torch.split(rhs[b.order], b.split)
+                mean = torch.empty_like(rhs).index_copy_(0, b.order, torch.cat([r @ cov[p] for p, r in enumerate(parts)]))
+            cov_sum = torch.einsum("pm,pkl->mkl", b.patterns.to(W.dtype) * b.counts[:, None].to(W.dtype), cov)
+            szb = W.new_zeros(self.M, self.D, k)
+            sb = W.new_zeros(self.M, k)
+            sbb = cov_sum.clone()
+            for m, (rows, Zm) in enumerate(zip(b.rows, b.blocks)):
+                if not rows.numel():
+                    continue
+                Em = mean[rows]
+                szb[m, :Zm.shape[1]] = Zm.T @ Em
+                sb[m] = Em.sum(0)
+                sbb[m] += Em.T @ Em
+            stats = SufficientStats(b.n.to(W.dtype), b.sz.to(W.dtype), szb, sb, sbb, b.szz.to(W.dtype))
+            quad = quad - (rhs * mean).sum(-1)
+            logdetP = 2 * torch.log(L.diagonal(dim1=1, dim2=2)).sum(-1)[b.index]
+            w = b.mask.to(W.dtype)
+            d = self.dims.to(W.dtype)
+            logdet = logdetP + (w * d * torch.log(s2)).sum(-1)
+            ll = -0.5 * ((w * d).sum(-1) * math.log(2 * math.pi) + logdet + quad)
+            return stats, float(ll.sum())
+
     def fit(self, Z: Tensor, mask: Tensor | None = None, *, n_iter: int = 100, tol: float = 1e-6,
             batch_size: int | None = None, init: str | None = "pca", verbose: bool = False
             ) -> "SharedLatentCalibrator":
@@ -602,8 +668,12 @@ class SharedLatentCalibrator(nn.Module):
             raise RuntimeError("calibrator is not initialised: call fit(init='pca') or init_from_data first")
         self.history_ = []
         N = Z.shape[0]
+        blocks = _ObservedBlocks(Z, mask, self.dims) if batch_size is None or batch_size >= N else None
         for it in range(n_iter):
-            stats, ll = self.accumulate(Z, mask, batch_size, validate=False)   # checked once above
+            if blocks is not None:       # in memory: the data-only work is done once, not per iteration
+                stats, ll = self._em_pass(blocks)
+            else:
+                stats, ll = self.accumulate(Z, mask, batch_size, validate=False)   # checked once above
             self.history_.append(ll / N)
             if verbose:
                 print(f"EM iter {it}: mean log-likelihood {ll / N:.6f}")
