@@ -83,8 +83,8 @@ def test_two_processes_equal_one_process_on_the_global_batch(tmp_path):
 def test_torchrun_ddp_training_and_resume_on_one_process(tmp_path):
     """`calmrl train` under torchrun with 2 CPU processes (gloo), then resumed on 1 process."""
     out = tmp_path / "ddp"
-    sets = ["model.embed_dim=32", "model.hidden_dim=64", "train.epochs=8", "calibrator.warmup_epochs=2",
-            "calibrator.em_iters=3", "train.progress=false", "train.check_val_every=4", "train.accelerator=cpu",
+    sets = ["model.embed_dim=32", "model.hidden_dim=64", "train.epochs=6", "calibrator.warmup_epochs=2",
+            "calibrator.em_iters=3", "train.progress=false", "train.check_val_every=3", "train.accelerator=cpu", "train.threads=1",
             "train.batch_size=128", f"output_dir={out}"]
     args = sum((["--set", s] for s in sets), [])
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
@@ -93,7 +93,7 @@ def test_torchrun_ddp_training_and_resume_on_one_process(tmp_path):
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     res = json.loads((out / "calmrl" / "results.json").read_text())
-    assert res["epochs"] == 8 and res["pairs"]["average"]["R@1"] > 5.0
+    assert res["epochs"] == 6 and res["pairs"]["average"]["R@1"] > 3.0      # chance: 0.33
     assert res["em_history"], "no calibrator refit ran under DDP"
     # evaluating the DDP checkpoint in one process gives the metrics the DDP run reported
     from calmrl.cli import main
@@ -102,10 +102,10 @@ def test_torchrun_ddp_training_and_resume_on_one_process(tmp_path):
     single = json.loads((tmp_path / "eval.json").read_text())
     for key in ("R@1", "R@5", "MeanR"):
         assert abs(single["pairs"]["average"][key] - res["pairs"]["average"][key]) < 1e-4, key
-    # resume the 2-process checkpoint on 1 process for 4 more epochs
+    # resume the 2-process checkpoint on 1 process for 2 more epochs
     cmd1 = [sys.executable, "-m", "calmrl.cli", "train", "--method", "calmrl", "--resume"] + args + [
-        "--set", "train.epochs=12", "--set", "train.devices=1"]
+        "--set", "train.epochs=8", "--set", "train.devices=1"]
     r1 = subprocess.run(cmd1, env=env, capture_output=True, text=True, timeout=600)
     assert r1.returncode == 0, r1.stderr[-3000:]
     res1 = json.loads((out / "calmrl" / "results.json").read_text())
-    assert res1["epochs"] == 12
+    assert res1["epochs"] == 8

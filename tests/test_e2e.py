@@ -8,7 +8,7 @@ from calmrl.cli import main
 from calmrl.train import load_config, prepare_data, run
 
 FAST = ["model.embed_dim=32", "model.hidden_dim=64", "train.epochs=20", "calibrator.warmup_epochs=2",
-        "calibrator.em_iters=3", "train.progress=false", "train.check_val_every=5"]
+        "calibrator.em_iters=3", "train.progress=false", "train.check_val_every=5", "train.threads=1"]
 
 
 @pytest.fixture(scope="module")

@@ -68,7 +68,7 @@ def test_raw_text_embed_resume_train_and_retrieve(tmp_path, monkeypatch):
     # train projection heads text <-> pixel on the store and retrieve
     cfg = load_config(None, ["data.dataset=store", f"data.path={out}", "data.missing.kind=none",
                              "model.embed_dim=32", "model.hidden_dim=64", "train.epochs=15", "train.batch_size=64",
-                             "train.progress=false", f"output_dir={tmp_path / 'runs'}", "data.val_fraction=0.2",
+                             "train.progress=false", "train.threads=1", f"output_dir={tmp_path / 'runs'}", "data.val_fraction=0.2",
                              "data.test_fraction=0.2"])
     res = run(cfg, method="pmrl-drop")
     t2p = res["pairs"]["caption->pixel"]
@@ -96,7 +96,7 @@ def test_inference_api_and_continual_training(tmp_path):
     from calmrl.inference import CalMRLModel
 
     base = ["model.embed_dim=32", "model.hidden_dim=64", "train.epochs=12", "calibrator.warmup_epochs=2",
-            "calibrator.em_iters=3", "train.progress=false", "train.check_val_every=6",
+            "calibrator.em_iters=3", "train.progress=false", "train.threads=1", "train.check_val_every=6",
             "data.views=[fourier, karhunen, pixel, zernike]"]
     # phase 1: first half of the training data, complete
     cfg1 = load_config(None, base + ["data.train_part=[0, 2]", "data.missing.kind=none", f"output_dir={tmp_path / 'p1'}"])
