@@ -1,4 +1,4 @@
-"""Command line: ``calmrl train | eval | impute | export | bench | embed | retrieve``.
+"""Command line: ``calmrl train | eval | calibrate | impute | export | bench | embed | retrieve``.
 
 Library errors (bad data, config, checkpoints, a locked output directory) print one line
 ``error: ...`` and exit with status 2; ``--debug`` shows the traceback.
@@ -221,6 +221,18 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_calibrate(args) -> int:
+    from .train.runner import calibrate_checkpoint
+
+    out, summary = calibrate_checkpoint(args.checkpoint, args.out, em_iters=args.em_iters)
+    print(f"fitted the calibrator on {summary['instances']} training embeddings ({summary['used']}) in "
+          f"{summary['em_iterations']} EM iterations (mean log-likelihood {summary['final_loglik']:.2f}); "
+          f"parameters and running statistics written to {out}")
+    print(f"continue on incomplete data with: calmrl train --method calmrl --set train.init_from={out} "
+          "--set calibrator.schedule=frozen|step --set calibrator.warmup_epochs=0 --set train.lr=...")
+    return 0
+
+
 def cmd_bench(args) -> int:
     from .experiments import bench
     from .train import load_config
@@ -343,6 +355,12 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--k", type=int, default=10)
     r.add_argument("--out", required=True, help="JSON lines: query_id, gallery_ids, scores")
     r.set_defaults(fn=cmd_retrieve)
+    c = sub.add_parser("calibrate", help="fit the calibrator of a checkpoint by EM on its training embeddings "
+                       "(absorb workflow: pretrain complete, calibrate, continue incomplete)", parents=[common])
+    c.add_argument("--checkpoint", required=True)
+    c.add_argument("--out", default=None, help="checkpoint to write (default: calibrated.ckpt beside the input)")
+    c.add_argument("--em-iters", type=int, default=200, help="EM iterations at most (stops at convergence)")
+    c.set_defaults(fn=cmd_calibrate)
     x = sub.add_parser("export", help="write model.safetensors + config.json for inference", parents=[common])
     x.add_argument("--checkpoint", required=True)
     x.add_argument("--out", required=True)

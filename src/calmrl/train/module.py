@@ -63,6 +63,22 @@ class CalMRLModule(L.LightningModule):
         return self.uses_calibrator and self.current_epoch >= self.cfg.calibrator.warmup_epochs \
             and bool(self.calibrator.initialized)
 
+    @torch.no_grad()
+    def seed_calibrator(self, A: torch.Tensor, mask: torch.Tensor, em_iters: int = 200, tol: float = 1e-7) -> list[float]:
+        """The absorb workflow's step (b): fit the calibrator by EM to convergence on embeddings
+        ``A`` (e.g. the complete training data of a pretrained model), then seed the running
+        statistics of the step schedule with that fit's statistics, scaled to one batch, so
+        that stochastic EM continues *from* the fit instead of replacing it with the first
+        batch's statistics. Returns the EM log-likelihood history."""
+        cal = self.calibrator
+        A = A.to(cal.W.dtype)
+        cal.fit(A, mask, n_iter=em_iters, tol=tol, init=None if bool(cal.initialized) else "pca")
+        stats, _ = cal.accumulate(A, mask)
+        per_batch = stats.scale(min(self.cfg.train.batch_size, A.shape[0]) / A.shape[0])
+        self.running_stats.copy_(per_batch.flatten().to(self.running_stats.dtype))
+        self.running_valid.fill_(True)
+        return list(cal.history_)
+
     def _broadcast_params(self):
         if is_distributed():
             for t in (self.calibrator.W, self.calibrator.mu, self.calibrator.sigma2):

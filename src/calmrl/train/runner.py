@@ -34,7 +34,7 @@ from .evaluate import anchor_report, embed_data, evaluate_embeddings, knn_accura
 from .module import CalMRLModule
 
 __all__ = ["Splits", "prepare_data", "run", "AtomicCheckpointIO", "CheckpointError", "RunLockedError", "load_checkpoint",
-           "output_lock", "resume_checkpoint", "model_from_checkpoint"]
+           "output_lock", "resume_checkpoint", "model_from_checkpoint", "calibrate_checkpoint"]
 
 log = logging.getLogger("calmrl")
 
@@ -572,6 +572,40 @@ def model_from_checkpoint(path: str | os.PathLike) -> tuple[Config, CalMRLModule
         raise CheckpointError(f"{path} does not match its own configuration: {str(e)[:300]}") from None
     model.standardization = std
     return cfg, model
+
+
+def calibrate_checkpoint(path: str | os.PathLike, out: str | os.PathLike | None = None, *, em_iters: int = 200,
+                         complete_only: bool = True) -> tuple[Path, dict]:
+    """Step (b) of the absorb workflow: embed the training split of a checkpoint's own
+    configuration with its encoders (no simulated missingness; complete instances only when
+    there are enough of them), fit the calibrator by EM to convergence and seed the step
+    schedule's running statistics (:meth:`CalMRLModule.seed_calibrator`). Writes a new
+    checkpoint (default: ``calibrated.ckpt`` beside the input) for ``train.init_from``;
+    returns its path and a summary."""
+    from .evaluate import embed_data
+
+    path = Path(path)
+    cfg, model = model_from_checkpoint(path)
+    splits = prepare_data(cfg, "oracle")                    # the training split as it is, nothing hidden
+    A, mask = embed_data(model.encoder, splits.train)
+    complete = mask.all(1)
+    used = "complete instances"
+    if complete_only and int(complete.sum()) >= max(10, 2 * model.calibrator.k):
+        A, mask = A[complete], mask[complete]
+    else:
+        used = "all instances, missing cells handled by EM (too few complete ones)"
+    history = model.seed_calibrator(A, mask, em_iters)
+    ckpt = load_checkpoint(path)
+    state = model.state_dict()
+    for key in list(ckpt["state_dict"]):
+        if key.startswith("calibrator.") or key in ("running_stats", "running_valid"):
+            ckpt["state_dict"][key] = state[key].detach().clone()
+    summary = {"source": str(path), "instances": int(A.shape[0]), "used": used, "em_iterations": len(history),
+               "final_loglik": history[-1] if history else None}
+    ckpt["calmrl_calibrated"] = summary
+    out = Path(out) if out else path.with_name("calibrated.ckpt")
+    AtomicCheckpointIO().save_checkpoint(ckpt, out)
+    return out, summary
 
 
 def _yaml(d: dict) -> str:
