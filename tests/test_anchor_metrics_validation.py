@@ -113,3 +113,28 @@ def test_stack_modalities_ragged_and_errors():
         stack_modalities({"a": torch.randn(4, 3), "zzz": torch.randn(4, 3)}, names=["a", "b"])
     with pytest.raises(ValueError, match="disagree on the number of instances"):
         stack_modalities([torch.randn(4, 3), torch.randn(5, 3)])
+
+
+def test_instance_identification_against_a_loop():
+    import torch.nn.functional as F
+    from calmrl.train.evaluate import instance_identification
+    g = torch.Generator().manual_seed(0)
+    A = F.normalize(torch.randn(40, 3, 5, generator=g, dtype=torch.float64), dim=-1)
+    mask = torch.rand(40, 3, generator=g) > 0.4
+    mask[:, 0] = True
+    imputed = A + 0.8 * torch.randn(40, 3, 5, generator=g, dtype=torch.float64)
+    got = instance_identification(A, mask, imputed)
+    hits = {"imputed": 0, "fallback": 0}
+    n = 0
+    for i in range(40):
+        fb = F.normalize(sum(A[i, m] for m in range(3) if mask[i, m]), dim=0)
+        for m in range(3):
+            if mask[i, m]:
+                continue
+            n += 1
+            for key, q in (("imputed", F.normalize(imputed[i, m], dim=0)), ("fallback", fb)):
+                scores = A[:, m] @ q
+                hits[key] += int(scores.argmax() == i)
+    assert got == {k: 100.0 * v / n for k, v in hits.items()}
+    perfect = instance_identification(A, mask, A)
+    assert perfect["imputed"] == 100.0

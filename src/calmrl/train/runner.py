@@ -618,7 +618,8 @@ def format_table(results: list[dict], eval_only: bool = False) -> str:
     similarity), fused queries, kNN and anchor shift; the last column is the training time
     (the evaluation time with ``eval_only``)."""
     head = (f"{'method':<17}{'R@1':>7}{'own R@1':>9}{'R@5':>7}{'R@10':>7}{'MedR':>7}{'fused R@1':>11}{'kNN acc':>9}"
-            f"{'shift obs':>11}{'shift cal':>11}{'imp cos':>9}{'eval s' if eval_only else 'train s':>8}")
+            f"{'shift obs':>11}{'shift cal':>11}{'imp cos':>9}{'imp id%':>9}{'obs id%':>9}"
+            f"{'eval s' if eval_only else 'train s':>8}")
     lines = [head, "-" * len(head)]
     for r in results:
         a, f, an = r["pairs"]["average"], r["fused"]["average"], r["anchor"]
@@ -627,5 +628,7 @@ def format_table(results: list[dict], eval_only: bool = False) -> str:
                      f"{f['R@1']:>11.2f}{r.get('knn_accuracy', float('nan')):>9.2f}"
                      f"{an['shift_observed_deg']:>11.2f}{an['shift_calibrated_deg']:>11.2f}"
                      f"{an.get('imputation_cosine', float('nan')):>9.3f}"
+                     f"{an.get('imputation_identification', float('nan')):>9.1f}"
+                     f"{an.get('fallback_identification', float('nan')):>9.1f}"
                      f"{r.get('eval_seconds' if eval_only else 'train_seconds', float('nan')):>8.1f}")
     return "\n".join(lines)
