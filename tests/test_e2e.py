@@ -168,3 +168,21 @@ def test_baselines_train_on_real_data_and_report_their_own_scoring(cfg, tmp_path
         if method == "pairwise-infonce":     # cosine is its own similarity
             assert res["pairs_own"] == res["pairs"]
     assert json.loads((tmp_path / "gram" / "results.json").read_text())["similarity"] == "volume"
+
+
+@pytest.mark.slow
+def test_true_fill_upper_bound_beats_observed_only(cfg, tmp_path):
+    """pmrl-truefill fills the simulator's hidden cells with the true embeddings of their inputs
+    (detached): the instance information an imputation would need. On UCI at 50% MCAR it
+    beats training on the observed cells alone (same split, seed and budget)."""
+    from calmrl.data import MultiViewDataset
+    from calmrl.train.config import apply_overrides
+    c = apply_overrides(cfg, ["data.views=[pixel, fourier, karhunen, zernike]", "train.epochs=12",
+                              f"output_dir={tmp_path}"])
+    sp = prepare_data(c, "pmrl-truefill")
+    batch = MultiViewDataset(sp.train, sp.train_full.mask).__getitems__(list(range(8)))
+    hidden = batch["known"] & ~batch["mask"]
+    assert bool(hidden.any()) and all((v[hidden[:, m]] != 0).any() for m, v in enumerate(batch["views"])
+                                      if hidden[:, m].any())
+    r = {m: run(c, method=m, splits=sp)["pairs"]["average"]["R@1"] for m in ("pmrl-truefill", "pmrl-drop")}
+    assert r["pmrl-truefill"] > r["pmrl-drop"] + 1.0, r          # measured: 10.2 vs 7.4

@@ -235,8 +235,14 @@ class MultiViewDataset(Dataset):
     """``torch`` dataset over :class:`MultiViewData`: item ``i`` is
     ``{"views": [x_m (d_m,)], "mask": (M,), "index": i}``; missing cells are zeros."""
 
-    def __init__(self, data: MultiViewData):
+    def __init__(self, data: MultiViewData, known: np.ndarray | None = None):
+        """``known``: an ``(N, M)`` mask of cells whose values are real although ``data.mask``
+        hides them (simulated missingness); they are passed in ``views`` and the batch gets a
+        ``"known"`` entry (for the true-fill upper bound). Default: only observed cells."""
         self.data = data
+        self.known = None if known is None else np.asarray(known, dtype=bool)
+        if self.known is not None and (self.known.shape != data.mask.shape or (data.mask & ~self.known).any()):
+            raise ValueError("known must be an (N, M) mask that contains the observed mask")
 
     def __len__(self) -> int:
         return self.data.n
@@ -255,11 +261,15 @@ class MultiViewDataset(Dataset):
         d = self.data
         idx = np.asarray(indices, dtype=np.int64)
         mask = np.asarray(d.mask[idx], dtype=bool)
+        keep = mask if self.known is None else self.known[idx]
         views = []
         for m, v in enumerate(d.views):                      # loop over modalities
             x = np.asarray(v[idx], dtype=np.float32)
-            views.append(torch.from_numpy(np.where(mask[:, m:m + 1], x, np.float32(0.0))))
-        return {"views": views, "mask": torch.from_numpy(mask), "index": torch.from_numpy(idx)}
+            views.append(torch.from_numpy(np.where(keep[:, m:m + 1], x, np.float32(0.0))))
+        out = {"views": views, "mask": torch.from_numpy(mask), "index": torch.from_numpy(idx)}
+        if self.known is not None:
+            out["known"] = torch.from_numpy(np.ascontiguousarray(keep))
+        return out
 
 
 def collate_views(items: Sequence[dict] | dict) -> dict:

@@ -18,7 +18,7 @@ __all__ = ["ConfigError", "Config", "DataConfig", "MissingConfig", "ModelConfig"
            "LEARNED_TEMPERATURE", "OWN_SIMILARITY"]
 
 METHODS = ("calmrl", "pmrl-drop", "pmrl-meanfill", "pmrl-zerofill", "gram", "triangle", "pairwise-infonce",
-           "anchor-infonce", "oracle")
+           "anchor-infonce", "oracle", "pmrl-truefill")
 # the similarity each method is trained with (and scored with under results.json "pairs_own")
 OWN_SIMILARITY = {"gram": "volume", "triangle": "area"}   # every other method: cosine
 # methods whose contrast has a learnable temperature (initialised at method.tau_init), as in their authors' code

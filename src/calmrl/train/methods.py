@@ -13,6 +13,9 @@
 ``pairwise-infonce`` symmetric InfoNCE over every co-observed pair of modalities (CLIP / VAST)
 ``anchor-infonce`` pairwise InfoNCE of each modality against the anchor modality (ImageBind)
 ``oracle``         PMRL with no missingness in training (upper bound; set by the data layer)
+``pmrl-truefill``  PMRL with the simulator's hidden cells filled by the true embeddings of their
+                   inputs, detached (the upper bound of any imputation: instance information
+                   the observed cells lack, without gradients into the hidden encoders)
 =================  ===========================================================================
 """
 
@@ -73,7 +76,7 @@ def alignment_loss(A: Tensor, mask: Tensor, cfg: MethodConfig, *, anchor: int = 
                         inter=cfg.inter, column_weights=weights)
         return out.loss, {"intra": out.intra.detach(), "inter": out.inter.detach()}
 
-    if name in ("pmrl-drop", "oracle") or (name == "calmrl" and not calibrated):
+    if name in ("pmrl-drop", "oracle", "pmrl-truefill") or (name == "calmrl" and not calibrated):
         return pmrl(A, mask)
     if name == "calmrl":
         if calibrator is not None:

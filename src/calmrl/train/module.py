@@ -173,6 +173,13 @@ class CalMRLModule(L.LightningModule):
     def training_step(self, batch, batch_idx):
         views, mask = batch["views"], batch["mask"]
         A = self.encoder(views, mask)
+        if "known" in batch:   # pmrl-truefill: hidden cells get the true embeddings of their inputs, detached
+            hidden = batch["known"] & ~mask
+            if bool(hidden.any()):
+                with torch.no_grad():
+                    A_hidden = self.encoder(views, hidden)
+                A = torch.where(hidden[..., None], A_hidden.to(A.dtype), A)
+            mask = batch["known"]
         cal, c = self.calibrator, self.cfg.calibrator
         stepwise = self.uses_calibrator and c.schedule == "step" and self.current_epoch >= c.warmup_epochs
         if stepwise and not bool(cal.initialized):

@@ -219,9 +219,9 @@ class EpochShuffleSampler(torch.utils.data.Sampler):
         return self.n
 
 
-def _loader(data: MultiViewData, cfg: Config, shuffle: bool) -> DataLoader:
+def _loader(data: MultiViewData, cfg: Config, shuffle: bool, known: np.ndarray | None = None) -> DataLoader:
     sampler = EpochShuffleSampler(data.n, cfg.train.seed) if shuffle else None
-    return DataLoader(MultiViewDataset(data), batch_size=cfg.train.batch_size, sampler=sampler,
+    return DataLoader(MultiViewDataset(data, known), batch_size=cfg.train.batch_size, sampler=sampler,
                       collate_fn=collate_views, num_workers=cfg.train.num_workers,
                       drop_last=shuffle and data.n > cfg.train.batch_size,
                       persistent_workers=cfg.train.num_workers > 0)
@@ -488,7 +488,8 @@ def _run_locked(cfg, method, run_dir, resume, splits, max_epochs, extra_callback
         if not resume_path:
             (run_dir / "results.json").unlink(missing_ok=True)   # no stale results beside a new run
     t0 = time.time()
-    trainer.fit(model, _loader(splits.train, cfg, True), _loader(splits.val, cfg, False),
+    known = splits.train_full.mask if cfg.method.name == "pmrl-truefill" else None
+    trainer.fit(model, _loader(splits.train, cfg, True, known), _loader(splits.val, cfg, False),
                 ckpt_path=str(resume_path) if resume_path else None)
     train_time = time.time() - t0
     t1 = time.time()
