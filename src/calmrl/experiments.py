@@ -140,7 +140,8 @@ def continual_experiment(cfg: Config, out_dir: Path, *, seeds=(0,), epochs: int 
         r1 = run(c1, method="calmrl")
         ck = Path(c1.output_dir) / "calmrl" / "checkpoints" / "last.ckpt"
         before = earlier_r1(Path(c1.output_dir) / "calmrl", c1)
-        row = {"seed": seed, "phase1_test_R@1": r1["pairs"]["average"]["R@1"], "phase1_earlier_R@1": before}
+        row = {"seed": seed, "phase1_test_R@1": r1["pairs"]["average"]["R@1"], "phase1_earlier_R@1": before,
+               "part_order": cfg.data.train_part_order}
         for method in ("calmrl", "pmrl-drop"):
             c2 = dataclasses.replace(
                 cfg, output_dir=str(out_dir / "continual" / f"seed{seed}" / "phase2"),
@@ -332,7 +333,7 @@ def write_report(records, em, out: Path, methods, *, command: str, commit: str, 
     if continual:
         L += ["## Continual training: adding a dataset with missing modalities", "",
               "Phase 1: calmrl on the first half of the training split, complete. Phase 2: continue from that "
-              "checkpoint on the second half, where each instance carries only two modalities (a hub view paired "
+              f"checkpoint on the second half (halves drawn {'by class: class-incremental' if continual[0].get('part_order') == 'class' else 'at random, stratified by class'}; `data.train_part_order`), where each instance carries only two modalities (a hub view paired "
               "with one other). Average R@1 (%) on the earlier data (300 phase-1 training instances, complete) and on "
               "the test split.", "",
               "| seed | earlier data after phase 1 | earlier, phase 2 calmrl | earlier, phase 2 pmrl-drop | "
