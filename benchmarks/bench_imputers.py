@@ -50,6 +50,15 @@ def main(rate=0.5, k=32, em_iters=50, seed=0):
     cal = SharedLatentCalibrator(M, max(dims), k, dims=dims, dtype=torch.float64).fit(Z, msk, n_iter=em_iters)
     imp = cal.impute(Z, msk).filled
     t_cal = score(f"calibrator k={k}", [imp[:, m, :dims[m]].numpy() for m in range(M)], time.perf_counter() - t)
+    # regularised: latent size by held-out likelihood, each view's noise >= 1% of its variance
+    from calmrl.core import select_latent_dim
+    t = time.perf_counter()
+    k_sel, scores = select_latent_dim(Z, msk, (2, 4, 8, 16, 32, 64), dims=dims, n_iter=30, sigma2_floor_rel=0.01)
+    reg = SharedLatentCalibrator(M, max(dims), k_sel, dims=dims, dtype=torch.float64,
+                                 sigma2_floor_rel=0.01).fit(Z, msk, n_iter=em_iters)
+    imp = reg.impute(Z, msk).filled
+    score(f"calibrator k={k_sel} (sel.)", [imp[:, m, :dims[m]].numpy() for m in range(M)], time.perf_counter() - t)
+    print(f"  held-out log-likelihood per k: { {c: round(v, 1) for c, v in scores.items()} }")
 
     from sklearn.experimental import enable_iterative_imputer  # noqa: F401
     from sklearn.impute import IterativeImputer, KNNImputer, SimpleImputer
@@ -62,8 +71,10 @@ def main(rate=0.5, k=32, em_iters=50, seed=0):
     t = time.perf_counter()
     # clipped to each feature's observed range: unclipped, BayesianRidge chains diverge on these
     # collinear views (R^2 -6e12 in an earlier run)
-    Xi = IterativeImputer(max_iter=5, n_nearest_features=100, random_state=0, min_value=np.nanmin(X, 0),
-                          max_value=np.nanmax(X, 0)).fit_transform(X)
+    lo, hi = np.nanmin(X, 0), np.nanmax(X, 0)
+    hi = np.where(hi > lo, hi, lo + 1e-9)        # constant columns: scikit-learn needs min < max
+    Xi = IterativeImputer(max_iter=5, n_nearest_features=100, random_state=0, min_value=lo,
+                          max_value=hi).fit_transform(X)
     t_it = score("IterativeImputer", split(Xi), time.perf_counter() - t)
     t_mofa = mofa(X, split, k, seed)
     if t_mofa is not None:

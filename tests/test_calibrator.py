@@ -278,3 +278,30 @@ def test_in_memory_em_pass_equals_batched_e_step(M, k, p, ragged, seed):
     torch.testing.assert_close(torch.tensor(a.history_), torch.tensor(b.history_), atol=1e-9, rtol=1e-9)
     for name in ("W", "mu", "sigma2"):
         torch.testing.assert_close(getattr(a, name), getattr(b, name), atol=1e-9, rtol=1e-9)
+
+
+def test_relative_noise_floor_holds_and_old_state_dicts_load():
+    cal = random_calibrator(M=3, D=6, k=2, seed=3)
+    cal.sigma2[2] = 1e-6                         # a nearly noiseless view
+    Z, _ = sample_from(cal, 400, seed=4)
+    free = SharedLatentCalibrator(3, 6, 2, dtype=torch.float64).fit(Z, n_iter=30)
+    floored = SharedLatentCalibrator(3, 6, 2, dtype=torch.float64, sigma2_floor_rel=0.05).fit(Z, n_iter=30)
+    var = Z.var(0, unbiased=False).mean(-1)
+    assert free.sigma2[2] < 1e-3 * var[2]                     # unregularised: the view's noise collapses
+    assert (floored.sigma2 >= 0.05 * var * (1 - 1e-9)).all()
+    torch.testing.assert_close(floored.data_var, var)
+    old = {k: v for k, v in floored.state_dict().items() if k != "data_var"}
+    fresh = SharedLatentCalibrator(3, 6, 2, dtype=torch.float64)
+    fresh.load_state_dict(old)                               # a checkpoint from before the floor
+    assert (fresh.data_var == 0).all()
+
+
+def test_latent_size_chosen_by_held_out_likelihood_recovers_the_truth():
+    from calmrl.core import select_latent_dim
+    cal = random_calibrator(M=3, D=8, k=3, seed=5)
+    cal.sigma2.fill_(0.05)
+    Z, _ = sample_from(cal, 600, seed=6)
+    mask = random_mask(600, 3, 0.3, seed=7)
+    best, scores = select_latent_dim(Z * mask[..., None], mask, (1, 2, 3, 5, 8), n_iter=60)
+    assert best == 3, scores
+    assert scores[8] < scores[3] and scores[1] < scores[3]

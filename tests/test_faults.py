@@ -122,7 +122,16 @@ def test_resume_keeps_metrics_and_history_and_falls_back_to_the_previous_checkpo
 
     from calmrl.train import CheckpointError, load_config, run
     cfg = load_config(None, TINY + ["data.views=[fourier, karhunen]", f"output_dir={tmp_path}"])
-    run(cfg)
+    import logging
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logging.getLogger("calmrl").addHandler(handler)
+    try:
+        assert run(cfg, resume=True)["resumed_from_epoch"] is None     # nothing to resume: said, not silent
+    finally:
+        logging.getLogger("calmrl").removeHandler(handler)
+    assert any("no checkpoint under" in r.getMessage() and "starting from epoch 0" in r.getMessage() for r in records)
     d = tmp_path / "calmrl"
     assert _logged_epochs(d) == [0, 1, 2]
     longer = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=5))

@@ -167,7 +167,7 @@ def cmd_impute(args) -> int:
         values, mask, conf = _impute_embeddings(model, cfg, std)
         views = [values[:, m] for m in range(values.shape[1])]
     else:
-        views, mask, conf = _impute_inputs(std, stats, args.latent_dim, args.em_iters)
+        views, mask, conf = _impute_inputs(std, stats, args.latent_dim, args.em_iters, args.noise_floor_rel)
     out = MultiViewData(views, data.names, np.ones_like(data.mask), data.ids, data.labels,
                         {"imputed_from": str(args.store), "space": args.space})
     FeatureStore.write(args.out, out)
@@ -190,21 +190,30 @@ def _impute_embeddings(model, cfg, data):
     return imp.filled.float().numpy(), mask.numpy(), imp.confidence.float().numpy()
 
 
-def _impute_inputs(data, stats, latent_dim: int, em_iters: int):
+def _impute_inputs(data, stats, latent_dim: int, em_iters: int, floor_rel: float = 0.01):
     """A shared-latent model fitted by EM on the standardised input features themselves
-    (ragged widths, zero-padded); imputations mapped back to the raw feature units."""
+    (ragged widths, zero-padded), its latent size chosen by held-out likelihood unless given,
+    each view's noise kept above ``floor_rel`` of its variance; imputations mapped back to the
+    raw feature units."""
     import numpy as np
     import torch
 
-    from .core import SharedLatentCalibrator
+    from .core import SharedLatentCalibrator, select_latent_dim
 
     dims, D = data.dims, max(data.dims)
     Z = torch.zeros(data.n, len(dims), D, dtype=torch.float64)
     for m, v in enumerate(data.views):                       # loop over modalities
         Z[:, m, :dims[m]] = torch.as_tensor(np.asarray(v, dtype=np.float64))
     mask = torch.as_tensor(data.mask)
-    k = max(1, min(latent_dim, min(dims), int(mask.all(1).sum()) or latent_dim))
-    cal = SharedLatentCalibrator(len(dims), D, k, dims=dims, names=data.names, dtype=torch.float64)
+    if latent_dim > 0:
+        k = max(1, min(latent_dim, max(dims)))
+    else:
+        k, scores = select_latent_dim(Z, mask, (1, 2, 4, 8, 16, 32), dims=dims, names=data.names,
+                                      n_iter=min(em_iters, 30), sigma2_floor_rel=floor_rel)
+        print(f"latent size {k} chosen by held-out log-likelihood "
+              f"({', '.join(f'k={c}: {v:.1f}' for c, v in scores.items())})")
+    cal = SharedLatentCalibrator(len(dims), D, k, dims=dims, names=data.names, dtype=torch.float64,
+                                 sigma2_floor_rel=floor_rel)
     cal.fit(Z, mask, n_iter=em_iters)
     imp = cal.impute(Z, mask)
     filled = imp.filled.numpy()
@@ -324,7 +333,10 @@ def main(argv: list[str] | None = None) -> int:
     i.add_argument("--space", choices=("embedding", "input"), default="embedding",
                    help="embedding: the calibrator's imputations in the shared space; input: a shared-latent "
                         "model fitted by EM on the input features, imputations in the input units")
-    i.add_argument("--latent-dim", type=int, default=16, help="--space input: latent size k")
+    i.add_argument("--latent-dim", type=int, default=0, help="--space input: latent size k (0 = chosen by "
+                   "held-out log-likelihood among 1, 2, 4, ..., 32)")
+    i.add_argument("--noise-floor-rel", type=float, default=0.01, help="--space input: each view's noise variance "
+                   "kept >= this share of its feature variance")
     i.add_argument("--em-iters", type=int, default=50, help="--space input: EM iterations")
     i.add_argument("--partial-views", choices=("error", "missing", "fill"), default="missing",
                    help="rows of a view with some NaN features: refuse, treat as missing (default), or mean-fill")

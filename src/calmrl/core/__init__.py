@@ -2,7 +2,8 @@
 diagnostics and metrics. Nothing here depends on the trainer."""
 
 from .anchor import anchor, anchor_distance, anchor_shift, shift_bounds
-from .calibrator import Imputation, Posterior, SharedLatentCalibrator, SufficientStats, missing_patterns
+from .calibrator import (Imputation, Posterior, SharedLatentCalibrator, SufficientStats, missing_patterns,
+                         select_latent_dim)
 from .geometry import SIMILARITIES, gram_volume_matrix, pair_similarity, psd_det, triangle_area_matrix
 from .losses import (AnchorInfoNCELoss, GRAMLoss, LearnableTemperature, PairwiseInfoNCELoss, PMRLLoss, PMRLOutput, TriangleLoss,
                      anchor_infonce_loss, gram_loss, info_nce, pairwise_infonce_loss, pmrl_loss, triangle_loss)
@@ -11,7 +12,7 @@ from .spectral import safe_eigh, spectrum
 from .validation import check_embeddings, check_mask, stack_modalities
 
 __all__ = [
-    "SharedLatentCalibrator", "Posterior", "Imputation", "SufficientStats", "missing_patterns",
+    "SharedLatentCalibrator", "Posterior", "Imputation", "SufficientStats", "missing_patterns", "select_latent_dim",
     "pmrl_loss", "gram_loss", "triangle_loss", "pairwise_infonce_loss", "anchor_infonce_loss", "info_nce",
     "LearnableTemperature", "PMRLLoss", "GRAMLoss", "TriangleLoss", "PairwiseInfoNCELoss", "AnchorInfoNCELoss", "PMRLOutput",
     "gram_volume_matrix", "triangle_area_matrix", "pair_similarity", "psd_det", "SIMILARITIES",

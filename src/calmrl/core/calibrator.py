@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from .validation import check_embeddings
 
 __all__ = ["SharedLatentCalibrator", "Posterior", "Imputation", "SufficientStats", "missing_patterns",
-           "modality_rows"]
+           "modality_rows", "select_latent_dim"]
 
 
 def _full_precision(fn):
@@ -227,12 +227,18 @@ class SharedLatentCalibrator(nn.Module):
         names: optional modality names, used in error messages.
         jitter: added to the diagonal of every matrix that is factorised.
         sigma2_floor: lower bound of :math:`\sigma_m^2` (guards collapse to 0).
+        sigma2_floor_rel: a further lower bound relative to each modality's own per-feature
+            variance (measured by :meth:`init_from_data`): :math:`\sigma_m^2 \ge \rho\,v_m`.
+            Without it a low-dimensional or nearly deterministic view can get a noise variance
+            orders of magnitude below the others and dominate every posterior it enters
+            (UCI's 6-feature view: about 100x); ``0`` keeps the published model.
         min_count: an M-step skips (with a warning) a modality observed in fewer
             instances than this.
     """
 
     def __init__(self, n_modalities: int, dim: int, latent_dim: int, *, dims: Sequence[int] | None = None,
                  names: Sequence[str] | None = None, jitter: float = 1e-6, sigma2_floor: float = 1e-6,
+                 sigma2_floor_rel: float = 0.0,
                  min_count: int = 2, dtype: torch.dtype | None = None, device=None):
         super().__init__()
         if n_modalities < 1 or dim < 1 or latent_dim < 1:
@@ -246,13 +252,29 @@ class SharedLatentCalibrator(nn.Module):
         self.M, self.D, self.k = int(n_modalities), int(dim), int(latent_dim)
         self.names = list(names) if names is not None else None
         self.jitter, self.sigma2_floor, self.min_count = float(jitter), float(sigma2_floor), int(min_count)
+        if not 0.0 <= sigma2_floor_rel < 1.0:
+            raise ValueError(f"sigma2_floor_rel must be in [0, 1), got {sigma2_floor_rel}")
+        self.sigma2_floor_rel = float(sigma2_floor_rel)
         kw = dict(dtype=dtype or torch.get_default_dtype(), device=device)
         self.register_buffer("W", torch.zeros(self.M, self.D, self.k, **kw))
         self.register_buffer("mu", torch.zeros(self.M, self.D, **kw))
         self.register_buffer("sigma2", torch.ones(self.M, **kw))
         self.register_buffer("dims", torch.tensor(dims or [self.D] * self.M, dtype=torch.long, device=device))
         self.register_buffer("initialized", torch.tensor(False, device=device))
+        # per-modality per-feature variance of the data the model was initialised on (for the
+        # relative noise floor); 0 until init_from_data
+        self.register_buffer("data_var", torch.zeros(self.M, **kw))
         self.history_: list[float] = []
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        key = prefix + "data_var"
+        if key not in state_dict:          # saved before the relative floor existed
+            state_dict[key] = torch.zeros_like(self.data_var)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def sigma2_lower_bound(self) -> Tensor:
+        """``(M,)``: ``max(sigma2_floor, sigma2_floor_rel * data_var)``."""
+        return (self.data_var * self.sigma2_floor_rel).clamp_min(self.sigma2_floor)
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -480,7 +502,7 @@ class SharedLatentCalibrator(nn.Module):
             s2 = (st.szz - cross) / (d * st.n)
             self.W[ok] = theta[..., :k]
             self.mu[ok] = theta[..., k]
-            self.sigma2[ok] = s2.clamp_min(self.sigma2_floor)
+            self.sigma2[ok] = torch.maximum(s2, self.sigma2_lower_bound()[ok])
             self.initialized.fill_(True)
             return ok
 
@@ -542,12 +564,13 @@ class SharedLatentCalibrator(nn.Module):
             X = torch.where(mask[..., None], Z - mu, torch.zeros((), dtype=Z.dtype, device=Z.device))
             d = self.dims.to(Z.dtype)
             var = (X * X).sum((0, 2)) / (n * d)                                  # per-feature variance
+            self.data_var.copy_(var)
             rows = self.row_mask
             if method == "random":
                 g = generator if generator is not None else torch.Generator().manual_seed(0)
                 W = torch.randn(self.M, self.D, self.k, generator=g).to(Z) * (0.1 * var.sqrt())[:, None, None]
                 self.W.copy_(W * rows[..., None])
-                self.sigma2.copy_(var.clamp_min(self.sigma2_floor))
+                self.sigma2.copy_(torch.maximum(var, self.sigma2_lower_bound()))
             else:
                 Xc = X[:, rows]                                                   # (B, sum d_m)
                 p = Xc.shape[1]
@@ -578,7 +601,8 @@ class SharedLatentCalibrator(nn.Module):
                 s2 = torch.stack([(R[:, offs[m]:offs[m + 1]] ** 2).sum() / (n[m] * d[m])
                                   for m in range(self.M)])                       # loop over modalities
                 self.W.copy_(W)
-                self.sigma2.copy_(s2.clamp_min(max(self.sigma2_floor, 1e-3 * float(var.mean()))))
+                self.sigma2.copy_(torch.maximum(s2.clamp_min(max(self.sigma2_floor, 1e-3 * float(var.mean()))),
+                                                self.sigma2_lower_bound()))
             self.mu.copy_(mu * rows)
             self.initialized.fill_(True)
         return self
@@ -688,3 +712,36 @@ class SharedLatentCalibrator(nn.Module):
 
     def extra_repr(self) -> str:
         return f"n_modalities={self.M}, dim={self.D}, latent_dim={self.k}"
+
+
+def select_latent_dim(Z: Tensor, mask: Tensor | None = None, candidates: Sequence[int] = (2, 4, 8, 16, 32), *,
+                      holdout: float = 0.2, n_iter: int = 50, seed: int = 0, dims: Sequence[int] | None = None,
+                      sigma2_floor_rel: float = 0.0, names: Sequence[str] | None = None
+                      ) -> tuple[int, dict[int, float]]:
+    r"""The latent size :math:`k` with the best held-out fit: a random ``holdout`` share of
+    instances is set aside, a calibrator with each candidate ``k`` is fitted by EM on the
+    rest, and the mean marginal log-likelihood of the held-out instances' observed cells is
+    compared (larger ``k`` always fits the training instances better; held-out likelihood
+    stops rewarding it once it models noise). Returns ``(best_k, {k: held-out score})``.
+    Candidates at or above the total width (or the number of training instances) are skipped."""
+    Z = torch.as_tensor(Z)
+    N, M, D = Z.shape
+    mask = torch.ones(N, M, dtype=torch.bool) if mask is None else torch.as_tensor(mask).bool()
+    if not 0.0 < holdout < 1.0:
+        raise ValueError(f"holdout must be in (0, 1), got {holdout}")
+    g = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(N, generator=g)
+    n_out = max(1, int(round(holdout * N)))
+    out, inn = perm[:n_out], perm[n_out:]
+    limit = min((sum(dims) if dims is not None else M * D) - 1, len(inn) - 1)
+    ks = sorted({int(k) for k in candidates if 1 <= int(k) <= limit})
+    if not ks:
+        raise ValueError(f"no candidate latent size in {list(candidates)} is between 1 and {limit}")
+    scores = {}
+    for k in ks:                                           # loop over candidate sizes
+        cal = SharedLatentCalibrator(M, D, k, dims=dims, names=names, dtype=Z.dtype if Z.is_floating_point()
+                                     else None, sigma2_floor_rel=sigma2_floor_rel)
+        cal.fit(Z[inn], mask[inn], n_iter=n_iter)
+        scores[k] = cal.score(Z[out], mask[out])
+    best = max(scores, key=scores.get)
+    return best, scores
