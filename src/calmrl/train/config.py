@@ -101,6 +101,10 @@ class MethodConfig:
     renormalize_imputed: bool = _f(False, help="project imputed vectors to the unit sphere (paper: no)")
     impute_grad: bool = _f(False, help="let gradients flow through imputations into observed encoders")
     confidence_weighting: bool = _f(False, help="scale imputed columns by the posterior confidence")
+    gate: str = _f("none", choices=("none", "identification"),
+                   help="calmrl: weight imputed columns of each modality by how much better their imputations "
+                        "identify held-out validation instances than the observed-only fallback (0 = not better: "
+                        "observed columns only), measured at the start of every calibrated epoch (calmrl.core.gate)")
 
 
 @dataclass

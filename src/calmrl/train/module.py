@@ -45,6 +45,10 @@ class CalMRLModule(L.LightningModule):
         n_stats = M + M * d + M * d * k + M * k + M * k * k + M
         self.register_buffer("running_stats", torch.zeros(n_stats))
         self.register_buffer("running_valid", torch.tensor(False))
+        # informativeness gate (method.gate): weight of each modality's imputed columns, 0 until measured
+        self.register_buffer("impute_weight", torch.zeros(M))
+        self.gate_history: list[dict] = []
+        self.gate_loader = None   # a DataLoader over the validation split for the gate
         self.anchor_index = names.index(cfg.method.anchor) if cfg.method.anchor else 0
         self.temperature = None
         if cfg.method.name in LEARNED_TEMPERATURE:   # tau = exp(log_tau), kept >= 0.01
@@ -138,15 +142,48 @@ class CalMRLModule(L.LightningModule):
         # alone, so a run resumed from a checkpoint repeats the uninterrupted run exactly.
         torch.manual_seed(self.cfg.train.seed * 100_003 + self.current_epoch * 1009 + self.global_rank)
         c = self.cfg.calibrator
-        if not self.uses_calibrator or c.schedule == "step" or self.current_epoch < c.warmup_epochs:
+        refit = self.uses_calibrator and c.schedule != "step" and self.current_epoch >= c.warmup_epochs \
+            and not (c.schedule == "frozen" and bool(self.calibrator.initialized))
+        if refit:
+            iters = c.em_iters * (5 if c.schedule == "frozen" else 1)
+            history = self.refit_calibrator(self.trainer.train_dataloader, iters)
+            self.em_history = getattr(self, "em_history", []) + [(self.current_epoch, h) for h in history]
+            self.log("calib/loglik", history[-1], on_epoch=True, sync_dist=False)
+            self.log("calib/sigma2_mean", float(self.calibrator.sigma2.mean()), on_epoch=True)
+        self._update_gate()
+
+    def _update_gate(self):
+        """Informativeness gate (``method.gate = identification``): measure on the validation
+        split how much better each modality's imputations identify their instances than the
+        observed-only fallback (:func:`calmrl.core.gate.imputation_gain`) and set the weights
+        of imputed columns; rank 0's measurement is broadcast."""
+        if self.cfg.method.gate != "identification" or not self.uses_calibrator \
+                or not bool(self.calibrator.initialized) or self.current_epoch < self.cfg.calibrator.warmup_epochs:
             return
-        if c.schedule == "frozen" and bool(self.calibrator.initialized):
+        from ..core import gate_weights, imputation_gain
+        loader = self.gate_loader         # the validation split, set by the runner
+        if loader is None:
+            loaders = self.trainer.val_dataloaders
+            loader = loaders[0] if isinstance(loaders, (list, tuple)) else loaders
+        if loader is None:
             return
-        iters = c.em_iters * (5 if c.schedule == "frozen" else 1)
-        history = self.refit_calibrator(self.trainer.train_dataloader, iters)
-        self.em_history = getattr(self, "em_history", []) + [(self.current_epoch, h) for h in history]
-        self.log("calib/loglik", history[-1], on_epoch=True, sync_dist=False)
-        self.log("calib/sigma2_mean", float(self.calibrator.sigma2.mean()), on_epoch=True)
+        was = self.encoder.training
+        self.encoder.eval()
+        with torch.no_grad():
+            parts = [(self.encoder([v.to(self.device) for v in b["views"]], b["mask"].to(self.device)).float().cpu(),
+                      b["mask"].cpu()) for b in loader]
+        self.encoder.train(was)
+        A, mask = torch.cat([a for a, _ in parts]), torch.cat([m for _, m in parts])
+        gain = imputation_gain(self.calibrator, A, mask)
+        w = gate_weights(gain).to(self.impute_weight)
+        if is_distributed():
+            w = w.to(self.device)
+            dist.broadcast(w, 0)
+        self.impute_weight.copy_(w.to(self.impute_weight))
+        self.gate_history.append({"epoch": int(self.current_epoch), "weights": w.tolist(),
+                                  "id_imputed": gain["id_imputed"].tolist(), "id_fallback": gain["id_fallback"].tolist()})
+        for m, name in enumerate(self.names):
+            self.log(f"gate/{name}", float(w[m]), on_epoch=True, sync_dist=False)
 
     def _stochastic_m_step(self, stats, n_batches: int = 1):
         r"""Step schedule: sum the statistics of the last ``n_batches`` batches over processes,
@@ -204,6 +241,9 @@ class CalMRLModule(L.LightningModule):
                 step = torch.stack([ll.sum(), ll.new_tensor(float(ll.numel()))])
                 self._batch_ll = step if self._batch_ll is None else self._batch_ll + step
             A, weights = fill_missing(A, mask, cal, self.cfg.method, posterior=post)
+            if self.cfg.method.gate != "none":    # imputed columns weighted by their measured gain
+                gate = torch.where(mask, torch.ones_like(mask, dtype=A.dtype), self.impute_weight.to(A.dtype))
+                weights = gate if weights is None else weights * gate
         # contrastive terms see the global batch: other ranks' rows enter as constants, and the
         # loss is scaled by the world size so that DDP's gradient average is the global gradient
         A_all, mask_all = gather_with_grad(A), gather_nograd(mask)
@@ -276,9 +316,10 @@ class CalMRLModule(L.LightningModule):
         # what inference needs without the training data: the training split's standardisation
         checkpoint["calmrl_standardization"] = self.standardization
         checkpoint["calmrl_history"] = {"loss": list(getattr(self, "loss_history", [])),
-                                        "em": list(getattr(self, "em_history", []))}
+                                        "em": list(getattr(self, "em_history", [])), "gate": list(self.gate_history)}
 
     def on_load_checkpoint(self, checkpoint):
         hist = checkpoint.get("calmrl_history") or {}
         self.loss_history = list(hist.get("loss", []))
         self.em_history = [tuple(x) for x in hist.get("em", [])]
+        self.gate_history = list(hist.get("gate", []))

@@ -470,6 +470,8 @@ def _run_locked(cfg, method, run_dir, resume, splits, max_epochs, extra_callback
     torch.set_num_threads(choose_threads(cfg))
     model = CalMRLModule(cfg, splits.dims, splits.names)
     model.standardization = splits.standardization
+    if cfg.method.gate != "none":
+        model.gate_loader = _loader(splits.val, cfg, False)
     if cfg.train.init_from:
         # continual training: encoders, calibrator parameters and statistics warm-started
         state = load_checkpoint(cfg.train.init_from)["state_dict"]
@@ -499,6 +501,7 @@ def _run_locked(cfg, method, run_dir, resume, splits, max_epochs, extra_callback
                     "threads": torch.get_num_threads(),
                     "em_history": getattr(model, "em_history", []),
                     "loss_history": getattr(model, "loss_history", []),
+                    "gate_history": getattr(model, "gate_history", []),
                     "missing_fraction_train": float(1 - splits.train.mask.mean()),
                     "n_train": splits.train.n, "n_val": splits.val.n, "n_test": splits.test.n,
                     "data_notes": splits.notes})
