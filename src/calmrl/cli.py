@@ -343,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     i.set_defaults(fn=cmd_impute)
     b = sub.add_parser("bench", help="sweep missing rates x methods x seeds; write report.md and plots", parents=[common])
     b.add_argument("--config", default=None)
-    b.add_argument("--quick", action="store_true", help="one setting, three methods, one seed (< 3 min on 2 cores)")
+    b.add_argument("--quick", action="store_true", help="one setting, three methods, one seed (about 1 min on 2 cores)")
     b.add_argument("--seeds", default=None, help="comma-separated seeds (default 0,1,2; quick: 0)")
     b.add_argument("--out", default="reports/bench")
     b.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
