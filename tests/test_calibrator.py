@@ -305,3 +305,31 @@ def test_latent_size_chosen_by_held_out_likelihood_recovers_the_truth():
     best, scores = select_latent_dim(Z * mask[..., None], mask, (1, 2, 3, 5, 8), n_iter=60)
     assert best == 3, scores
     assert scores[8] < scores[3] and scores[1] < scores[3]
+
+
+def test_map_m_step_is_the_ridge_solution_and_shrinks_w():
+    """With w_prior = lam the M-step's loading solves the ridge problem
+    min sum ||z - W b - mu||^2 / s2 + lam ||W||^2 on the expected statistics (brute force by
+    an explicit linear solve); lam = 0 is the maximum-likelihood step."""
+    cal = random_calibrator(M=2, D=4, k=2, seed=21)
+    Z, _ = sample_from(cal, 80, seed=22)
+    mask = random_mask(80, 2, 0.3, seed=23)
+    stats = cal.sufficient_stats(Z, mask)
+    lam = 5.0
+    s2_old = cal.sigma2.clone()
+    map_cal = random_calibrator(M=2, D=4, k=2, seed=21)
+    map_cal.w_prior = lam
+    map_cal.m_step(stats)
+    ml_cal = random_calibrator(M=2, D=4, k=2, seed=21)
+    ml_cal.m_step(stats)
+    for m in range(2):
+        SB = torch.zeros(3, 3, dtype=torch.float64)
+        SB[:2, :2], SB[:2, 2], SB[2, :2], SB[2, 2] = stats.sbb[m], stats.sb[m], stats.sb[m], stats.n[m]
+        SZB = torch.cat([stats.szb[m], stats.sz[m][:, None]], 1)
+        ridge = SB + torch.diag(torch.tensor([lam, lam, 0.0], dtype=torch.float64)) * s2_old[m]
+        theta = torch.linalg.solve(ridge.T, SZB.T).T
+        torch.testing.assert_close(map_cal.W[m], theta[:, :2], atol=1e-10, rtol=1e-10)
+        torch.testing.assert_close(map_cal.mu[m], theta[:, 2], atol=1e-10, rtol=1e-10)
+        resid = stats.szz[m] - 2 * (theta * SZB).sum() + (theta @ SB * theta).sum()
+        torch.testing.assert_close(map_cal.sigma2[m], resid / (4 * stats.n[m]), atol=1e-10, rtol=1e-10)
+    assert map_cal.W.norm() < ml_cal.W.norm()

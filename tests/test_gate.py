@@ -59,6 +59,7 @@ def test_trainer_measures_and_logs_the_gate(tmp_path):
     assert [h["epoch"] for h in hist] == [2, 3]      # measured once the calibrator is fitted (after epoch 1)
     for h in hist:
         assert len(h["weights"]) == 3 and all(0.0 <= w <= 1.0 for w in h["weights"])
+    assert (tmp_path / "calmrl" / "gate.png").stat().st_size > 5_000
     import csv
     with open(tmp_path / "calmrl" / "logs" / "metrics.csv") as f:
         assert "gate/fourier" in next(csv.reader(f))

@@ -232,13 +232,16 @@ class SharedLatentCalibrator(nn.Module):
             Without it a low-dimensional or nearly deterministic view can get a noise variance
             orders of magnitude below the others and dominate every posterior it enters
             (UCI's 6-feature view: about 100x); ``0`` keeps the published model.
+        w_prior: precision :math:`\lambda` of a Gaussian prior :math:`W_m \sim \mathcal N(0, \lambda^{-1})`
+            elementwise; the M-step then gives the MAP loading (ridge regression on the
+            posterior latents, see :meth:`m_step`); ``0`` is maximum likelihood.
         min_count: an M-step skips (with a warning) a modality observed in fewer
             instances than this.
     """
 
     def __init__(self, n_modalities: int, dim: int, latent_dim: int, *, dims: Sequence[int] | None = None,
                  names: Sequence[str] | None = None, jitter: float = 1e-6, sigma2_floor: float = 1e-6,
-                 sigma2_floor_rel: float = 0.0,
+                 sigma2_floor_rel: float = 0.0, w_prior: float = 0.0,
                  min_count: int = 2, dtype: torch.dtype | None = None, device=None):
         super().__init__()
         if n_modalities < 1 or dim < 1 or latent_dim < 1:
@@ -255,6 +258,9 @@ class SharedLatentCalibrator(nn.Module):
         if not 0.0 <= sigma2_floor_rel < 1.0:
             raise ValueError(f"sigma2_floor_rel must be in [0, 1), got {sigma2_floor_rel}")
         self.sigma2_floor_rel = float(sigma2_floor_rel)
+        if w_prior < 0:
+            raise ValueError(f"w_prior must be >= 0, got {w_prior}")
+        self.w_prior = float(w_prior)
         kw = dict(dtype=dtype or torch.get_default_dtype(), device=device)
         self.register_buffer("W", torch.zeros(self.M, self.D, self.k, **kw))
         self.register_buffer("mu", torch.zeros(self.M, self.D, **kw))
@@ -465,6 +471,12 @@ class SharedLatentCalibrator(nn.Module):
         + \operatorname{tr}(\Theta^\top\Theta \sum B)\big)
         = \frac{1}{d_m n_m}\big(\sum\lVert z\rVert^2 - \operatorname{tr}(\Theta^\top \sum z b^\top)\big)`
         (as :math:`\Theta\sum B = \sum z b^\top`), floored at ``sigma2_floor``.
+
+        With ``w_prior`` :math:`\lambda>0` the loading is the MAP estimate under
+        :math:`W_m\sim\mathcal N(0,\lambda^{-1})`: :math:`\Theta(\sum B + \sigma_m^2\Lambda) = \sum z b^\top`
+        with :math:`\Lambda=\operatorname{diag}(\lambda,\dots,\lambda,0)` (no prior on :math:`\mu_m`;
+        :math:`\sigma_m^2` the current value), and :math:`\sigma_m^2` takes the full residual
+        :math:`\sum\lVert z\rVert^2 - 2\operatorname{tr}(\Theta^\top\sum z b^\top) + \operatorname{tr}(\Theta^\top\Theta\sum B)`.
         """
         with torch.no_grad():
             st = stats.to(dtype=self.W.dtype, device=self.W.device)
@@ -487,6 +499,12 @@ class SharedLatentCalibrator(nn.Module):
                 if not bool(ok.any()):
                     return ok
                 SB, SZB, st = SB[ok], SZB[ok], SufficientStats(*(getattr(st, f)[ok] for f in _STAT_FIELDS))
+            SB_data = SB
+            if self.w_prior > 0:       # MAP: ridge on the loading columns, none on the mean
+                s2_now = (self.sigma2 if ok.all() else self.sigma2[ok]).to(SB.dtype)
+                ridge = torch.zeros(k + 1, dtype=SB.dtype, device=SB.device)
+                ridge[:k] = self.w_prior
+                SB = SB + torch.diag_embed(s2_now[:, None] * ridge)
             # Scale-aware jitter: the statistics grow with n.
             scale = SB.diagonal(dim1=1, dim2=2).mean(-1).clamp_min(1.0)[:, None, None]
             L = self._cholesky(SB / scale, "M-step normal matrix")
@@ -499,7 +517,11 @@ class SharedLatentCalibrator(nn.Module):
             # residual is sum ||z||^2 - tr(Theta^T SZB) (Tipping & Bishop's PPCA update)
             cross = (theta * SZB).sum((1, 2))
             d = self.dims[ok].to(self.W.dtype)
-            s2 = (st.szz - cross) / (d * st.n)
+            if self.w_prior > 0:       # Theta SB != SZB under the prior: the full residual
+                quad = (theta @ SB_data * theta).sum((1, 2))
+                s2 = (st.szz - 2 * cross + quad) / (d * st.n)
+            else:
+                s2 = (st.szz - cross) / (d * st.n)
             self.W[ok] = theta[..., :k]
             self.mu[ok] = theta[..., k]
             self.sigma2[ok] = torch.maximum(s2, self.sigma2_lower_bound()[ok])
@@ -716,7 +738,7 @@ class SharedLatentCalibrator(nn.Module):
 
 def select_latent_dim(Z: Tensor, mask: Tensor | None = None, candidates: Sequence[int] = (2, 4, 8, 16, 32), *,
                       holdout: float = 0.2, n_iter: int = 50, seed: int = 0, dims: Sequence[int] | None = None,
-                      sigma2_floor_rel: float = 0.0, names: Sequence[str] | None = None
+                      sigma2_floor_rel: float = 0.0, w_prior: float = 0.0, names: Sequence[str] | None = None
                       ) -> tuple[int, dict[int, float]]:
     r"""The latent size :math:`k` with the best held-out fit: a random ``holdout`` share of
     instances is set aside, a calibrator with each candidate ``k`` is fitted by EM on the

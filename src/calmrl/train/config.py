@@ -123,6 +123,8 @@ class CalibratorConfig:
     sigma2_floor: float = _f(1e-6, lo=0.0)
     sigma2_floor_rel: float = _f(0.0, lo=0.0, hi=0.99, help="noise variance of each modality kept >= this share of "
                                                          "its per-feature variance (0 = the published model)")
+    w_prior: float = _f(0.0, lo=0.0, help="precision of a Gaussian prior on the loadings W: MAP M-step (ridge); "
+                                          "0 = maximum likelihood, the published model")
     max_cached: int = _f(100_000_000, lo=0, help="epoch schedule: cache at most this many embedding numbers "
                                                  "(N*M*d) per refit; above it every EM iteration re-embeds "
                                                  "the training data batch by batch (memory flat in N)")

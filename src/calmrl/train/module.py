@@ -40,7 +40,8 @@ class CalMRLModule(L.LightningModule):
         k = cfg.calibrator.latent_dim or max(1, d // 2)
         self.calibrator = SharedLatentCalibrator(len(names), d, k, names=names, jitter=cfg.calibrator.jitter,
                                                  sigma2_floor=cfg.calibrator.sigma2_floor,
-                                                 sigma2_floor_rel=cfg.calibrator.sigma2_floor_rel)
+                                                 sigma2_floor_rel=cfg.calibrator.sigma2_floor_rel,
+                                                 w_prior=cfg.calibrator.w_prior)
         M = len(names)
         n_stats = M + M * d + M * d * k + M * k + M * k * k + M
         self.register_buffer("running_stats", torch.zeros(n_stats))

@@ -505,6 +505,8 @@ def _run_locked(cfg, method, run_dir, resume, splits, max_epochs, extra_callback
                     "missing_fraction_train": float(1 - splits.train.mask.mean()),
                     "n_train": splits.train.n, "n_val": splits.val.n, "n_test": splits.test.n,
                     "data_notes": splits.notes})
+    if trainer.is_global_zero and results["gate_history"]:
+        _plot_gate(results["gate_history"], splits.names, run_dir / "gate.png")
     if trainer.is_global_zero:
         tmp = run_dir / "results.json.tmp"
         tmp.write_text(json.dumps(results, indent=2))
@@ -553,6 +555,26 @@ def evaluate_model(model: CalMRLModule, splits: Splits, cfg: Config) -> dict:
                                       em_iters=cfg.calibrator.em_iters * 3, latent_dim=model.calibrator.k)
     out["notes"] = notes
     return out
+
+
+def _plot_gate(history: list[dict], names: list[str], path: Path):
+    """Gate weights of each modality's imputed columns over the epochs (``method.gate``)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for m, name in enumerate(names):
+        ax.plot(epochs, [h["weights"][m] for h in history], marker=".", label=name)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("weight of imputed columns")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title("informativeness gate (validation identification gain)")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def model_from_checkpoint(path: str | os.PathLike) -> tuple[Config, CalMRLModule]:
