@@ -91,20 +91,27 @@ def _load_run(ckpt_path: str, with_data: bool = True):
     return cfg, splits, model
 
 
+def _store_for_model(store: str, names: list[str] | None, partial_views: str):
+    """A feature store, checked: exactly the model's modalities ``names`` in the model's order
+    (any store when ``None``), partial views resolved by ``partial_views``. Returns ``(data,
+    partial-view report)``."""
+    from .data import FeatureStore
+
+    data = FeatureStore(store).read(validate=False)
+    if names is not None:
+        if sorted(data.names) != sorted(names):
+            raise ValueError(f"store modalities {data.names} differ from the model's {names}")
+        data = data.select(names)
+    data, report = data.resolve_partial_views(partial_views)
+    return data.validate(), report
+
+
 def _store_split(store: str, model, cfg):
     """A new feature store as a test split: the model's modalities, standardised with the
     training split's statistics saved in the checkpoint."""
-    from .data import FeatureStore
     from .train.runner import Splits
 
-    data = FeatureStore(store).read(validate=False)
-    if sorted(data.names) != sorted(model.names):
-        raise ValueError(f"store modalities {data.names} differ from the model's {model.names}")
-    data, _ = data.resolve_partial_views(cfg.data.partial_views, fill_rows=None)
-    idx = [data.index(n) for n in model.names]
-    from .data import MultiViewData
-    data = MultiViewData([data.views[i] for i in idx], list(model.names), data.mask[:, idx], data.ids,
-                         data.labels, data.meta)
+    data, _ = _store_for_model(store, model.names, cfg.data.partial_views)
     if model.standardization is not None:
         data, _ = data.standardize(model.standardization)
     return Splits(data, data, data, data, list(model.names), data.dims, model.standardization)
@@ -146,18 +153,9 @@ def cmd_impute(args) -> int:
     model = cfg = None
     if args.checkpoint:
         cfg, _, model = _load_run(args.checkpoint, with_data=False)
-    data = FeatureStore(args.store).read(validate=False)
-    data, report = data.resolve_partial_views(args.partial_views)
+    data, report = _store_for_model(args.store, model.names if model is not None else None, args.partial_views)
     if report:
         print(f"note: partial views treated per --partial-views={args.partial_views}: {report}")
-    if model is not None and sorted(data.names) != sorted(model.names):
-        raise ValueError(f"store modalities {data.names} differ from the model's {model.names}")
-    if model is not None:
-        idx = [data.index(n) for n in model.names]
-        data = MultiViewData([data.views[i] for i in idx], list(model.names), data.mask[:, idx], data.ids,
-                             data.labels, data.meta)
-    else:
-        data.validate()
     stats = model.standardization if model is not None else None
     if stats is not None or args.space == "input":
         std, stats = data.standardize(stats)      # the training split's statistics, or the store's own

@@ -8,7 +8,7 @@ from .gate import gate_weights, imputation_gain
 from .geometry import SIMILARITIES, gram_volume_matrix, pair_similarity, psd_det, triangle_area_matrix
 from .losses import (AnchorInfoNCELoss, GRAMLoss, LearnableTemperature, PairwiseInfoNCELoss, PMRLLoss, PMRLOutput, TriangleLoss,
                      anchor_infonce_loss, gram_loss, info_nce, pairwise_infonce_loss, pmrl_loss, triangle_loss)
-from .metrics import imputation_quality, retrieval_metrics, retrieval_ranks, summarize_ranks
+from .metrics import fuse_observed, imputation_quality, retrieval_metrics, retrieval_ranks, summarize_ranks
 from .spectral import safe_eigh, spectrum
 from .validation import check_embeddings, check_mask, stack_modalities
 
@@ -18,6 +18,6 @@ __all__ = [
     "LearnableTemperature", "PMRLLoss", "GRAMLoss", "TriangleLoss", "PairwiseInfoNCELoss", "AnchorInfoNCELoss", "PMRLOutput",
     "gram_volume_matrix", "triangle_area_matrix", "pair_similarity", "psd_det", "SIMILARITIES",
     "anchor", "anchor_shift", "anchor_distance", "shift_bounds",
-    "retrieval_ranks", "retrieval_metrics", "summarize_ranks", "imputation_quality",
+    "retrieval_ranks", "retrieval_metrics", "summarize_ranks", "imputation_quality", "fuse_observed",
     "safe_eigh", "spectrum", "check_embeddings", "check_mask", "stack_modalities", "imputation_gain", "gate_weights",
 ]

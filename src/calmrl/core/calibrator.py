@@ -95,6 +95,22 @@ def blocked_cholesky_ex(A: Tensor, block: int = 64) -> tuple[Tensor, Tensor]:
     return L, info
 
 
+def _pattern_means(rhs: Tensor, cov: Tensor, index: Tensor, counts: Tensor, order: Tensor | None = None) -> Tensor:
+    r""":math:`\mathbb E[\beta_i] = V_{O_i} r_i`: instances grouped by pattern (one sort, or the
+    given ``order``), then one GEMM per pattern (at most :math:`2^M`)."""
+    if cov.shape[0] == 1:
+        return rhs @ cov[0]
+    order = torch.argsort(index) if order is None else order
+    mean_sorted = torch.cat([r @ cov[p] for p, r in enumerate(torch.split(rhs[order], counts.tolist()))])
+    return torch.empty_like(mean_sorted).index_copy(0, order, mean_sorted)
+
+
+def _covariance_sums(patterns: Tensor, counts: Tensor, cov: Tensor) -> Tensor:
+    r""":math:`\sum_{i \in S_m} V_{O_i}` per modality ``(M, k, k)``: each pattern's covariance times
+    its instance count, summed over the patterns that observe ``m``."""
+    return torch.einsum("pm,pkl->mkl", patterns.to(cov.dtype) * counts[:, None].to(cov.dtype), cov)
+
+
 class _ObservedBlocks:
     """Data held for an EM fit in memory: per modality the observed rows and their features
     (gathered once, contiguous, trimmed to the modality's own width) and the data-only
@@ -112,7 +128,6 @@ class _ObservedBlocks:
         self.n = mask.to(Z.dtype).sum(0)
         self.patterns, self.index, self.counts = missing_patterns(mask)
         self.order = torch.argsort(self.index)
-        self.split = self.counts.tolist()
 
 
 @dataclass
@@ -343,12 +358,7 @@ class SharedLatentCalibrator(nn.Module):
             for m, rows in enumerate(rows_m):                                # loop over modalities
                 if rows.numel():
                     rhs = rhs.index_add(0, rows, (Z[rows, m] - self.mu[m]) @ W[m] / s2[m])
-        if cov.shape[0] == 1:
-            mean = rhs @ cov[0]
-        else:   # group instances by pattern once (one sort), then one GEMM per pattern (<= 2^M)
-            order = torch.argsort(index)
-            mean_sorted = torch.cat([r @ cov[p] for p, r in enumerate(torch.split(rhs[order], counts.tolist()))])
-            mean = torch.empty_like(mean_sorted).index_copy(0, order, mean_sorted)
+        mean = _pattern_means(rhs, cov, index, counts)
         return Posterior(mean, cov, L, patterns, index, counts, rhs, rows_m)
 
     def _param_cache(self) -> dict:
@@ -444,8 +454,7 @@ class SharedLatentCalibrator(nn.Module):
             post = posterior if posterior is not None else self.posterior(Z, mask, validate=False)
             Eb = post.mean.detach()
             n = mask.to(Z.dtype).sum(0)
-            cov_sum = torch.einsum("pm,pkl->mkl", post.patterns.to(Z.dtype) * post.counts[:, None].to(Z.dtype),
-                                   post.cov)                                   # sum of V_O over S_m
+            cov_sum = _covariance_sums(post.patterns, post.counts, post.cov)   # sum of V_O over S_m
             rows_m = None if bool(mask.all()) else (post.observed_rows or modality_rows(mask))
             if rows_m is None:
                 sz, szz, sb = Z.sum(0), (Z * Z).sum((0, 2)), Eb.sum(0).expand(self.M, -1)
@@ -541,14 +550,17 @@ class SharedLatentCalibrator(nn.Module):
         if validate:
             Z, mask = self._check(Z, mask)
         post = posterior if posterior is not None else self.posterior(Z, mask, validate=False)
-        w = mask.to(Z.dtype)
-        d = self.dims.to(Z.dtype)
         X = Z - self.mu
-        quad = (w * (X * X).sum(-1) / self.sigma2).sum(-1) - (post.rhs * post.mean).sum(-1)
-        logdetP = 2 * torch.log(post.chol.diagonal(dim1=1, dim2=2)).sum(-1)[post.pattern_index]
-        logdet = logdetP + (w * d * torch.log(self.sigma2)).sum(-1)
-        D_obs = (w * d).sum(-1)
-        return -0.5 * (D_obs * math.log(2 * math.pi) + logdet + quad)
+        quad = (mask.to(Z.dtype) * (X * X).sum(-1) / self.sigma2).sum(-1) - (post.rhs * post.mean).sum(-1)
+        return self._marginal_loglik(quad, post.chol, post.pattern_index, mask)
+
+    def _marginal_loglik(self, quad: Tensor, chol: Tensor, index: Tensor, mask: Tensor) -> Tensor:
+        """``log N(z_O; mu_O, C_O)`` per instance from the Woodbury quadratic form ``quad`` and
+        the Cholesky factors ``chol`` of the pattern precisions (determinant lemma)."""
+        w = mask.to(quad.dtype)
+        d = self.dims.to(quad.dtype)
+        logdet = 2 * torch.log(chol.diagonal(dim1=1, dim2=2)).sum(-1)[index] + (w * d * torch.log(self.sigma2)).sum(-1)
+        return -0.5 * ((w * d).sum(-1) * math.log(2 * math.pi) + logdet + quad)
 
     # ------------------------------------------------------------------ initialisation
     @_full_precision
@@ -673,12 +685,8 @@ class SharedLatentCalibrator(nn.Module):
                 Wm, mum = W[m, :d], mu[m, :d]
                 rhs.index_add_(0, rows, (Zm @ Wm - mum @ Wm) / s2[m])
                 quad.index_add_(0, rows, (b.sq[m] - 2 * (Zm @ mum) + mum @ mum) / s2[m])
-            if cov.shape[0] == 1:
-                mean = rhs @ cov[0]
-            else:
-                parts = torch.split(rhs[b.order], b.split)
-                mean = torch.empty_like(rhs).index_copy_(0, b.order, torch.cat([r @ cov[p] for p, r in enumerate(parts)]))
-            cov_sum = torch.einsum("pm,pkl->mkl", b.patterns.to(W.dtype) * b.counts[:, None].to(W.dtype), cov)
+            mean = _pattern_means(rhs, cov, b.index, b.counts, order=b.order)
+            cov_sum = _covariance_sums(b.patterns, b.counts, cov)
             szb = W.new_zeros(self.M, self.D, k)
             sb = W.new_zeros(self.M, k)
             sbb = cov_sum.clone()
@@ -690,12 +698,7 @@ class SharedLatentCalibrator(nn.Module):
                 sb[m] = Em.sum(0)
                 sbb[m] += Em.T @ Em
             stats = SufficientStats(b.n.to(W.dtype), b.sz.to(W.dtype), szb, sb, sbb, b.szz.to(W.dtype))
-            quad = quad - (rhs * mean).sum(-1)
-            logdetP = 2 * torch.log(L.diagonal(dim1=1, dim2=2)).sum(-1)[b.index]
-            w = b.mask.to(W.dtype)
-            d = self.dims.to(W.dtype)
-            logdet = logdetP + (w * d * torch.log(s2)).sum(-1)
-            ll = -0.5 * ((w * d).sum(-1) * math.log(2 * math.pi) + logdet + quad)
+            ll = self._marginal_loglik(quad - (rhs * mean).sum(-1), L, b.index, b.mask)
             return stats, float(ll.sum())
 
     def fit(self, Z: Tensor, mask: Tensor | None = None, *, n_iter: int = 100, tol: float = 1e-6,
@@ -762,7 +765,7 @@ def select_latent_dim(Z: Tensor, mask: Tensor | None = None, candidates: Sequenc
     scores = {}
     for k in ks:                                           # loop over candidate sizes
         cal = SharedLatentCalibrator(M, D, k, dims=dims, names=names, dtype=Z.dtype if Z.is_floating_point()
-                                     else None, sigma2_floor_rel=sigma2_floor_rel)
+                                     else None, sigma2_floor_rel=sigma2_floor_rel, w_prior=w_prior)
         cal.fit(Z[inn], mask[inn], n_iter=n_iter)
         scores[k] = cal.score(Z[out], mask[out])
     best = max(scores, key=scores.get)

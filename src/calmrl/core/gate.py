@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .calibrator import SharedLatentCalibrator
-from .metrics import retrieval_ranks
+from .metrics import fuse_observed, retrieval_ranks
 
 __all__ = ["imputation_gain", "gate_weights"]
 
@@ -51,7 +51,7 @@ def imputation_gain(calibrator: SharedLatentCalibrator, A: Tensor, mask: Tensor,
         if len(rows) < min_rows:
             continue
         imputed = calibrator.impute(Z[rows], others[rows], validate=False).values[:, m].to(A.dtype)
-        fallback = F.normalize((A[rows] * others[rows, :, None].to(A.dtype)).sum(1), dim=-1)
+        fallback = fuse_observed(A[rows], others[rows])
         gal_rows = torch.nonzero(mask[:, m]).squeeze(1)
         gallery = F.normalize(A[gal_rows, m], dim=-1)
         targets = torch.searchsorted(gal_rows, rows)              # positions of the rows in the gallery

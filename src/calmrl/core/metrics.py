@@ -17,7 +17,13 @@ from torch import Tensor
 
 from .geometry import SIMILARITIES, pair_similarity
 
-__all__ = ["retrieval_ranks", "retrieval_metrics", "summarize_ranks", "imputation_quality"]
+__all__ = ["retrieval_ranks", "retrieval_metrics", "summarize_ranks", "imputation_quality", "fuse_observed"]
+
+
+def fuse_observed(A: Tensor, mask: Tensor) -> Tensor:
+    r"""Fused query of each instance: the normalised sum of its observed embeddings,
+    :math:`\operatorname{normalize}(\sum_{m\in O_i} a_{im})`, ``(N, d)`` from ``(N, M, d)``."""
+    return torch.nn.functional.normalize((A * mask[..., None].to(A.dtype)).sum(1), dim=-1)
 
 
 def retrieval_ranks(query: Tensor, gallery: Tensor, targets: Tensor | None = None, *,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -74,18 +75,12 @@ class MultiViewData:
             if empty.any():
                 raise ValueError(f"{int(empty.sum())} instance(s) have no observed modality "
                                  f"(first ids: {list(self.ids[empty][:5])})")
-        for m, (name, v) in enumerate(zip(self.names, self.views)):
-            rows = np.nonzero(self.mask[:, m])[0]
-            if len(rows) == 0:
-                continue
-            # chunked so that memory-mapped views are not loaded whole
-            for s in range(0, len(rows), 65536):
-                block = np.asarray(v[rows[s: s + 65536]])
-                bad = ~np.isfinite(block).all(1)
-                if bad.any():
-                    r = int(rows[s + int(np.argmax(bad))])
-                    raise ValueError(f"modality '{name}' row {r} (id {self.ids[r]}) holds NaN/inf values "
-                                     "but is marked observed")
+        for m, name in enumerate(self.names):
+            bad = self.nonfinite_rows(m)
+            if len(bad):
+                r = int(bad[0])
+                raise ValueError(f"modality '{name}' row {r} (id {self.ids[r]}) holds NaN/inf values "
+                                 "but is marked observed")
         return self
 
     @classmethod
@@ -135,11 +130,9 @@ class MultiViewData:
                 rows = np.arange(self.n) if fill_rows is None else np.asarray(fill_rows)
                 rows = rows[self.mask[rows, m]]
                 ref = np.where(np.isfinite(v[rows]), v[rows], np.nan)
-                with np.errstate(all="ignore"):
-                    import warnings
-                    with warnings.catch_warnings():
-                        warnings.simplefilter("ignore", RuntimeWarning)
-                        means = np.nanmean(ref, 0) if len(rows) else np.zeros(v.shape[1])
+                with warnings.catch_warnings():          # an all-NaN feature: "mean of empty slice"
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                    means = np.nanmean(ref, 0) if len(rows) else np.zeros(v.shape[1])
                 means = np.where(np.isfinite(means), means, 0.0).astype(np.float32)
                 sub = v[bad]
                 v[bad] = np.where(np.isfinite(sub), sub, means)
@@ -206,6 +199,16 @@ class MultiViewData:
         idx = np.asarray(idx)
         return MultiViewData([np.asarray(v[idx]) for v in self.views], list(self.names), self.mask[idx],
                              self.ids[idx], None if self.labels is None else self.labels[idx], dict(self.meta))
+
+    def select(self, names: Sequence[str]) -> "MultiViewData":
+        """The given modalities, in the given order (not re-validated: partial views may still
+        be resolved afterwards)."""
+        unknown = [n for n in names if n not in self.names]
+        if unknown:
+            raise ValueError(f"unknown modality name(s) {unknown}; the data has {self.names}")
+        idx = [self.names.index(n) for n in names]
+        return MultiViewData.unchecked([self.views[i] for i in idx], list(names), self.mask[:, idx], self.ids,
+                                       self.labels, self.meta)
 
     def with_mask(self, mask: np.ndarray) -> "MultiViewData":
         return MultiViewData(self.views, list(self.names), mask, self.ids, self.labels, dict(self.meta))

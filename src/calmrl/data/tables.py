@@ -25,7 +25,7 @@ __all__ = ["read_table", "load_tables"]
 
 def _read_csv(path: Path) -> tuple[list[str], list[list[str]]]:
     with open(path, newline="") as f:
-        rows = list(csv.reader(f))
+        rows = list(csv.reader(f, delimiter="\t" if path.suffix.lower() == ".tsv" else ","))
     if not rows:
         raise ValueError(f"{path} is empty")
     return rows[0], rows[1:]

@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..core import SharedLatentCalibrator, anchor_shift, imputation_quality, retrieval_ranks, summarize_ranks
+from ..core import (SharedLatentCalibrator, anchor_shift, fuse_observed, imputation_quality, retrieval_ranks,
+                    summarize_ranks)
 from ..data import MultiViewData
 
 __all__ = ["embed_data", "retrieval_table", "fused_retrieval", "knn_accuracy", "anchor_report", "evaluate_embeddings",
@@ -85,7 +86,7 @@ def fused_retrieval(A: Tensor, names: Sequence[str], mask: Tensor | None = None,
         if len(gal) < 2 or not bool(qsel.any()):
             continue
         qrows = gal[qsel]
-        query = F.normalize((A[qrows] * others[qrows, :, None].to(A.dtype)).sum(1), dim=-1)
+        query = fuse_observed(A[qrows], others[qrows])
         targets = torch.nonzero(qsel).squeeze(1)             # positions of the query rows in the gallery
         ranks = retrieval_ranks(query, A[gal, g], targets, chunk_size=chunk_size, backend=backend)
         table[f"rest->{names[g]}"] = {**summarize_ranks(ranks, ks), "n": int(len(qrows))}
@@ -94,15 +95,11 @@ def fused_retrieval(A: Tensor, names: Sequence[str], mask: Tensor | None = None,
     return _with_average(table)
 
 
-def _fuse(A: Tensor, mask: Tensor) -> Tensor:
-    return F.normalize((A * mask[..., None].to(A.dtype)).sum(1), dim=-1)
-
-
 def knn_accuracy(train_A: Tensor, train_mask: Tensor, train_y, test_A: Tensor, test_y, k: int = 10,
                  test_mask: Tensor | None = None) -> float:
     """Accuracy (%) of a cosine kNN (majority vote) on fused embeddings (mean of the observed modalities)."""
     test_mask = torch.ones(test_A.shape[:2], dtype=torch.bool) if test_mask is None else torch.as_tensor(test_mask)
-    tr, te = _fuse(train_A, train_mask), _fuse(test_A, test_mask)
+    tr, te = fuse_observed(train_A, train_mask), fuse_observed(test_A, test_mask)
     ytr, yte = torch.as_tensor(train_y), torch.as_tensor(test_y)
     idx = (te @ tr.T).topk(min(k, tr.shape[0]), dim=1).indices
     votes = F.one_hot(ytr[idx], int(max(ytr.max(), yte.max())) + 1).sum(1)
@@ -148,7 +145,7 @@ def instance_identification(A_full: Tensor, mask: Tensor, imputed: Tensor) -> di
     embeddings (what the alignment sees without calibration). An imputation that is a
     function of the observed cells can only identify instances as well as they do."""
     mask = mask.bool()
-    fallback = F.normalize((A_full * mask[..., None].to(A_full.dtype)).sum(1), dim=-1)
+    fallback = fuse_observed(A_full, mask)
     hits = {"imputed": 0, "fallback": 0}
     total = 0
     for m in range(A_full.shape[1]):                          # loop over modalities

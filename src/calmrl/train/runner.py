@@ -98,14 +98,11 @@ class Splits:
 
 
 def _select_views(data: MultiViewData, views: list) -> MultiViewData:
-    if not views:
-        return data
-    unknown = [v for v in views if v not in data.names]
-    if unknown:
-        raise ValueError(f"data.views names unknown modality(ies) {unknown}; the data has {data.names}")
-    idx = [data.index(v) for v in views]
-    return MultiViewData.unchecked([data.views[i] for i in idx], [data.names[i] for i in idx], data.mask[:, idx],
-                                   data.ids, data.labels, data.meta)
+    """``data.views`` (all modalities when empty)."""
+    try:
+        return data.select(views) if views else data
+    except ValueError as e:
+        raise ValueError(f"data.views: {e}") from None
 
 
 def _encode_labels(data: MultiViewData) -> tuple[MultiViewData, list | None]:
@@ -339,7 +336,7 @@ def choose_threads(cfg: Config) -> int:
     return max(1, free // max(1, local))
 
 
-_HELD_LOCKS: dict[str, tuple[int, int]] = {}   # path -> (fd, depth): re-entrant within a process
+_HELD_LOCKS: dict[str, int] = {}   # lock path -> fd, for the locks this process holds (re-entrant)
 
 
 @contextlib.contextmanager
@@ -353,14 +350,8 @@ def output_lock(output_dir: str | os.PathLike):
     if rank != 0 or fcntl is None:
         yield
         return
-    if path in _HELD_LOCKS:
-        fd, depth = _HELD_LOCKS[path]
-        _HELD_LOCKS[path] = (fd, depth + 1)
-        try:
-            yield
-        finally:
-            fd, depth = _HELD_LOCKS[path]
-            _HELD_LOCKS[path] = (fd, depth - 1)
+    if path in _HELD_LOCKS:     # nested: the outermost holder releases it
+        yield
         return
     Path(output_dir).mkdir(parents=True, exist_ok=True)
     while True:
@@ -381,11 +372,11 @@ def output_lock(output_dir: str | os.PathLike):
         os.close(fd)        # the holder removed the file as we opened it: lock the new one
     os.ftruncate(fd, 0)
     os.pwrite(fd, str(os.getpid()).encode(), 0)
-    _HELD_LOCKS[path] = (fd, 1)
+    _HELD_LOCKS[path] = fd
     try:
         yield
     finally:
-        fd, depth = _HELD_LOCKS.pop(path)
+        del _HELD_LOCKS[path]
         try:
             os.unlink(path)     # removed while still held, so no one can take a lock on a stale file
         except FileNotFoundError:
@@ -505,9 +496,9 @@ def _run_locked(cfg, method, run_dir, resume, splits, max_epochs, extra_callback
                     "missing_fraction_train": float(1 - splits.train.mask.mean()),
                     "n_train": splits.train.n, "n_val": splits.val.n, "n_test": splits.test.n,
                     "data_notes": splits.notes})
-    if trainer.is_global_zero and results["gate_history"]:
-        _plot_gate(results["gate_history"], splits.names, run_dir / "gate.png")
     if trainer.is_global_zero:
+        if results["gate_history"]:
+            _plot_gate(results["gate_history"], splits.names, run_dir / "gate.png")
         tmp = run_dir / "results.json.tmp"
         tmp.write_text(json.dumps(results, indent=2))
         os.replace(tmp, run_dir / "results.json")
@@ -581,9 +572,13 @@ def model_from_checkpoint(path: str | os.PathLike) -> tuple[Config, CalMRLModule
     """The trained model of a checkpoint, without the training data (names, widths and the
     training split's standardisation travel in the checkpoint; older checkpoints without
     them fall back to reading the configured data)."""
+    return _model_from_loaded(load_checkpoint(path), path)
+
+
+def _model_from_loaded(ckpt: dict, path) -> tuple[Config, CalMRLModule]:
+    """:func:`model_from_checkpoint` on a checkpoint already read from ``path``."""
     from .config import _build
 
-    ckpt = load_checkpoint(path)
     if "calmrl_config" not in ckpt:
         raise CheckpointError(f"{path} has no calmrl configuration (not written by calmrl train)")
     cfg = _build(Config, ckpt["calmrl_config"])
@@ -611,7 +606,8 @@ def calibrate_checkpoint(path: str | os.PathLike, out: str | os.PathLike | None 
     from .evaluate import embed_data
 
     path = Path(path)
-    cfg, model = model_from_checkpoint(path)
+    ckpt = load_checkpoint(path)
+    cfg, model = _model_from_loaded(ckpt, path)
     splits = prepare_data(cfg, "oracle")                    # the training split as it is, nothing hidden
     A, mask = embed_data(model.encoder, splits.train)
     complete = mask.all(1)
@@ -621,7 +617,6 @@ def calibrate_checkpoint(path: str | os.PathLike, out: str | os.PathLike | None 
     else:
         used = "all instances, missing cells handled by EM (too few complete ones)"
     history = model.seed_calibrator(A, mask, em_iters)
-    ckpt = load_checkpoint(path)
     state = model.state_dict()
     for key in list(ckpt["state_dict"]):
         if key.startswith("calibrator.") or key in ("running_stats", "running_valid"):
