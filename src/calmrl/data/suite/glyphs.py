@@ -7,7 +7,7 @@ least one of the fonts draws. Views: ``sans``, ``sans_bold``, ``serif``, ``mono`
 grey-level image (576 values in [0, 1]) -- and ``text``, the MiniLM embedding of the
 character's Unicode name. A font without the glyph leaves that cell missing (serif and mono
 cover little more than half). Labels: the Unicode general category's major class (L, M, N, P,
-S, Z, C).
+S; separators and control characters are left out: they draw nothing).
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def build(*, log=print):
         fonts[k].set_size(PX, 72)
     cmaps = {k: set(f.get_charmap()) for k, f in fonts.items()}
     points = sorted(cp for cp in set().union(*cmaps.values())
-                    if cp > 32 and unicodedata.name(chr(cp), "") and unicodedata.category(chr(cp))[0] != "C")
+                    if cp > 32 and unicodedata.name(chr(cp), "") and unicodedata.category(chr(cp))[0] not in "CZ")
     n, names = len(points), list(FONTS)
     log(f"rendering {n} code points in {len(names)} fonts")
     views = [np.zeros((n, GRID * GRID), np.float32) for _ in names]

