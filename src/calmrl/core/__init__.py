@@ -4,6 +4,7 @@ diagnostics and metrics. Nothing here depends on the trainer."""
 from .anchor import anchor, anchor_distance, anchor_shift, shift_bounds
 from .calibrator import (Imputation, Posterior, SharedLatentCalibrator, SufficientStats, missing_patterns,
                          select_latent_dim)
+from .completion import MaskedCompleter
 from .gate import gate_weights, imputation_gain
 from .geometry import SIMILARITIES, gram_volume_matrix, pair_similarity, psd_det, triangle_area_matrix
 from .losses import (AnchorInfoNCELoss, GRAMLoss, LearnableTemperature, PairwiseInfoNCELoss, PMRLLoss, PMRLOutput, TriangleLoss,
@@ -20,4 +21,5 @@ __all__ = [
     "anchor", "anchor_shift", "anchor_distance", "shift_bounds",
     "retrieval_ranks", "retrieval_metrics", "summarize_ranks", "imputation_quality", "fuse_observed",
     "safe_eigh", "spectrum", "check_embeddings", "check_mask", "stack_modalities", "imputation_gain", "gate_weights",
+    "MaskedCompleter",
 ]

@@ -31,26 +31,30 @@ __all__ = ["imputation_gain", "gate_weights"]
 
 
 @torch.no_grad()
-def imputation_gain(calibrator: SharedLatentCalibrator, A: Tensor, mask: Tensor, *, min_rows: int = 10
-                    ) -> dict[str, Tensor]:
+def imputation_gain(calibrator, A: Tensor, mask: Tensor, *, min_rows: int = 10) -> dict[str, Tensor]:
     """Per modality ``(M,)``: ``id_imputed``, ``id_fallback`` (identification rates, %),
     ``cos_imputed``, ``cos_fallback`` (mean cosine to the truth) and ``n`` (cells scored); NaN
     where fewer than ``min_rows`` cells can be hidden. ``A`` ``(N, M, d)`` holds the true
-    embeddings of the observed cells."""
+    embeddings of the observed cells. ``calibrator`` is a :class:`SharedLatentCalibrator` or any
+    completion backend with ``impute(Z, mask) -> (n, M, d)`` (e.g. :class:`MaskedCompleter`)."""
     mask = mask.bool()
     N, M, _ = A.shape
     nan = float("nan")
     out = {k: torch.full((M,), nan, dtype=torch.float64) for k in
            ("id_imputed", "id_fallback", "cos_imputed", "cos_fallback")}
     out["n"] = torch.zeros(M, dtype=torch.long)
-    Z = A.to(calibrator.W.dtype)
+    if isinstance(calibrator, SharedLatentCalibrator):
+        Z = A.to(calibrator.W.dtype)
+        impute = lambda z, o: calibrator.impute(z, o, validate=False).values  # noqa: E731
+    else:
+        Z, impute = A, calibrator.impute
     for m in range(M):                                          # loop over modalities
         others = mask.clone()
         others[:, m] = False
         rows = torch.nonzero(mask[:, m] & others.any(1)).squeeze(1)
         if len(rows) < min_rows:
             continue
-        imputed = calibrator.impute(Z[rows], others[rows], validate=False).values[:, m].to(A.dtype)
+        imputed = impute(Z[rows], others[rows])[:, m].to(A.dtype)
         fallback = fuse_observed(A[rows], others[rows])
         gal_rows = torch.nonzero(mask[:, m]).squeeze(1)
         gallery = F.normalize(A[gal_rows, m], dim=-1)

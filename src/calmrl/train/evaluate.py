@@ -107,18 +107,22 @@ def knn_accuracy(train_A: Tensor, train_mask: Tensor, train_y, test_A: Tensor, t
 
 
 def anchor_report(A_full: Tensor, mask: Tensor, calibrator: SharedLatentCalibrator | None = None, *,
-                  em_iters: int = 30, latent_dim: int | None = None) -> dict[str, float]:
+                  em_iters: int = 30, latent_dim: int | None = None, imputer=None) -> dict[str, float]:
     """Anchor shift (degrees) of observed vs complete and of observed + imputed vs complete,
     plus imputation quality of the hidden cells, on training embeddings whose hidden cells
-    are known. The calibrator is (re)fitted on the observed cells only."""
+    are known. The calibrator is (re)fitted on the observed cells only; ``imputer(A, mask)`` (a
+    nonlinear completion backend's ``impute``) replaces it when given."""
     mask = mask.bool()
     N, M, d = A_full.shape
-    if calibrator is None or not bool(calibrator.initialized):
+    if imputer is not None:
+        imputed = imputer(A_full, mask).to(A_full)
+    elif calibrator is None or not bool(calibrator.initialized):
         calibrator = SharedLatentCalibrator(M, d, latent_dim or d // 2)
         calibrator.fit(A_full.to(calibrator.W.dtype), mask, n_iter=em_iters, init="pca")
     else:
         calibrator.fit(A_full.to(calibrator.W.dtype), mask, n_iter=em_iters, init=None)
-    imputed = calibrator.impute(A_full.to(calibrator.W.dtype), mask).values.to(A_full)  # same device and dtype
+    if imputer is None:
+        imputed = calibrator.impute(A_full.to(calibrator.W.dtype), mask).values.to(A_full)  # same device and dtype
     hidden = ~mask
     rows = hidden.any(1)          # instances with at least one hidden cell
     if not bool(rows.any()):

@@ -18,7 +18,7 @@ import lightning as L
 import torch
 import torch.distributed as dist
 
-from ..core import LearnableTemperature, SharedLatentCalibrator
+from ..core import LearnableTemperature, MaskedCompleter, SharedLatentCalibrator
 from ..core.distributed import all_reduce_stats, gather_nograd, gather_with_grad, global_loss_scale, is_distributed
 from .config import LEARNED_TEMPERATURE, Config
 from .encoders import MultiModalEncoder
@@ -43,6 +43,9 @@ class CalMRLModule(L.LightningModule):
                                                  sigma2_floor_rel=cfg.calibrator.sigma2_floor_rel,
                                                  w_prior=cfg.calibrator.w_prior)
         M = len(names)
+        c = cfg.calibrator
+        self.completer = (MaskedCompleter(M, d, c.mlp_hidden, hide_rate=c.hide_rate)
+                          if c.backend == "mlp" and cfg.method.name == "calmrl" else None)
         n_stats = M + M * d + M * d * k + M * k + M * k * k + M
         self.register_buffer("running_stats", torch.zeros(n_stats))
         self.register_buffer("running_valid", torch.tensor(False))
@@ -66,8 +69,9 @@ class CalMRLModule(L.LightningModule):
 
     @property
     def calibrated(self) -> bool:
-        return self.uses_calibrator and self.current_epoch >= self.cfg.calibrator.warmup_epochs \
-            and bool(self.calibrator.initialized)
+        if not self.uses_calibrator or self.current_epoch < self.cfg.calibrator.warmup_epochs:
+            return False
+        return self.completer is not None or bool(self.calibrator.initialized)
 
     @torch.no_grad()
     def seed_calibrator(self, A: torch.Tensor, mask: torch.Tensor, em_iters: int = 200, tol: float = 1e-7) -> list[float]:
@@ -143,7 +147,7 @@ class CalMRLModule(L.LightningModule):
         # alone, so a run resumed from a checkpoint repeats the uninterrupted run exactly.
         torch.manual_seed(self.cfg.train.seed * 100_003 + self.current_epoch * 1009 + self.global_rank)
         c = self.cfg.calibrator
-        refit = self.uses_calibrator and c.schedule != "step" and self.current_epoch >= c.warmup_epochs \
+        refit = self.uses_calibrator and self.completer is None and c.schedule != "step" and self.current_epoch >= c.warmup_epochs \
             and not (c.schedule == "frozen" and bool(self.calibrator.initialized))
         if refit:
             iters = c.em_iters * (5 if c.schedule == "frozen" else 1)
@@ -151,15 +155,49 @@ class CalMRLModule(L.LightningModule):
             self.em_history = getattr(self, "em_history", []) + [(self.current_epoch, h) for h in history]
             self.log("calib/loglik", history[-1], on_epoch=True, sync_dist=False)
             self.log("calib/sigma2_mean", float(self.calibrator.sigma2.mean()), on_epoch=True)
+        if self.completer is not None and self.uses_calibrator and self.current_epoch >= c.warmup_epochs:
+            loss = self.refit_completer(self.trainer.train_dataloader, c.mlp_epochs)
+            self.em_history = getattr(self, "em_history", []) + [(self.current_epoch, -loss)]
+            self.log("calib/completion_loss", loss, on_epoch=True, sync_dist=False)
         self._update_gate()
+
+    def refit_completer(self, loader, passes: int, batch_size: int = 256, lr: float = 1e-3) -> float:
+        """Bi-step (1) for the ``mlp`` backend: embed the training set with frozen encoders and
+        train the completer by masked completion for ``passes`` passes over it (Adam, warm-started
+        from its previous fit); rank 0's parameters are broadcast. Returns the last pass's mean loss."""
+        was = self.encoder.training
+        self.encoder.eval()
+        with torch.no_grad():
+            A, mask = (torch.cat(t) for t in zip(*self._embed_batches(loader)))
+        self.encoder.train(was)
+        A = A.float()
+        comp = self.completer
+        opt = torch.optim.Adam(comp.parameters(), lr=lr)
+        g = torch.Generator(device=A.device).manual_seed(self.cfg.train.seed * 7919 + self.current_epoch)
+        last = 0.0
+        with torch.enable_grad():
+            for _ in range(passes):
+                order = torch.randperm(A.shape[0], generator=g, device=A.device)
+                tot, nb = 0.0, 0
+                for s in range(0, A.shape[0], batch_size):
+                    idx = order[s: s + batch_size]
+                    loss = comp.completion_loss(A[idx], mask[idx], generator=g)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    tot, nb = tot + float(loss), nb + 1
+                last = tot / max(nb, 1)
+        if is_distributed():
+            for p_ in comp.parameters():
+                dist.broadcast(p_.data, 0)
+        return last
 
     def _update_gate(self):
         """Informativeness gate (``method.gate = identification``): measure on the validation
         split how much better each modality's imputations identify their instances than the
         observed-only fallback (:func:`calmrl.core.gate.imputation_gain`) and set the weights
         of imputed columns; rank 0's measurement is broadcast."""
-        if self.cfg.method.gate != "identification" or not self.uses_calibrator \
-                or not bool(self.calibrator.initialized) or self.current_epoch < self.cfg.calibrator.warmup_epochs:
+        if self.cfg.method.gate != "identification" or not self.calibrated:
             return
         from ..core import gate_weights, imputation_gain
         loader = self.gate_loader         # the validation split, set by the runner
@@ -175,7 +213,9 @@ class CalMRLModule(L.LightningModule):
                       b["mask"].cpu()) for b in loader]
         self.encoder.train(was)
         A, mask = torch.cat([a for a, _ in parts]), torch.cat([m for _, m in parts])
-        gain = imputation_gain(self.calibrator, A, mask)
+        gain = imputation_gain(self.calibrator if self.completer is None else self.completer.cpu(), A, mask)
+        if self.completer is not None:
+            self.completer.to(self.device)
         w = gate_weights(gain).to(self.impute_weight)
         if is_distributed():
             w = w.to(self.device)
@@ -220,13 +260,23 @@ class CalMRLModule(L.LightningModule):
                 A = torch.where(hidden[..., None], A_hidden.to(A.dtype), A)
             mask = batch["known"]
         cal, c = self.calibrator, self.cfg.calibrator
-        stepwise = self.uses_calibrator and c.schedule == "step" and self.current_epoch >= c.warmup_epochs
+        stepwise = self.uses_calibrator and self.completer is None and c.schedule == "step" and self.current_epoch >= c.warmup_epochs
         if stepwise and not bool(cal.initialized):
             cal.init_from_data(A.detach().to(cal.W.dtype), mask)
             self._broadcast_params()
         weights = None
         calibrated = self.calibrated
-        if calibrated:
+        if self.completer is not None:   # backend mlp: fitted at the epoch's start (refit_completer)
+            if calibrated:
+                with torch.no_grad():
+                    pred = self.completer(A.detach(), mask).to(A.dtype)
+                A = torch.where(mask[..., None], A, pred)
+            calibrated_linear = False
+        else:
+            calibrated_linear = calibrated
+        if self.completer is not None and calibrated and self.cfg.method.gate != "none":
+            weights = torch.where(mask, torch.ones_like(mask, dtype=A.dtype), self.impute_weight.to(A.dtype))
+        if calibrated_linear:
             # bi-step (2) on this process's rows: one E-step under the current parameters serves
             # the imputation and, in the step schedule, the statistics of the M-step that follows
             # the optimiser step (on_train_batch_end)

@@ -546,8 +546,11 @@ def evaluate_model(model: CalMRLModule, splits: Splits, cfg: Config) -> dict:
         if cfg.method.name == "oracle" or cfg.data.missing.kind == "none":
             out["anchor"].update(shift_observed_deg=0.0, shift_calibrated_deg=0.0, shift_calibrated_unit_deg=0.0)
     else:
+        comp = model.completer
+        imputer = None if comp is None else (lambda A, m: comp.cpu().impute(A.float(), m))  # noqa: E731
         out["anchor"] = anchor_report(train_full_A[known], train_mask[known], cal,
-                                      em_iters=cfg.calibrator.em_iters * 3, latent_dim=model.calibrator.k)
+                                      em_iters=cfg.calibrator.em_iters * 3, latent_dim=model.calibrator.k,
+                                      imputer=imputer)
     out["notes"] = notes
     return out
 
