@@ -10,7 +10,7 @@ all up front. Provenance and licences: the README's data table and each module's
 | name | N | views (width) | gaps | labels |
 |---|---|---|---|---|
 | ``emoji`` | 1911 | apple, google, twitter, facebook (3072 each: 32x32 RGB), text (384) | natural (vendors) | category (9) |
-| ``glyphs`` | ~5900 | sans, sans_bold, serif, mono, stix (576: 24x24 grey), text (384) | natural (fonts) | Unicode class (7) |
+| ``glyphs`` | 7350 | sans, sans_bold, serif, mono, stix (576: 24x24 grey), text (384) | natural (fonts) | Unicode class (5) |
 | ``movies`` | 10728 | title (384), ratings (12), genres (7), runtime (2), budget (1), mpaa (4) | natural (budget, mpaa) | none |
 | ``leaf`` | 1907 | outline, polar (9), contour (9), geometry (21), texture (5), colour (6) | none | species (32) |
 | ``cells`` | 2019 | ch1 (28), ch2 (2), ch3 (13), ch4 (13) | none | quality (2) |
