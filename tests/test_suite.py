@@ -206,3 +206,17 @@ def test_bench_suite_quick_writes_a_paired_report_and_resumes(cache, tmp_path, c
     assert main(["bench", "--suite", "--quick", "--out", str(out)]) == 0
     assert "suite: 0 units to run" in capsys.readouterr().out   # everything recorded is kept, nothing re-run
     assert {p: p.stat().st_mtime_ns for p in recs} == before
+
+
+def test_cli_data_list_and_fetch(cache, capsys, monkeypatch):
+    from calmrl.cli import main
+
+    monkeypatch.setattr(rtables, "embed_texts", _fake_embed)
+    assert main(["data", "list"]) == 0
+    out = capsys.readouterr().out
+    assert "cells    not built" in out and "licence: MIT (modeldata)" in out
+    assert main(["data", "fetch", "cells"]) == 0
+    assert "cells: 2019 instances; views ch1 (28, 100% observed)" in capsys.readouterr().out
+    assert main(["data", "list", "cells"]) == 0 and "cells    cached" in capsys.readouterr().out
+    assert main(["data", "fetch", "mnist"]) == 2
+    assert capsys.readouterr().err.strip().startswith("error: unknown suite dataset(s) ['mnist']")
