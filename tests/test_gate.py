@@ -63,3 +63,38 @@ def test_trainer_measures_and_logs_the_gate(tmp_path):
     import csv
     with open(tmp_path / "calmrl" / "logs" / "metrics.csv") as f:
         assert "gate/fourier" in next(csv.reader(f))
+
+
+def test_zero_weight_columns_give_exactly_the_observed_only_loss():
+    """A gate of 0 must reduce calmrl to pmrl-drop: loss and gradients equal the loss over the
+    observed columns alone (in both terms), for any filler in the hidden cells."""
+    from calmrl.core import pmrl_loss
+    g = torch.Generator().manual_seed(3)
+    B, M, d = 24, 4, 8
+    A = F.normalize(torch.randn(B, M, d, generator=g, dtype=torch.float64), dim=-1).requires_grad_(True)
+    mask = random_mask(B, M, 0.4, seed=4, min_obs=1)
+    filler = 3.0 * torch.randn(B, M, d, generator=g, dtype=torch.float64)
+    filled = torch.where(mask[..., None], A, filler)
+    ref = pmrl_loss(A, mask)
+    for weights in (mask.double(), torch.where(mask, torch.ones(B, M, dtype=torch.float64), torch.zeros(B, M))):
+        out = pmrl_loss(filled, None, column_weights=weights)
+        assert torch.allclose(out.loss, ref.loss, atol=1e-12), (out.loss, ref.loss)
+        ga, = torch.autograd.grad(out.loss, A, retain_graph=True)
+        gr, = torch.autograd.grad(ref.loss, A, retain_graph=True)
+        assert torch.allclose(ga, gr, atol=1e-10)
+    # a positive weight changes the loss (the imputed column takes part)
+    half = torch.where(mask, torch.ones(B, M, dtype=torch.float64), torch.full((B, M), 0.5, dtype=torch.float64))
+    assert not torch.allclose(pmrl_loss(filled, None, column_weights=half).loss, ref.loss)
+
+
+def test_gain_within_noise_opens_nothing():
+    """The weight is the gain's lower confidence bound: equal hit rates (or a gain of a few
+    cells among many) give 0; a large gain gives the bound, not the raw gain."""
+    nan = float("nan")
+    gain = {"id_imputed": torch.tensor([30.0, 31.0, 60.0, nan], dtype=torch.float64),
+            "id_fallback": torch.tensor([30.0, 30.0, 20.0, 10.0], dtype=torch.float64),
+            "id_se": torch.tensor([2.0, 2.0, 3.0, nan], dtype=torch.float64)}
+    w = gate_weights(gain)
+    assert w[0] == 0 and w[1] == 0 and w[3] == 0
+    assert abs(float(w[2]) - (40 - 1.96 * 3) / 80) < 1e-9
+    assert abs(float(gate_weights(gain, z=0.0)[2]) - 0.5) < 1e-9

@@ -12,10 +12,13 @@ The fallback is the normalised mean of the instance's other observed embeddings 
 direction an uncalibrated alignment loss works with). The weight of imputed columns of
 :math:`m` is
 
-.. math:: g_m = \operatorname{clip}\Big(\frac{\mathrm{id}^{imp}_m-\mathrm{id}^{fb}_m}{100-\mathrm{id}^{fb}_m},\,0,\,1\Big),
+.. math:: g_m = \operatorname{clip}\Big(\frac{\mathrm{id}^{imp}_m-\mathrm{id}^{fb}_m-z\,\mathrm{se}_m}{100-\mathrm{id}^{fb}_m},\,0,\,1\Big),
 
-0 where the imputation does not beat the fallback (the loss then sees the observed columns
-only, as ``pmrl-drop``), 1 where it identifies every instance.
+with :math:`\mathrm{se}_m` the standard error of the paired difference of the two hit
+indicators over the scored cells and :math:`z = 1.96`: the gain's lower 97.5% confidence
+bound, so that a gain within the measurement's noise opens nothing. :math:`g_m = 0` where the
+imputation does not beat the fallback (a column of weight 0 is excluded from the loss
+exactly as a missing one: the loss is then ``pmrl-drop``'s), 1 where it identifies every instance.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ __all__ = ["imputation_gain", "gate_weights"]
 @torch.no_grad()
 def imputation_gain(calibrator, A: Tensor, mask: Tensor, *, min_rows: int = 10) -> dict[str, Tensor]:
     """Per modality ``(M,)``: ``id_imputed``, ``id_fallback`` (identification rates, %),
-    ``cos_imputed``, ``cos_fallback`` (mean cosine to the truth) and ``n`` (cells scored); NaN
+    ``id_se`` (standard error of their paired difference, %), ``cos_imputed``, ``cos_fallback`` (mean cosine to the truth) and ``n`` (cells scored); NaN
     where fewer than ``min_rows`` cells can be hidden. ``A`` ``(N, M, d)`` holds the true
     embeddings of the observed cells. ``calibrator`` is a :class:`SharedLatentCalibrator` or any
     completion backend with ``impute(Z, mask) -> (n, M, d)`` (e.g. :class:`MaskedCompleter`)."""
@@ -41,7 +44,7 @@ def imputation_gain(calibrator, A: Tensor, mask: Tensor, *, min_rows: int = 10) 
     N, M, _ = A.shape
     nan = float("nan")
     out = {k: torch.full((M,), nan, dtype=torch.float64) for k in
-           ("id_imputed", "id_fallback", "cos_imputed", "cos_fallback")}
+           ("id_imputed", "id_fallback", "id_se", "cos_imputed", "cos_fallback")}
     out["n"] = torch.zeros(M, dtype=torch.long)
     if isinstance(calibrator, SharedLatentCalibrator):
         Z = A.to(calibrator.W.dtype)
@@ -60,15 +63,21 @@ def imputation_gain(calibrator, A: Tensor, mask: Tensor, *, min_rows: int = 10) 
         gallery = F.normalize(A[gal_rows, m], dim=-1)
         targets = torch.searchsorted(gal_rows, rows)              # positions of the rows in the gallery
         truth = F.normalize(A[rows, m], dim=-1)
+        hits = {}
         for key, q in (("imputed", F.normalize(imputed, dim=-1)), ("fallback", fallback)):
-            out[f"id_{key}"][m] = 100.0 * float((retrieval_ranks(q, gallery, targets) == 1).float().mean())
+            hits[key] = (retrieval_ranks(q, gallery, targets) == 1).double()
+            out[f"id_{key}"][m] = 100.0 * float(hits[key].mean())
             out[f"cos_{key}"][m] = float((q * truth).sum(-1).mean())
+        diff = hits["imputed"] - hits["fallback"]
+        out["id_se"][m] = 100.0 * float(diff.std(unbiased=True) / len(rows) ** 0.5)
         out["n"][m] = len(rows)
     return out
 
 
-def gate_weights(gain: dict[str, Tensor]) -> Tensor:
-    """``(M,)`` weights in [0, 1] of imputed columns (module docstring); 0 where unmeasured."""
+def gate_weights(gain: dict[str, Tensor], z: float = 1.96) -> Tensor:
+    """``(M,)`` weights in [0, 1] of imputed columns: the gain's lower confidence bound
+    (``z`` standard errors below the measured gain; module docstring); 0 where unmeasured."""
     imp, fb = gain["id_imputed"], gain["id_fallback"]
-    w = ((imp - fb) / (100.0 - fb).clamp_min(1e-6)).clamp(0.0, 1.0)
+    se = gain.get("id_se", torch.zeros_like(imp))
+    w = ((imp - fb - z * torch.nan_to_num(se, nan=0.0)) / (100.0 - fb).clamp_min(1e-6)).clamp(0.0, 1.0)
     return torch.nan_to_num(w, nan=0.0)

@@ -77,13 +77,19 @@ def pmrl_loss(A: Tensor, mask: Tensor | None = None, *, tau1: float = 0.05, tau2
     :math:`j=i`. The singular values are invariant to flipping the sign of a column, so the
     anchor-only form lets a modality settle *anti*-aligned with its anchor (seen on UCI
     Multiple Features: median ranks worse than chance); the modality form pins every column
-    to the positive side of its own anchor. ``column_weights`` ``(B, M)`` scales columns
-    before the decomposition (e.g. imputation confidence).
+    to the positive side of its own anchor. ``column_weights`` ``(B, M)`` in [0, 1] scale
+    columns before the decomposition (e.g. imputation confidence, the informativeness gate)
+    and weight their terms of the modality contrast; a column of weight 0 is excluded exactly
+    as a masked one (the loss then equals the loss over the remaining columns).
     """
     given = mask
     mask = _full_mask(A, mask)
+    col_w = None
     if column_weights is not None:
-        A = A * column_weights.to(A.dtype).unsqueeze(-1)
+        col_w = column_weights.to(A.dtype)
+        mask = mask & (col_w > 0)
+        given = mask
+        A = A * col_w.unsqueeze(-1)
     s, valid, _, u = spectrum(A, given)
     logits = (s / tau1).masked_fill(~valid, float("-inf"))
     multi = mask.sum(-1) >= 2
@@ -100,7 +106,8 @@ def pmrl_loss(A: Tensor, mask: Tensor | None = None, *, tau1: float = 0.05, tau2
             logits = (A.reshape(B * M, -1) @ un.T) / tau2                           # (B*M, B)
             target = torch.arange(B, device=A.device).repeat_interleave(M)
             ce = F.cross_entropy(logits, target, reduction="none")
-            w = mask.reshape(-1).to(ce.dtype)
+            w = mask.to(ce.dtype) if col_w is None else mask.to(ce.dtype) * col_w
+            w = w.reshape(-1)
             inter_loss = (ce * w).sum() / w.sum().clamp_min(1)
     else:
         inter_loss = A.new_zeros(())

