@@ -41,16 +41,35 @@ def test_calibrate_fits_to_convergence_and_seeds_running_statistics(calibrated):
     assert torch.isfinite(st["running_stats"]).all() and st["running_stats"].abs().sum() > 0
 
 
+def test_gate_auto_is_off_when_continuing_from_a_complete_data_fit(calibrated):
+    """method.gate=auto: imputations from a calibrator fitted on complete data take part at
+    weight 1 (no gate measured); from scratch the gate is measured each calibrated epoch."""
+    import yaml
+    from calmrl.train.runner import resolve_gate
+    root, ck = calibrated
+    assert resolve_gate("auto", load_checkpoint(ck)) == "none"
+    assert resolve_gate("auto", load_checkpoint(ck.with_name("last.ckpt"))) == "identification"
+    assert resolve_gate("auto", None) == "identification" and resolve_gate("none", None) == "none"
+    res = _run_cont(root, ck, "auto", "step")
+    assert res["gate_history"] == []
+    cfg = yaml.safe_load((root / "auto" / "calmrl" / "config.yaml").read_text())
+    assert cfg["method"]["gate"] == "none"
+
+
+def _run_cont(root, ck, name, schedule, lr="5e-4"):
+    cfg = load_config(None, BASE + ["train.epochs=1", "calibrator.warmup_epochs=0", f"calibrator.schedule={schedule}",
+                                    "calibrator.momentum=0.01",
+                                    f"train.lr={lr}", f"train.init_from={ck}", f"output_dir={root / name}"])
+    return run(cfg, method="calmrl")
+
+
 def _continue(root, ck, name, schedule, seeded=True, lr="5e-4"):
     if not seeded:
         c = load_checkpoint(ck)
         c["state_dict"]["running_valid"] = torch.tensor(False)
         ck = root / f"unseeded-{name}.ckpt"
         torch.save(c, ck)
-    cfg = load_config(None, BASE + ["train.epochs=1", "calibrator.warmup_epochs=0", f"calibrator.schedule={schedule}",
-                                    "calibrator.momentum=0.01",
-                                    f"train.lr={lr}", f"train.init_from={ck}", f"output_dir={root / name}"])
-    run(cfg, method="calmrl")
+    _run_cont(root, ck, name, schedule, lr)
     return load_checkpoint(root / name / "calmrl" / "checkpoints" / "last.ckpt")["state_dict"]
 
 

@@ -201,6 +201,7 @@ def test_bench_suite_quick_writes_a_paired_report_and_resumes(cache, tmp_path, c
     assert "| cells |" in rep and "calmrl - pmrl-drop" in rep and (out / "suite_differences.png").exists()
     r = json.loads(recs[0].read_text())
     assert 0 <= r["R@1"] <= 100 and r["lr"] == 2e-3
+    assert list(out.glob("runs/**/*.ckpt")) == [] and len(list(out.glob("runs/**/results.json"))) == 8
     before = {p: p.stat().st_mtime_ns for p in recs}
     capsys.readouterr()
     assert main(["bench", "--suite", "--quick", "--out", str(out)]) == 0

@@ -104,12 +104,14 @@ class MethodConfig:
     renormalize_imputed: bool = _f(False, help="project imputed vectors to the unit sphere (paper: no)")
     impute_grad: bool = _f(False, help="let gradients flow through imputations into observed encoders")
     confidence_weighting: bool = _f(False, help="scale imputed columns by the posterior confidence")
-    gate: str = _f("identification", choices=("none", "identification"),
-                   help="calmrl: weight imputed columns of each modality by how much better their imputations "
-                        "identify held-out validation instances than the observed-only fallback (lower 97.5% bound "
-                        "of the gain; 0 = not better: observed columns only, the loss of pmrl-drop), measured at "
-                        "the start of every calibrated epoch (calmrl.core.gate); none = imputed columns at weight 1 "
-                        "(the paper)")
+    gate: str = _f("auto", choices=("auto", "none", "identification"),
+                   help="calmrl: weight of imputed columns. identification: per modality, how much better its "
+                        "imputations identify held-out validation instances than the observed-only fallback "
+                        "(lower 97.5% bound of the gain; 0 = not better: observed columns only, the loss of "
+                        "pmrl-drop), measured at the start of every calibrated epoch (calmrl.core.gate); none: "
+                        "weight 1 (the paper); auto: none when train.init_from is a checkpoint calibrated on "
+                        "complete data (calmrl calibrate: the imputations then carry relations the incomplete "
+                        "data lacks), identification otherwise. Chosen on the suite's validation splits")
 
 
 @dataclass

@@ -52,6 +52,9 @@ class CalMRLModule(L.LightningModule):
         # informativeness gate (method.gate): weight of each modality's imputed columns, 0 until measured
         self.register_buffer("impute_weight", torch.zeros(M))
         self.gate_history: list[dict] = []
+        # "auto" resolves to "identification" here; the runner resolves it to "none" for a run
+        # continued from a checkpoint calibrated on complete data (resolve_gate)
+        self.gate = "identification" if cfg.method.gate == "auto" else cfg.method.gate
         self.gate_loader = None   # a DataLoader over the validation split for the gate
         self.anchor_index = names.index(cfg.method.anchor) if cfg.method.anchor else 0
         self.temperature = None
@@ -197,7 +200,7 @@ class CalMRLModule(L.LightningModule):
         split how much better each modality's imputations identify their instances than the
         observed-only fallback (:func:`calmrl.core.gate.imputation_gain`) and set the weights
         of imputed columns; rank 0's measurement is broadcast."""
-        if self.cfg.method.gate != "identification" or not self.calibrated:
+        if self.gate != "identification" or not self.calibrated:
             return
         from ..core import gate_weights, imputation_gain
         loader = self.gate_loader         # the validation split, set by the runner
@@ -274,7 +277,7 @@ class CalMRLModule(L.LightningModule):
             calibrated_linear = False
         else:
             calibrated_linear = calibrated
-        if self.completer is not None and calibrated and self.cfg.method.gate != "none":
+        if self.completer is not None and calibrated and self.gate != "none":
             weights = torch.where(mask, torch.ones_like(mask, dtype=A.dtype), self.impute_weight.to(A.dtype))
         if calibrated_linear:
             # bi-step (2) on this process's rows: one E-step under the current parameters serves
@@ -292,7 +295,7 @@ class CalMRLModule(L.LightningModule):
                 step = torch.stack([ll.sum(), ll.new_tensor(float(ll.numel()))])
                 self._batch_ll = step if self._batch_ll is None else self._batch_ll + step
             A, weights = fill_missing(A, mask, cal, self.cfg.method, posterior=post)
-            if self.cfg.method.gate != "none":    # imputed columns weighted by their measured gain
+            if self.gate != "none":    # imputed columns weighted by their measured gain
                 gate = torch.where(mask, torch.ones_like(mask, dtype=A.dtype), self.impute_weight.to(A.dtype))
                 weights = gate if weights is None else weights * gate
         # contrastive terms see the global batch: other ranks' rows enter as constants, and the

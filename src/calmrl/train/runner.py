@@ -443,6 +443,16 @@ def run(cfg: Config, *, method: str | None = None, resume: bool = False, splits:
     return (results, model) if return_model else results
 
 
+def resolve_gate(gate: str, init_ckpt: dict | None) -> str:
+    """``method.gate=auto``: ``none`` when continuing from a checkpoint whose calibrator was fitted
+    on complete data by :func:`calibrate_checkpoint` (its imputations carry cross-modal relations
+    learned where nothing was missing, which the incomplete data cannot measure), else
+    ``identification``. Chosen on the validation splits of the benchmark suite (README)."""
+    if gate != "auto":
+        return gate
+    return "none" if init_ckpt is not None and init_ckpt.get("calmrl_calibrated") else "identification"
+
+
 def _run_locked(cfg, method, run_dir, resume, splits, max_epochs, extra_callbacks) -> dict:
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
     splits = splits or prepare_data(cfg, method)
@@ -463,13 +473,15 @@ def _run_locked(cfg, method, run_dir, resume, splits, max_epochs, extra_callback
                                       f"this run has {splits.names}")
             log.warning("resuming from %s: epoch %d of %d", resume_path, min(start_epoch, total), total)
     torch.set_num_threads(choose_threads(cfg))
+    init_ckpt = load_checkpoint(cfg.train.init_from) if cfg.train.init_from else None
+    cfg = replace(cfg, method=replace(cfg.method, gate=resolve_gate(cfg.method.gate, init_ckpt)))
     model = CalMRLModule(cfg, splits.dims, splits.names)
     model.standardization = splits.standardization
     if cfg.method.gate != "none":
         model.gate_loader = _loader(splits.val, cfg, False)
-    if cfg.train.init_from:
+    if init_ckpt is not None:
         # continual training: encoders, calibrator parameters and statistics warm-started
-        state = load_checkpoint(cfg.train.init_from)["state_dict"]
+        state = init_ckpt["state_dict"]
         try:
             missing, unexpected = model.load_state_dict(state, strict=False)
         except RuntimeError as e:  # size mismatches
