@@ -1,14 +1,15 @@
-"""The nonlinear completion backend (``calibrator.backend = mlp``)."""
+"""The nonlinear completion backends (``calibrator.backend = mlp | mvae | mopoe``)."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from calmrl.core import MaskedCompleter, SharedLatentCalibrator, imputation_gain
+from calmrl.core import MaskedCompleter, MultimodalVAE, SharedLatentCalibrator, imputation_gain, poe
 
 
 class _Spy(MaskedCompleter):
@@ -71,14 +72,87 @@ def test_gate_scores_a_completer_like_the_calibrator():
     assert gain["n"].tolist() == [300, 300]
 
 
-def test_training_with_the_mlp_backend_and_the_gate(tmp_path):
+@pytest.mark.parametrize("backend", ["mlp", "mopoe"])
+def test_training_with_a_nonlinear_backend_and_the_gate(tmp_path, backend):
     from calmrl.train import load_config, run
 
     torch.set_num_threads(1)
-    cfg = load_config(None, ["calibrator.backend=mlp", "calibrator.mlp_epochs=2", "calibrator.warmup_epochs=1",
+    cfg = load_config(None, [f"calibrator.backend={backend}", "calibrator.mlp_epochs=2", "calibrator.warmup_epochs=1",
                              "method.gate=identification", "train.epochs=3", "train.progress=false",
                              "data.views=[fourier, karhunen, zernike]", f"output_dir={tmp_path}"])
     res = run(cfg, method="calmrl")
     assert np.isfinite(res["pairs"]["average"]["R@1"]) and res["pairs"]["average"]["R@1"] > 5
     assert len(res["gate_history"]) == 2 and all(0 <= w <= 1 for w in res["gate_history"][-1]["weights"])
     assert np.isfinite(res["anchor"]["imputation_cosine"])       # diagnostics of the completer's imputations
+
+
+@settings(max_examples=25, deadline=None)
+@given(n=st.integers(1, 6), M=st.integers(1, 4), k=st.integers(1, 3), seed=st.integers(0, 10 ** 6))
+def test_product_of_experts_against_gaussian_conditioning(n, M, k, seed):
+    """The prior N(0, I) times the observed experts, multiplied out as densities: precision
+    is the sum of precisions, mean the precision-weighted mean (per latent coordinate)."""
+    g = torch.Generator().manual_seed(seed)
+    mu, logprec = torch.randn(n, M, k, generator=g, dtype=torch.float64), torch.randn(n, M, k, generator=g,
+                                                                                        dtype=torch.float64)
+    subset = torch.rand(n, M, generator=g) < 0.5
+    m, prec = poe(mu, logprec, subset)
+    for i in range(n):
+        P, h = torch.eye(k, dtype=torch.float64), torch.zeros(k, dtype=torch.float64)
+        for j in range(M):
+            if subset[i, j]:
+                Pj = torch.diag(logprec[i, j].exp())
+                P, h = P + Pj, h + Pj @ mu[i, j]
+        torch.testing.assert_close(m[i], torch.linalg.solve(P, h))
+        torch.testing.assert_close(prec[i], torch.diagonal(P))
+    m3, _ = poe(mu, logprec, subset[:, None].expand(n, 2, M))        # the batched-subset form agrees
+    torch.testing.assert_close(m3[:, 1], m)
+
+
+def test_mopoe_imputes_the_mean_over_subsets_of_the_observed():
+    torch.manual_seed(0)
+    vae = MultimodalVAE(3, 4, 2, hidden=8, kind="mopoe")
+    Z = torch.randn(5, 3, 4)
+    mask = torch.tensor([[1, 1, 1], [1, 0, 1], [0, 1, 0], [1, 1, 0], [0, 0, 1]], dtype=torch.bool)
+    out = vae(Z, mask, chunk=2)
+    mu, logprec = vae.experts(Z)
+    for i in range(5):
+        obs = [j for j in range(3) if mask[i, j]]
+        decs = []
+        for code in range(1, 8):
+            S = [j for j in range(3) if code >> j & 1]
+            if set(S) <= set(obs):
+                sub = torch.zeros(1, 3, dtype=torch.bool)
+                sub[0, S] = True
+                m, _ = poe(mu[i:i + 1], logprec[i:i + 1], sub)
+                decs.append(vae.decode(m)[0])
+        torch.testing.assert_close(out[i], torch.stack(decs).mean(0))
+    with pytest.raises(ValueError, match="2\\^M - 1"):
+        MultimodalVAE(11, 4, 2, kind="mopoe")
+
+
+@pytest.mark.parametrize("kind", ["mvae", "mopoe"])
+def test_multimodal_vae_learns_a_shared_latent_relation(kind):
+    """Two modalities from one 2-d latent: after training on complete pairs, imputing one from
+    the other reaches a high cosine, far above the direction of the mean."""
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    g = torch.Generator().manual_seed(2)
+    n, d, k = 1200, 8, 2
+    beta = torch.randn(n, k, generator=g)
+    Z = torch.stack([F.normalize(beta @ torch.randn(k, d, generator=g) + 0.3, dim=-1),
+                     F.normalize(torch.tanh(beta @ torch.randn(k, d, generator=g)), dim=-1)], 1)
+    Z = Z + 0.02 * torch.randn(Z.shape, generator=g)
+    tr, te = Z[:1000], Z[1000:]
+    vae = MultimodalVAE(2, d, 4, hidden=64, kind=kind)
+    opt = torch.optim.Adam(vae.parameters(), lr=3e-3)
+    full = torch.ones(200, 2, dtype=torch.bool)
+    for _ in range(300):
+        idx = torch.randint(0, 1000, (200,), generator=g)
+        loss = vae.completion_loss(tr[idx], full, generator=g)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    only0 = torch.tensor([[True, False]]).expand(200, 2)
+    cos = F.cosine_similarity(vae.impute(te, only0)[:, 1], te[:, 1], dim=-1).mean()
+    base = F.cosine_similarity(F.normalize(tr[:, 1].mean(0), dim=0).expand(200, d), te[:, 1], dim=-1).mean()
+    assert torch.isfinite(loss) and cos > 0.9 and cos > base + 0.2, (float(cos), float(base))

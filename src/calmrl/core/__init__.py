@@ -12,6 +12,7 @@ from .losses import (AnchorInfoNCELoss, GRAMLoss, LearnableTemperature, Pairwise
 from .metrics import fuse_observed, imputation_quality, retrieval_metrics, retrieval_ranks, summarize_ranks
 from .spectral import safe_eigh, spectrum
 from .validation import check_embeddings, check_mask, stack_modalities
+from .vae import MultimodalVAE, poe
 
 __all__ = [
     "SharedLatentCalibrator", "Posterior", "Imputation", "SufficientStats", "missing_patterns", "select_latent_dim",
@@ -21,5 +22,5 @@ __all__ = [
     "anchor", "anchor_shift", "anchor_distance", "shift_bounds",
     "retrieval_ranks", "retrieval_metrics", "summarize_ranks", "imputation_quality", "fuse_observed",
     "safe_eigh", "spectrum", "check_embeddings", "check_mask", "stack_modalities", "imputation_gain", "gate_weights",
-    "MaskedCompleter",
+    "MaskedCompleter", "MultimodalVAE", "poe",
 ]

@@ -17,7 +17,8 @@ Variants: ``calmrl`` (the default, ``method.gate=auto``: imputed columns weighte
 informativeness gate, or at weight 1 when continuing from a complete-data fit, as in ``absorb``),
 ``calmrl-ungated`` (``method.gate=none``: imputed columns at weight 1, as published),
 ``calmrl-gated`` (``method.gate=identification``: the gate in every setting, absorb included),
-``calmrl-mlp`` (``calibrator.backend=mlp``: the nonlinear completion backend, gated),
+``calmrl-mlp`` / ``calmrl-mvae`` / ``calmrl-mopoe`` (``calibrator.backend=...``: the
+nonlinear completion backends, gated),
 ``pmrl-drop`` (observed columns only), ``pmrl-truefill`` (hidden cells filled with the true
 embeddings of their inputs, detached: the upper bound of any imputation) and ``oracle``
 (no simulated gaps; once per dataset and seed).
@@ -57,7 +58,9 @@ SETTINGS = ("mcar 0.3", "mcar 0.5", "mcar 0.7", "paired", "never-complete", "abs
 VARIANTS = {"calmrl": ("calmrl", []), "pmrl-drop": ("pmrl-drop", []),
             "calmrl-ungated": ("calmrl", ["method.gate=none"]),
             "calmrl-gated": ("calmrl", ["method.gate=identification"]),
-            "calmrl-mlp": ("calmrl", ["calibrator.backend=mlp"]), "pmrl-truefill": ("pmrl-truefill", []),
+            "calmrl-mlp": ("calmrl", ["calibrator.backend=mlp"]),
+            "calmrl-mvae": ("calmrl", ["calibrator.backend=mvae"]),
+            "calmrl-mopoe": ("calmrl", ["calibrator.backend=mopoe"]), "pmrl-truefill": ("pmrl-truefill", []),
             "oracle": ("oracle", [])}
 HUBS = {"uci_mfeat": "pixel"}
 

@@ -126,15 +126,16 @@ class CalibratorConfig:
     m_step_every: int = _f(4, lo=1, help="step schedule: M-step after every n batches, their statistics summed "
                                          "(EMA weight 1-(1-momentum)^n; the posterior factors are reused in "
                                          "between); the last batch of an epoch always updates")
-    backend: str = _f("linear", choices=("linear", "mlp"),
-                      help="completion backend: linear (the closed-form shared-latent model, fitted by EM) or mlp "
-                           "(a conditional predictor from the observed embeddings and the mask, refitted by masked "
-                           "completion on the training embeddings at each epoch's start, encoders fixed; "
-                           "calmrl.core.MaskedCompleter)")
-    mlp_hidden: int = _f(512, lo=1, help="backend mlp: hidden width")
-    hide_rate: float = _f(0.5, lo=0.01, hi=0.99, help="backend mlp: share of observed cells hidden per batch")
-    mlp_epochs: int = _f(20, lo=1, help="backend mlp: passes over the training embeddings per refit (each epoch "
-                                        "from the warm-up on, encoders fixed)")
+    backend: str = _f("linear", choices=("linear", "mlp", "mvae", "mopoe"),
+                      help="completion backend: linear (the closed-form shared-latent model, fitted by EM); mlp "
+                           "(a conditional predictor from the observed embeddings and the mask, calmrl.core."
+                           "MaskedCompleter); mvae / mopoe (multimodal VAEs with latent size latent_dim: product of "
+                           "experts / mixture of products over subsets, calmrl.core.MultimodalVAE). The last three "
+                           "are refitted on the training embeddings at each epoch's start, encoders fixed")
+    mlp_hidden: int = _f(512, lo=1, help="backends mlp / mvae / mopoe: hidden width")
+    hide_rate: float = _f(0.5, lo=0.01, hi=0.99, help="backends mlp / mvae: share of observed cells hidden per batch")
+    mlp_epochs: int = _f(20, lo=1, help="backends mlp / mvae / mopoe: passes over the training embeddings per refit "
+                                        "(each epoch from the warm-up on, encoders fixed)")
     jitter: float = _f(1e-6, lo=0.0)
     sigma2_floor: float = _f(1e-6, lo=0.0)
     sigma2_floor_rel: float = _f(0.0, lo=0.0, hi=0.99, help="noise variance of each modality kept >= this share of "

@@ -18,7 +18,7 @@ import lightning as L
 import torch
 import torch.distributed as dist
 
-from ..core import LearnableTemperature, MaskedCompleter, SharedLatentCalibrator
+from ..core import LearnableTemperature, MaskedCompleter, MultimodalVAE, SharedLatentCalibrator
 from ..core.distributed import all_reduce_stats, gather_nograd, gather_with_grad, global_loss_scale, is_distributed
 from .config import LEARNED_TEMPERATURE, Config
 from .encoders import MultiModalEncoder
@@ -44,8 +44,11 @@ class CalMRLModule(L.LightningModule):
                                                  w_prior=cfg.calibrator.w_prior)
         M = len(names)
         c = cfg.calibrator
-        self.completer = (MaskedCompleter(M, d, c.mlp_hidden, hide_rate=c.hide_rate)
-                          if c.backend == "mlp" and cfg.method.name == "calmrl" else None)
+        self.completer = None            # a nonlinear completion backend in place of the linear model
+        if cfg.method.name == "calmrl" and c.backend == "mlp":
+            self.completer = MaskedCompleter(M, d, c.mlp_hidden, hide_rate=c.hide_rate)
+        elif cfg.method.name == "calmrl" and c.backend in ("mvae", "mopoe"):
+            self.completer = MultimodalVAE(M, d, k, c.mlp_hidden, kind=c.backend, hide_rate=c.hide_rate)
         n_stats = M + M * d + M * d * k + M * k + M * k * k + M
         self.register_buffer("running_stats", torch.zeros(n_stats))
         self.register_buffer("running_valid", torch.tensor(False))
@@ -188,7 +191,7 @@ class CalMRLModule(L.LightningModule):
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()
-                    tot, nb = tot + float(loss), nb + 1
+                    tot, nb = tot + float(loss.detach()), nb + 1
                 last = tot / max(nb, 1)
         if is_distributed():
             for p_ in comp.parameters():
