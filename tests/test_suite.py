@@ -221,3 +221,26 @@ def test_cli_data_list_and_fetch(cache, capsys, monkeypatch):
     assert main(["data", "list", "cells"]) == 0 and "cells    cached" in capsys.readouterr().out
     assert main(["data", "fetch", "mnist"]) == 2
     assert capsys.readouterr().err.strip().startswith("error: unknown suite dataset(s) ['mnist']")
+
+
+def test_suite_report_pairs_seeds_and_picks_variants_on_validation_only(tmp_path):
+    """Fabricated records: the paired difference is computed seed by seed, the count of target
+    violations follows the rule, and the variant chosen is the one better on *validation*
+    even where the test split says otherwise."""
+    from calmrl.experiments.suite import SUITE_FULL, write_suite_report
+
+    recs = []
+    for seed in range(5):
+        base = 20.0 + 2 * seed                                       # a large seed effect, shared by the pair
+        for v, test, val in (("pmrl-drop", base, 10.0), ("calmrl", base + 1.0 + 0.1 * seed, 11.0),
+                             ("calmrl-mlp", base + 5.0, 9.0)):
+            recs.append({"dataset": "cells", "setting": "mcar 0.5", "variant": v, "seed": seed, "R@1": test,
+                         "val_R@1": val + 0.01 * seed, "imputation_cosine": 0.5, "imputation_identification": 10.0,
+                         "fallback_identification": 9.0, "gate_history": [{"weights": [0.0, 0.5]}]})
+    rep = write_suite_report(recs, tmp_path, SUITE_FULL, command="test", commit="abc", machine="m",
+                             seconds=60).read_text()
+    # differences 1.0 .. 1.4 over seeds: mean 1.2, every seed above 0, interval excluding 0
+    assert "| cells | 1.20 [" in rep and "] 5/5 |" in rep
+    assert "above pmrl-drop with the interval excluding 0: 1; below with the interval excluding 0: 0" in rep
+    assert "- cells: **calmrl** (calmrl-mlp 9.02 vs 11.02 (5 runs))" in rep       # higher test R@1 does not count
+    assert "| 0.250 |" in rep                                                     # mean gate weight
