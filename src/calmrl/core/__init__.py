@@ -2,8 +2,8 @@
 diagnostics and metrics. Nothing here depends on the trainer."""
 
 from .anchor import anchor, anchor_distance, anchor_shift, shift_bounds
-from .calibrator import (Imputation, Posterior, SharedLatentCalibrator, SufficientStats, missing_patterns,
-                         select_latent_dim)
+from .calibrator import (Imputation, Posterior, SharedLatentCalibrator, SufficientStats, heldout_imputation_r2,
+                         missing_patterns, select_latent_dim, select_w_prior)
 from .completion import MaskedCompleter
 from .gate import gate_weights, imputation_gain
 from .geometry import SIMILARITIES, gram_volume_matrix, pair_similarity, psd_det, triangle_area_matrix
@@ -16,6 +16,7 @@ from .vae import MultimodalVAE, poe
 
 __all__ = [
     "SharedLatentCalibrator", "Posterior", "Imputation", "SufficientStats", "missing_patterns", "select_latent_dim",
+    "select_w_prior", "heldout_imputation_r2",
     "pmrl_loss", "gram_loss", "triangle_loss", "pairwise_infonce_loss", "anchor_infonce_loss", "info_nce",
     "LearnableTemperature", "PMRLLoss", "GRAMLoss", "TriangleLoss", "PairwiseInfoNCELoss", "AnchorInfoNCELoss", "PMRLOutput",
     "gram_volume_matrix", "triangle_area_matrix", "pair_similarity", "psd_det", "SIMILARITIES",
