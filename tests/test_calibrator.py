@@ -351,8 +351,9 @@ def test_w_prior_chosen_by_held_out_imputation_beats_maximum_likelihood_on_wide_
                      + 0.3 * torch.randn(N, D, generator=g, dtype=torch.float64) for _ in range(M)], 1)
     mask = random_mask(N, M, 0.3, seed=32, min_obs=2)
     tr, te = slice(0, 200), slice(200, N)
-    best, scores = select_w_prior(Z[tr], mask[tr], k=12, candidates=(0.0, 10.0, 100.0, 1000.0), n_iter=40)
-    assert set(scores) == {0.0, 10.0, 100.0, 1000.0} and best > 0, scores
+    holes = torch.where(mask[..., None], Z, torch.tensor(float("nan"), dtype=Z.dtype))   # missing cells as NaN
+    best, scores = select_w_prior(holes[tr], mask[tr], k=12, candidates=(0.0, 10.0, 100.0, 1000.0), n_iter=40)
+    assert set(scores) == {0.0, 10.0, 100.0, 1000.0} and best > 0 and all(map(math.isfinite, scores.values())), scores
     mean = (Z[tr] * mask[tr, :, None]).sum(0) / mask[tr].sum(0)[:, None]
     r2 = {}
     for lam in (0.0, best):

@@ -813,6 +813,7 @@ def select_w_prior(Z: Tensor, mask: Tensor | None = None, k: int = 32,
         raise ValueError(f"holdout must be in (0, 1), got {holdout}")
     if not candidates or any(float(c) < 0 for c in candidates):
         raise ValueError(f"w_prior candidates must be >= 0 and not empty, got {list(candidates)}")
+    Z = torch.where(mask[..., None], Z, torch.zeros((), dtype=Z.dtype))    # missing cells may hold NaN
     g = torch.Generator().manual_seed(seed)
     perm = torch.randperm(N, generator=g)
     n_out = max(1, int(round(holdout * N)))
