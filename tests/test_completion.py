@@ -78,6 +78,7 @@ def test_training_with_a_nonlinear_backend_and_the_gate(tmp_path, backend):
 
     torch.set_num_threads(1)
     cfg = load_config(None, [f"calibrator.backend={backend}", "calibrator.mlp_epochs=2", "calibrator.warmup_epochs=1",
+                             "calibrator.mlp_hidden=64",
                              "method.gate=identification", "train.epochs=3", "train.progress=false",
                              "data.views=[fourier, karhunen, zernike]", f"output_dir={tmp_path}"])
     res = run(cfg, method="calmrl")
