@@ -739,6 +739,16 @@ class SharedLatentCalibrator(nn.Module):
         return f"n_modalities={self.M}, dim={self.D}, latent_dim={self.k}"
 
 
+def _heldout_split(N: int, holdout: float, seed: int) -> tuple[Tensor, Tensor]:
+    """``(kept, held_out)`` instance indices of a seeded random ``holdout`` share of ``N``
+    (the selectors' split: the same seed gives the same split)."""
+    if not 0.0 < holdout < 1.0:
+        raise ValueError(f"holdout must be in (0, 1), got {holdout}")
+    perm = torch.randperm(N, generator=torch.Generator().manual_seed(seed))
+    n_out = max(1, int(round(holdout * N)))
+    return perm[n_out:], perm[:n_out]
+
+
 def select_latent_dim(Z: Tensor, mask: Tensor | None = None, candidates: Sequence[int] = (2, 4, 8, 16, 32), *,
                       holdout: float = 0.2, n_iter: int = 50, seed: int = 0, dims: Sequence[int] | None = None,
                       sigma2_floor_rel: float = 0.0, w_prior: float = 0.0, names: Sequence[str] | None = None
@@ -752,12 +762,7 @@ def select_latent_dim(Z: Tensor, mask: Tensor | None = None, candidates: Sequenc
     Z = torch.as_tensor(Z)
     N, M, D = Z.shape
     mask = torch.ones(N, M, dtype=torch.bool) if mask is None else torch.as_tensor(mask).bool()
-    if not 0.0 < holdout < 1.0:
-        raise ValueError(f"holdout must be in (0, 1), got {holdout}")
-    g = torch.Generator().manual_seed(seed)
-    perm = torch.randperm(N, generator=g)
-    n_out = max(1, int(round(holdout * N)))
-    out, inn = perm[:n_out], perm[n_out:]
+    inn, out = _heldout_split(N, holdout, seed)
     limit = min((sum(dims) if dims is not None else M * D) - 1, len(inn) - 1)
     ks = sorted({int(k) for k in candidates if 1 <= int(k) <= limit})
     if not ks:
@@ -809,15 +814,10 @@ def select_w_prior(Z: Tensor, mask: Tensor | None = None, k: int = 32,
     Z = torch.as_tensor(Z)
     N, M, D = Z.shape
     mask = torch.ones(N, M, dtype=torch.bool) if mask is None else torch.as_tensor(mask).bool()
-    if not 0.0 < holdout < 1.0:
-        raise ValueError(f"holdout must be in (0, 1), got {holdout}")
     if not candidates or any(float(c) < 0 for c in candidates):
         raise ValueError(f"w_prior candidates must be >= 0 and not empty, got {list(candidates)}")
+    inn, out = _heldout_split(N, holdout, seed)
     Z = torch.where(mask[..., None], Z, torch.zeros((), dtype=Z.dtype))    # missing cells may hold NaN
-    g = torch.Generator().manual_seed(seed)
-    perm = torch.randperm(N, generator=g)
-    n_out = max(1, int(round(holdout * N)))
-    out, inn = perm[:n_out], perm[n_out:]
     w = mask[inn].to(Z.dtype)[..., None]
     mean = (Z[inn] * w).sum(0) / w.sum(0).clamp_min(1)
     scores = {}

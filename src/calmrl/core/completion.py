@@ -25,7 +25,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["MaskedCompleter"]
+__all__ = ["MaskedCompleter", "hide_cells"]
+
+
+def hide_cells(mask: Tensor, rate: float, generator: torch.Generator | None = None) -> Tensor:
+    """``(N, M)`` cells to hide for a completion objective: each observed cell with probability
+    ``rate``, except that every instance keeps at least one observed cell (the one with the
+    largest uniform draw), so an instance with a single observed cell hides nothing."""
+    mask = mask.bool()
+    u = torch.rand(mask.shape, generator=generator, device=mask.device)
+    keep_one = F.one_hot(torch.where(mask, u, -1.0).argmax(1), mask.shape[1]).bool()
+    return mask & (u < rate) & ~keep_one
 
 
 class MaskedCompleter(nn.Module):
@@ -56,11 +66,7 @@ class MaskedCompleter(nn.Module):
         """Masked-completion loss (module docstring) on ``Z`` (detach it first: only
         :math:`\\theta` is trained); 0 (with a graph) when no cell can be hidden."""
         mask = mask.bool()
-        u = torch.rand(mask.shape, generator=generator, device=mask.device)
-        hide = mask & (u < self.hide_rate) & (mask.sum(1, keepdim=True) >= 2)
-        # keep at least one observed cell per instance: un-hide the observed cell with the largest draw
-        keep_one = F.one_hot(torch.where(mask, u, -1.0).argmax(1), self.M).bool()
-        hide &= ~keep_one
+        hide = hide_cells(mask, self.hide_rate, generator)
         pred = self(Z, mask & ~hide)
         if not bool(hide.any()):
             return pred.sum() * 0.0

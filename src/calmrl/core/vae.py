@@ -37,6 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .completion import hide_cells
+
 __all__ = ["MultimodalVAE", "poe"]
 
 
@@ -126,10 +128,7 @@ class MultimodalVAE(nn.Module):
         """Negative ELBO per instance (module docstring) on ``Z`` (detach it first), divided by
         the embedding width so that its scale does not depend on ``d``."""
         mask = mask.bool()
-        u = torch.rand(mask.shape, generator=generator, device=mask.device)
-        drop = u < (self.hide_rate if self.kind == "mvae" else 0.5)
-        keep_one = F.one_hot(torch.where(mask, u, -1.0).argmax(1), self.M).bool()
-        subset = mask & (~drop | keep_one)
+        subset = mask & ~hide_cells(mask, self.hide_rate if self.kind == "mvae" else 0.5, generator)
         mu, logprec = self.experts(Z)
         m, prec = poe(mu, logprec, subset)
         eps = torch.randn(m.shape, generator=generator, device=m.device, dtype=m.dtype)

@@ -25,7 +25,17 @@ from .encoders import MultiModalEncoder
 from .evaluate import retrieval_table
 from .methods import alignment_loss, fill_missing
 
-__all__ = ["CalMRLModule"]
+__all__ = ["CalMRLModule", "resolve_gate"]
+
+
+def resolve_gate(gate: str, init_ckpt: dict | None) -> str:
+    """``method.gate=auto``: ``none`` when continuing from a checkpoint whose calibrator was fitted
+    on complete data by :func:`~calmrl.train.runner.calibrate_checkpoint` (its imputations carry
+    cross-modal relations learned where nothing was missing, which the incomplete data cannot
+    measure), else ``identification``. Chosen on the validation splits of the benchmark suite (README)."""
+    if gate != "auto":
+        return gate
+    return "none" if init_ckpt is not None and init_ckpt.get("calmrl_calibrated") else "identification"
 
 
 class CalMRLModule(L.LightningModule):
@@ -55,9 +65,9 @@ class CalMRLModule(L.LightningModule):
         # informativeness gate (method.gate): weight of each modality's imputed columns, 0 until measured
         self.register_buffer("impute_weight", torch.zeros(M))
         self.gate_history: list[dict] = []
-        # "auto" resolves to "identification" here; the runner resolves it to "none" for a run
-        # continued from a checkpoint calibrated on complete data (resolve_gate)
-        self.gate = "identification" if cfg.method.gate == "auto" else cfg.method.gate
+        # "auto" with no checkpoint to continue from; the runner resolves it before building the
+        # module, with the checkpoint of train.init_from
+        self.gate = resolve_gate(cfg.method.gate, None)
         self.gate_loader = None   # a DataLoader over the validation split for the gate
         self.anchor_index = names.index(cfg.method.anchor) if cfg.method.anchor else 0
         self.temperature = None
@@ -272,7 +282,7 @@ class CalMRLModule(L.LightningModule):
             self._broadcast_params()
         weights = None
         calibrated = self.calibrated
-        if self.completer is not None:   # backend mlp: fitted at the epoch's start (refit_completer)
+        if self.completer is not None:   # a nonlinear backend: fitted at the epoch's start (refit_completer)
             if calibrated:
                 with torch.no_grad():
                     pred = self.completer(A.detach(), mask).to(A.dtype)
@@ -280,8 +290,6 @@ class CalMRLModule(L.LightningModule):
             calibrated_linear = False
         else:
             calibrated_linear = calibrated
-        if self.completer is not None and calibrated and self.gate != "none":
-            weights = torch.where(mask, torch.ones_like(mask, dtype=A.dtype), self.impute_weight.to(A.dtype))
         if calibrated_linear:
             # bi-step (2) on this process's rows: one E-step under the current parameters serves
             # the imputation and, in the step schedule, the statistics of the M-step that follows
@@ -298,9 +306,9 @@ class CalMRLModule(L.LightningModule):
                 step = torch.stack([ll.sum(), ll.new_tensor(float(ll.numel()))])
                 self._batch_ll = step if self._batch_ll is None else self._batch_ll + step
             A, weights = fill_missing(A, mask, cal, self.cfg.method, posterior=post)
-            if self.gate != "none":    # imputed columns weighted by their measured gain
-                gate = torch.where(mask, torch.ones_like(mask, dtype=A.dtype), self.impute_weight.to(A.dtype))
-                weights = gate if weights is None else weights * gate
+        if calibrated and self.gate != "none":    # imputed columns (any backend) weighted by their measured gain
+            gate = torch.where(mask, torch.ones_like(mask, dtype=A.dtype), self.impute_weight.to(A.dtype))
+            weights = gate if weights is None else weights * gate
         # contrastive terms see the global batch: other ranks' rows enter as constants, and the
         # loss is scaled by the world size so that DDP's gradient average is the global gradient
         A_all, mask_all = gather_with_grad(A), gather_nograd(mask)

@@ -32,7 +32,7 @@ from ..data import (FeatureStore, MultiViewData, MultiViewDataset, collate_views
                     mcar_mask, paired_subsets_mask, split_parts, stratified_split, synthetic_multiview)
 from .config import OWN_SIMILARITY, Config, config_to_dict, default_output_dir
 from .evaluate import anchor_report, embed_data, evaluate_embeddings, knn_accuracy
-from .module import CalMRLModule
+from .module import CalMRLModule, resolve_gate
 
 __all__ = ["Splits", "prepare_data", "run", "AtomicCheckpointIO", "CheckpointError", "RunLockedError", "load_checkpoint",
            "output_lock", "resume_checkpoint", "model_from_checkpoint", "calibrate_checkpoint"]
@@ -441,16 +441,6 @@ def run(cfg: Config, *, method: str | None = None, resume: bool = False, splits:
     with output_lock(cfg.output_dir):
         results, model = _run_locked(cfg, method, run_dir, resume, splits, max_epochs, extra_callbacks)
     return (results, model) if return_model else results
-
-
-def resolve_gate(gate: str, init_ckpt: dict | None) -> str:
-    """``method.gate=auto``: ``none`` when continuing from a checkpoint whose calibrator was fitted
-    on complete data by :func:`calibrate_checkpoint` (its imputations carry cross-modal relations
-    learned where nothing was missing, which the incomplete data cannot measure), else
-    ``identification``. Chosen on the validation splits of the benchmark suite (README)."""
-    if gate != "auto":
-        return gate
-    return "none" if init_ckpt is not None and init_ckpt.get("calmrl_calibrated") else "identification"
 
 
 def _run_locked(cfg, method, run_dir, resume, splits, max_epochs, extra_callbacks) -> dict:
