@@ -98,3 +98,26 @@ def test_gain_within_noise_opens_nothing():
     assert w[0] == 0 and w[1] == 0 and w[3] == 0
     assert abs(float(w[2]) - (40 - 1.96 * 3) / 80) < 1e-9
     assert abs(float(gate_weights(gain, z=0.0)[2]) - 0.5) < 1e-9
+
+
+def test_family_z_keeps_false_openings_over_a_run_rare():
+    """No imputation beats its fallback (both hit at the same rate, independently): with the
+    per-test z = 1.96, some of a run's M*T = 100 gate measurements open in most runs; with the
+    Bonferroni quantile of the whole run, in at most about alpha / 2 of them."""
+    import pytest
+    from calmrl.core import family_z
+
+    assert abs(family_z(0.05, 1) - 1.959964) < 1e-5 and family_z(0.05, 100) > 3.4 > family_z(0.05, 50) > 1.96
+    g = torch.Generator().manual_seed(5)
+    runs, tests, n = 300, 100, 200
+    imp = (torch.rand(runs, tests, n, generator=g) < 0.3).double()
+    fb = (torch.rand(runs, tests, n, generator=g) < 0.3).double()
+    diff = imp - fb
+    gain = {"id_imputed": 100 * imp.mean(-1).flatten(), "id_fallback": 100 * fb.mean(-1).flatten(),
+            "id_se": 100 * (diff.std(-1) / n ** 0.5).flatten()}
+    opened = {z: float((gate_weights(gain, z=z).view(runs, tests) > 0).any(1).double().mean())
+              for z in (1.96, family_z(0.05, tests))}
+    z_per_test, z_family = opened
+    assert opened[z_per_test] > 0.8 and opened[z_family] <= 0.06, opened
+    with pytest.raises(ValueError, match="gate alpha"):
+        family_z(1.5, 3)

@@ -5,7 +5,7 @@ from .anchor import anchor, anchor_distance, anchor_shift, shift_bounds
 from .calibrator import (Imputation, Posterior, SharedLatentCalibrator, SufficientStats, heldout_imputation_r2,
                          missing_patterns, select_latent_dim, select_w_prior)
 from .completion import MaskedCompleter
-from .gate import gate_weights, imputation_gain
+from .gate import family_z, gate_weights, imputation_gain
 from .geometry import SIMILARITIES, gram_volume_matrix, pair_similarity, psd_det, triangle_area_matrix
 from .losses import (AnchorInfoNCELoss, GRAMLoss, LearnableTemperature, PairwiseInfoNCELoss, PMRLLoss, PMRLOutput, TriangleLoss,
                      anchor_infonce_loss, gram_loss, info_nce, pairwise_infonce_loss, pmrl_loss, triangle_loss)
@@ -22,6 +22,6 @@ __all__ = [
     "gram_volume_matrix", "triangle_area_matrix", "pair_similarity", "psd_det", "SIMILARITIES",
     "anchor", "anchor_shift", "anchor_distance", "shift_bounds",
     "retrieval_ranks", "retrieval_metrics", "summarize_ranks", "imputation_quality", "fuse_observed",
-    "safe_eigh", "spectrum", "check_embeddings", "check_mask", "stack_modalities", "imputation_gain", "gate_weights",
+    "safe_eigh", "spectrum", "check_embeddings", "check_mask", "stack_modalities", "imputation_gain", "gate_weights", "family_z",
     "MaskedCompleter", "MultimodalVAE", "poe",
 ]

@@ -15,8 +15,13 @@ direction an uncalibrated alignment loss works with). The weight of imputed colu
 .. math:: g_m = \operatorname{clip}\Big(\frac{\mathrm{id}^{imp}_m-\mathrm{id}^{fb}_m-z\,\mathrm{se}_m}{100-\mathrm{id}^{fb}_m},\,0,\,1\Big),
 
 with :math:`\mathrm{se}_m` the standard error of the paired difference of the two hit
-indicators over the scored cells and :math:`z = 1.96`: the gain's lower 97.5% confidence
-bound, so that a gain within the measurement's noise opens nothing. :math:`g_m = 0` where the
+indicators over the scored cells and :math:`z` a one-sided normal quantile: the gain's lower
+confidence bound, so that a gain within the measurement's noise opens nothing. A training run
+measures the gate for :math:`M` modalities at each of :math:`T` epochs, :math:`MT` tests (about
+100 on the benchmark suite); at a per-test :math:`z=1.96` some column opens by chance in most
+runs where no imputation beats its fallback. :func:`family_z` is the Bonferroni quantile
+:math:`z=\Phi^{-1}(1-\alpha/(2MT))` that keeps the chance of any false opening over the run
+below :math:`\alpha/2` (``method.gate_alpha``, 0.05 by default). :math:`g_m = 0` where the
 imputation does not beat the fallback (a column of weight 0 is excluded from the loss
 exactly as a missing one: the loss is then ``pmrl-drop``'s), 1 where it identifies every instance.
 """
@@ -30,7 +35,7 @@ from torch import Tensor
 from .calibrator import SharedLatentCalibrator
 from .metrics import fuse_observed, retrieval_ranks
 
-__all__ = ["imputation_gain", "gate_weights"]
+__all__ = ["imputation_gain", "gate_weights", "family_z"]
 
 
 @torch.no_grad()
@@ -81,3 +86,14 @@ def gate_weights(gain: dict[str, Tensor], z: float = 1.96) -> Tensor:
     se = gain.get("id_se", torch.zeros_like(imp))
     w = ((imp - fb - z * torch.nan_to_num(se, nan=0.0)) / (100.0 - fb).clamp_min(1e-6)).clamp(0.0, 1.0)
     return torch.nan_to_num(w, nan=0.0)
+
+
+def family_z(alpha: float, n_tests: int) -> float:
+    r"""One-sided normal quantile :math:`\Phi^{-1}(1-\alpha/(2n))` of a Bonferroni family of
+    ``n_tests`` lower confidence bounds: the chance that any of them lies above a zero gain is
+    at most :math:`\alpha/2` (``alpha=0.05, n_tests=1`` gives 1.96)."""
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"gate alpha must be in (0, 1), got {alpha}")
+    if n_tests < 1:
+        raise ValueError(f"the number of gate tests must be >= 1, got {n_tests}")
+    return float(torch.special.ndtri(torch.tensor(1.0 - alpha / (2.0 * n_tests), dtype=torch.float64)))

@@ -107,11 +107,16 @@ class MethodConfig:
     gate: str = _f("auto", choices=("auto", "none", "identification"),
                    help="calmrl: weight of imputed columns. identification: per modality, how much better its "
                         "imputations identify held-out validation instances than the observed-only fallback "
-                        "(lower 97.5% bound of the gain; 0 = not better: observed columns only, the loss of "
+                        "(lower confidence bound of the gain, method.gate_alpha; 0 = not better: observed columns "
+                        "only, the loss of "
                         "pmrl-drop), measured at the start of every calibrated epoch (calmrl.core.gate); none: "
                         "weight 1 (the paper); auto: none when train.init_from is a checkpoint calibrated on "
                         "complete data (calmrl calibrate: the imputations then carry relations the incomplete "
                         "data lacks), identification otherwise. Chosen on the suite's validation splits")
+    gate_alpha: float = _f(0.05, lo=1e-9, hi=0.5,
+                           help="gate: chance that any imputed column opens over a run where no imputation beats its "
+                                "fallback (two-sided; Bonferroni over the modalities and calibrated epochs: each "
+                                "measurement uses z = Phi^-1(1 - alpha / (2 M T)), calmrl.core.gate.family_z)")
 
 
 @dataclass

@@ -215,7 +215,7 @@ class CalMRLModule(L.LightningModule):
         of imputed columns; rank 0's measurement is broadcast."""
         if self.gate != "identification" or not self.calibrated:
             return
-        from ..core import gate_weights, imputation_gain
+        from ..core import family_z, gate_weights, imputation_gain
         loader = self.gate_loader         # the validation split, set by the runner
         if loader is None:
             loaders = self.trainer.val_dataloaders
@@ -232,13 +232,17 @@ class CalMRLModule(L.LightningModule):
         gain = imputation_gain(self.calibrator if self.completer is None else self.completer.cpu(), A, mask)
         if self.completer is not None:
             self.completer.to(self.device)
-        w = gate_weights(gain).to(self.impute_weight)
+        # one family of tests per run: M modalities at each calibrated epoch
+        n_tests = len(self.names) * max(1, self.cfg.train.epochs - self.cfg.calibrator.warmup_epochs)
+        z = family_z(self.cfg.method.gate_alpha, n_tests)
+        w = gate_weights(gain, z=z).to(self.impute_weight)
         if is_distributed():
             w = w.to(self.device)
             dist.broadcast(w, 0)
         self.impute_weight.copy_(w.to(self.impute_weight))
         self.gate_history.append({"epoch": int(self.current_epoch), "weights": w.tolist(),
-                                  "id_imputed": gain["id_imputed"].tolist(), "id_fallback": gain["id_fallback"].tolist()})
+                                  "id_imputed": gain["id_imputed"].tolist(), "id_fallback": gain["id_fallback"].tolist(),
+                                  "id_se": gain["id_se"].tolist(), "z": z})
         for m, name in enumerate(self.names):
             self.log(f"gate/{name}", float(w[m]), on_epoch=True, sync_dist=False)
 
