@@ -121,3 +121,39 @@ def test_family_z_keeps_false_openings_over_a_run_rare():
     assert opened[z_per_test] > 0.8 and opened[z_family] <= 0.06, opened
     with pytest.raises(ValueError, match="gate alpha"):
         family_z(1.5, 3)
+
+
+def test_guard_keeps_the_run_better_on_validation(tmp_path):
+    """method.guard=validation: where imputed columns took part (here gate none: weight 1), the
+    observed-only path is trained too (the same run as a separate pmrl-drop run) and the run
+    with the higher validation R@1 is kept, its figures reported and its checkpoint copied;
+    where the gate stayed shut nothing more is trained."""
+    import json
+
+    from calmrl.train import load_config, load_checkpoint, run
+    base = ["model.embed_dim=16", "model.hidden_dim=32", "train.epochs=3", "train.progress=false",
+            "calibrator.warmup_epochs=1", "train.check_val_every=50", "train.threads=1", "train.batch_size=128",
+            "data.views=[fourier, karhunen, zernike]"]
+    res = run(load_config(None, base + ["method.gate=none", f"output_dir={tmp_path / 'g'}"]), method="calmrl")
+    g = res["guard"]
+    alt = json.loads((tmp_path / "g" / "calmrl" / "guard" / "pmrl-drop" / "results.json").read_text())
+    ref = run(load_config(None, base + [f"output_dir={tmp_path / 'ref'}"]), method="pmrl-drop")
+    assert g["alternative_trained"] and alt["val_average"] == ref["val_average"] and alt["pairs"] == ref["pairs"]
+    assert g["val_R@1"]["observed-only"] == ref["val_average"]["R@1"]
+    kept = max(("calibrated", "observed-only"), key=lambda k: (g["val_R@1"][k], k == "calibrated"))
+    assert g["kept"] == kept and res["val_average"]["R@1"] == max(g["val_R@1"].values())
+    assert res["pairs"]["average"]["R@1"] == g["test_R@1"][kept] and res["method"] == "calmrl"
+    on_disk = json.loads((tmp_path / "g" / "calmrl" / "results.json").read_text())
+    assert on_disk["guard"]["kept"] == kept and on_disk["pairs"] == res["pairs"]
+    src = (tmp_path / "g" / "calmrl" / ("guard/pmrl-drop" if kept == "observed-only" else "") / "checkpoints"
+           / "last.ckpt")
+    a, b = load_checkpoint(tmp_path / "g" / "calmrl" / "checkpoints" / "kept.ckpt"), load_checkpoint(src)
+    assert all(torch.equal(a["state_dict"][k], v) for k, v in b["state_dict"].items())
+    # the gate shut throughout (a family level no gain reaches): the run is the observed-only one
+    shut = run(load_config(None, base + ["method.gate=identification", "method.gate_alpha=1e-9",
+                                         f"output_dir={tmp_path / 's'}"]), method="calmrl")
+    assert shut["guard"]["alternative_trained"] is False and not (tmp_path / "s" / "calmrl" / "guard").exists()
+    assert all(w == 0 for h in shut["gate_history"] for w in h["weights"]) and len(shut["gate_history"]) >= 1
+    off = run(load_config(None, base + ["method.gate=none", "method.guard=none", f"output_dir={tmp_path / 'n'}"]),
+              method="calmrl")
+    assert "guard" not in off and not (tmp_path / "n" / "calmrl" / "guard").exists()

@@ -14,8 +14,10 @@ and test keep their natural gaps):
   rate, with no warm-up.
 
 Variants: ``calmrl`` (the default, ``method.gate=auto``: imputed columns weighted by the
-informativeness gate, or at weight 1 when continuing from a complete-data fit, as in ``absorb``),
-``calmrl-ungated`` (``method.gate=none``: imputed columns at weight 1, as published),
+informativeness gate, or at weight 1 when continuing from a complete-data fit, as in ``absorb``;
+``method.guard=validation``: where imputed columns took part, the observed-only path is trained
+too and the run with the higher validation R@1 is kept),
+``calmrl-ungated`` (``method.gate=none``, ``method.guard=none``: imputed columns at weight 1, as published),
 ``calmrl-gated`` (``method.gate=identification``: the gate in every setting, absorb included),
 ``calmrl-mlp`` / ``calmrl-mvae`` / ``calmrl-mopoe`` (``calibrator.backend=...``: the
 nonlinear completion backends, gated),
@@ -56,7 +58,7 @@ __all__ = ["SUITE_FULL", "SUITE_QUICK", "run_suite", "write_suite_report", "SETT
 
 SETTINGS = ("mcar 0.3", "mcar 0.5", "mcar 0.7", "paired", "never-complete", "absorb")
 VARIANTS = {"calmrl": ("calmrl", []), "pmrl-drop": ("pmrl-drop", []),
-            "calmrl-ungated": ("calmrl", ["method.gate=none"]),
+            "calmrl-ungated": ("calmrl", ["method.gate=none", "method.guard=none"]),
             "calmrl-gated": ("calmrl", ["method.gate=identification"]),
             "calmrl-mlp": ("calmrl", ["calibrator.backend=mlp"]),
             "calmrl-mvae": ("calmrl", ["calibrator.backend=mvae"]),
@@ -104,7 +106,7 @@ def _train(cfg: Config, variant: str, out_dir: Path) -> dict:
     c = apply_overrides(cfg, sets + [f"output_dir={out_dir}"])
     t0 = time.time()
     res = run(c, method=method)
-    return {**result_record(res), "seconds": time.time() - t0}
+    return {**result_record(res), "guard": res.get("guard", {}).get("kept"), "seconds": time.time() - t0}
 
 
 def _job(cfg: Config, dataset: str, setting: str, variants: list[str], seed: int, out: Path, names: list[str],
@@ -138,7 +140,7 @@ def _job(cfg: Config, dataset: str, setting: str, variants: list[str], seed: int
         _atomic_json(_record_path(out, dataset, rec["setting"], v, seed), rec)
         # a measurement run keeps its results, logs and plots; its checkpoints (40-120 MB on the
         # suite's widest views, 19 GB over the full suite) go once the record is safe
-        for ck in (runs / v).glob("*/checkpoints"):
+        for ck in (runs / v).rglob("checkpoints"):
             shutil.rmtree(ck, ignore_errors=True)
         done.append(rec)
     return done

@@ -113,6 +113,12 @@ class MethodConfig:
                         "weight 1 (the paper); auto: none when train.init_from is a checkpoint calibrated on "
                         "complete data (calmrl calibrate: the imputations then carry relations the incomplete "
                         "data lacks), identification otherwise. Chosen on the suite's validation splits")
+    guard: str = _f("validation", choices=("validation", "none"),
+                    help="calmrl: when imputed columns took part in training (the gate opened in some epoch, or "
+                         "gate none), also train the observed-only path (pmrl-drop: same data, seed and start, under "
+                         "<run>/guard/) and keep whichever has the higher validation R@1 (results.json 'guard'; the "
+                         "kept model in checkpoints/kept.ckpt). When no imputed column took part the run already is "
+                         "the observed-only one and nothing more is trained. none: keep the calibrated run")
     gate_alpha: float = _f(0.05, lo=1e-9, hi=0.5,
                            help="gate: chance that any imputed column opens over a run where no imputation beats its "
                                 "fallback (two-sided; Bonferroni over the modalities and calibrated epochs: each "

@@ -10,6 +10,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import time
 import warnings
 from dataclasses import dataclass, field, replace
@@ -18,6 +19,7 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
+import torch.distributed as dist
 from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader
@@ -440,7 +442,63 @@ def run(cfg: Config, *, method: str | None = None, resume: bool = False, splits:
     run_dir = Path(cfg.output_dir) / method
     with output_lock(cfg.output_dir):
         results, model = _run_locked(cfg, method, run_dir, resume, splits, max_epochs, extra_callbacks)
+        if method == "calmrl" and cfg.method.guard == "validation":
+            results, model = _guard(cfg, results, model, run_dir, resume, splits, max_epochs, extra_callbacks)
     return (results, model) if return_model else results
+
+
+def imputations_took_part(results: dict) -> bool:
+    """Whether a calmrl run's loss ever saw an imputed column at a weight above 0: the gate was
+    off (``none``: weight 1 throughout) or opened for some modality in some epoch."""
+    if results.get("gate") == "none":
+        return True
+    return any(w > 0 for h in results.get("gate_history", []) for w in h["weights"])
+
+
+def _guard(cfg, results, model, run_dir: Path, resume, splits, max_epochs, extra_callbacks):
+    """``method.guard=validation``: calibration must not cost what the validation split can
+    see. If imputed columns took part, train the observed-only path (``pmrl-drop`` with the
+    same data, seed and start) under ``run_dir/guard`` and keep the run with the higher
+    validation R@1 (ties keep the calibrated run). The kept model's checkpoint is copied to
+    ``checkpoints/kept.ckpt`` and the kept run's figures become the results; the comparison is
+    recorded in ``results["guard"]``."""
+    if not imputations_took_part(results):
+        results["guard"] = {"kept": "calibrated", "alternative_trained": False,
+                            "why": "no imputed column took part (gate 0 throughout): the run is the observed-only run"}
+        _write_results(run_dir, results)
+        return results, model
+    alt_dir = run_dir / "guard"
+    alt_cfg = replace(cfg, output_dir=str(alt_dir), method=replace(cfg.method, name="pmrl-drop"))
+    alt, alt_model = _run_locked(alt_cfg, "pmrl-drop", alt_dir / "pmrl-drop", resume, splits, max_epochs,
+                                 extra_callbacks)
+    val = {"calibrated": results["val_average"]["R@1"], "observed-only": alt["val_average"]["R@1"]}
+    kept = "observed-only" if val["observed-only"] > val["calibrated"] else "calibrated"
+    guard = {"kept": kept, "alternative_trained": True, "val_R@1": val,
+             "test_R@1": {"calibrated": results["pairs"]["average"]["R@1"],
+                          "observed-only": alt["pairs"]["average"]["R@1"]},
+             "checkpoint": str(run_dir / "checkpoints" / "kept.ckpt")}
+    src = (run_dir if kept == "calibrated" else alt_dir / "pmrl-drop") / "checkpoints" / "last.ckpt"
+    if src.exists():
+        tmp = run_dir / "checkpoints" / "kept.ckpt.tmp"
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, run_dir / "checkpoints" / "kept.ckpt")
+    if kept == "observed-only":
+        results = {**alt, "method": "calmrl", "gate": results.get("gate"), "gate_history": results["gate_history"],
+                   "calibrated": {k: results[k] for k in ("pairs", "val_average", "anchor", "em_history")
+                                  if k in results}}
+        model = alt_model
+    results["guard"] = guard
+    _write_results(run_dir, results)
+    return results, model
+
+
+def _write_results(run_dir: Path, results: dict):
+    """``results.json`` written atomically (rank 0 only under DDP)."""
+    if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
+        return
+    tmp = run_dir / "results.json.tmp"
+    tmp.write_text(json.dumps(results, indent=2))
+    os.replace(tmp, run_dir / "results.json")
 
 
 def _run_locked(cfg, method, run_dir, resume, splits, max_epochs, extra_callbacks) -> dict:
@@ -498,16 +556,14 @@ def _run_locked(cfg, method, run_dir, resume, splits, max_epochs, extra_callback
                     "threads": torch.get_num_threads(),
                     "em_history": getattr(model, "em_history", []),
                     "loss_history": getattr(model, "loss_history", []),
-                    "gate_history": getattr(model, "gate_history", []),
+                    "gate_history": getattr(model, "gate_history", []), "gate": cfg.method.gate,
                     "missing_fraction_train": float(1 - splits.train.mask.mean()),
                     "n_train": splits.train.n, "n_val": splits.val.n, "n_test": splits.test.n,
                     "data_notes": splits.notes})
     if trainer.is_global_zero:
         if results["gate_history"]:
             _plot_gate(results["gate_history"], splits.names, run_dir / "gate.png")
-        tmp = run_dir / "results.json.tmp"
-        tmp.write_text(json.dumps(results, indent=2))
-        os.replace(tmp, run_dir / "results.json")
+    _write_results(run_dir, results)
     return results, model
 
 
