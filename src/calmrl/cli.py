@@ -35,7 +35,13 @@ def _print_tables(results: list[dict], eval_only: bool = False):
     print(format_table(results, eval_only=eval_only))
     seen = set()
     for r in results:
-        for note in r.get("notes", []) + r.get("data_notes", []):
+        g = r.get("guard") or {}
+        guard = ([f"guard: imputed columns took part, so the observed-only path was trained too; validation "
+                  f"R@1 calibrated {g['val_R@1']['calibrated']:.2f} vs observed-only "
+                  f"{g['val_R@1']['observed-only']:.2f}: the {g['kept']} run is kept and shown "
+                  f"(test R@1 {g['test_R@1']['calibrated']:.2f} vs {g['test_R@1']['observed-only']:.2f})"]
+                 if g.get("alternative_trained") else [])
+        for note in r.get("notes", []) + r.get("data_notes", []) + guard:
             if note not in seen:
                 seen.add(note)
                 print(f"note ({r['method']}): {note}")
