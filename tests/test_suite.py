@@ -201,12 +201,28 @@ def test_bench_suite_quick_writes_a_paired_report_and_resumes(cache, tmp_path, c
     assert "| cells |" in rep and "calmrl - pmrl-drop" in rep and (out / "suite_differences.png").exists()
     r = json.loads(recs[0].read_text())
     assert 0 <= r["R@1"] <= 100 and r["lr"] == 2e-3
-    assert list(out.glob("runs/**/*.ckpt")) == [] and len(list(out.glob("runs/**/results.json"))) == 8
+    assert list(out.glob("runs/**/*.ckpt")) == []
+    assert len([p for p in out.glob("runs/**/results.json") if "guard" not in p.parts]) == 8
     before = {p: p.stat().st_mtime_ns for p in recs}
     capsys.readouterr()
     assert main(["bench", "--suite", "--quick", "--out", str(out)]) == 0
     assert "suite: 0 units to run" in capsys.readouterr().out   # everything recorded is kept, nothing re-run
     assert {p: p.stat().st_mtime_ns for p in recs} == before
+
+
+def test_suite_of_extra_variants_only_still_chooses_the_learning_rate(cache, tmp_path):
+    """A plan with no main variant (e.g. ``--variants calmrl-mlp``) tunes the learning rate
+    with pmrl-drop instead of failing on the empty main list."""
+    from calmrl.experiments import run_suite
+    from calmrl.train import load_config
+
+    plan = {"datasets": ["cells"], "settings": ["mcar 0.5"], "main": [], "extra": ["oracle"], "main_seeds": [0],
+            "extra_seeds": [0], "epochs": 1, "lrs": [1e-3, 2e-3]}
+    recs = run_suite(load_config(None, ["train.progress=false"]), tmp_path, plan=plan, jobs=1, log=lambda *a: None)
+    tuned = sorted((r["setting"], r["variant"]) for r in recs if r["setting"].startswith("tune"))
+    assert tuned == [("tune lr=0.001", "pmrl-drop"), ("tune lr=0.002", "pmrl-drop")]
+    assert json.loads((tmp_path / "learning_rates.json").read_text())["cells"] in (1e-3, 2e-3)
+    assert [r["variant"] for r in recs if not r["setting"].startswith("tune")] == ["oracle"]
 
 
 def test_cli_data_list_and_fetch(cache, capsys, monkeypatch):

@@ -202,15 +202,16 @@ def run_suite(cfg: Config, out: Path, *, plan: dict, jobs: int = 1, log=print) -
     # 1. the learning rate per dataset, by the rule in the module docstring
     lr_of = {}
     tune = []
+    tuners = plan["main"] or ["pmrl-drop"]          # a plan of extra variants only still needs the rates
     for d in plan["datasets"]:
         if len(plan["lrs"]) == 1:
             lr_of[d] = plan["lrs"][0]
             continue
         for lr in plan["lrs"]:
-            if not _record_path(out, d, f"tune lr={lr:g}", plan["main"][-1], 0).exists():
+            if not _record_path(out, d, f"tune lr={lr:g}", tuners[-1], 0).exists():
                 tune.append((d, lr))
     dcfg = lambda d, lr: apply_overrides(cfg, [f"data.dataset={d}", f"train.lr={lr}"])  # noqa: E731
-    tasks = [(dcfg(d, lr), d, "mcar 0.5", plan["main"], 0, out, names[d], f"tune lr={lr:g}") for d, lr in tune]
+    tasks = [(dcfg(d, lr), d, "mcar 0.5", tuners, 0, out, names[d], f"tune lr={lr:g}") for d, lr in tune]
     for t, recs in _pool_map(_job, tasks, jobs, log):
         log(f"  tune {t[1]:10s} lr {t[0].train.lr:g}: val R@1 " + ", ".join(f"{r['variant']} {r['val_R@1']:.2f}"
                                                                            for r in recs))
