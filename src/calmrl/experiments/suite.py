@@ -334,7 +334,7 @@ def write_suite_report(records: list[dict], out: Path, plan: dict, *, command: s
             for v in variants:
                 x = [r["R@1"] for r in recs if r["dataset"] == d and r["variant"] == v
                      and (r["setting"] == s or (v == "oracle" and s != "absorb"))]
-                cells.append(f"{np.mean(x):.2f} ± {np.std(x):.2f} ({len(x)})" if x else "-")
+                cells.append(f"{np.mean(x):.2f} ± {np.std(x, ddof=1) if len(x) > 1 else 0.0:.2f} ({len(x)})" if x else "-")
             cal = [r for r in recs if r["dataset"] == d and r["setting"] == s and r["variant"] == "calmrl"]
             diag = [np.nanmean([r[k] for r in cal]) if cal else float("nan")
                     for k in ("imputation_cosine", "imputation_identification", "fallback_identification")]
