@@ -212,16 +212,19 @@ def test_bench_suite_quick_writes_a_paired_report_and_resumes(cache, tmp_path, c
 
 def test_suite_of_extra_variants_only_still_chooses_the_learning_rate(cache, tmp_path):
     """A plan with no main variant (e.g. ``--variants calmrl-mlp``) tunes the learning rate
-    with pmrl-drop instead of failing on the empty main list."""
+    with pmrl-drop instead of failing on the empty main list; the rates recorded for other
+    datasets by earlier invocations are kept."""
     from calmrl.experiments import run_suite
     from calmrl.train import load_config
 
     plan = {"datasets": ["cells"], "settings": ["mcar 0.5"], "main": [], "extra": ["oracle"], "main_seeds": [0],
             "extra_seeds": [0], "epochs": 1, "lrs": [1e-3, 2e-3]}
+    (tmp_path / "learning_rates.json").write_text('{"emoji": 0.0005}')        # an earlier invocation's
     recs = run_suite(load_config(None, ["train.progress=false"]), tmp_path, plan=plan, jobs=1, log=lambda *a: None)
     tuned = sorted((r["setting"], r["variant"]) for r in recs if r["setting"].startswith("tune"))
     assert tuned == [("tune lr=0.001", "pmrl-drop"), ("tune lr=0.002", "pmrl-drop")]
-    assert json.loads((tmp_path / "learning_rates.json").read_text())["cells"] in (1e-3, 2e-3)
+    rates = json.loads((tmp_path / "learning_rates.json").read_text())
+    assert rates["cells"] in (1e-3, 2e-3) and rates["emoji"] == 5e-4
     assert [r["variant"] for r in recs if not r["setting"].startswith("tune")] == ["oracle"]
 
 
@@ -249,7 +252,7 @@ def test_suite_report_pairs_seeds_and_picks_variants_on_validation_only(tmp_path
     for seed in range(5):
         base = 20.0 + 2 * seed                                       # a large seed effect, shared by the pair
         for v, test, val in (("pmrl-drop", base, 10.0), ("calmrl", base + 1.0 + 0.1 * seed, 11.0),
-                             ("calmrl-mlp", base + 5.0, 9.0)):
+                             ("calmrl-mlp", base + 5.0, 9.0), ("calmrl-mvae", base + 5.0, 11.004)):
             recs.append({"dataset": "cells", "setting": "mcar 0.5", "variant": v, "seed": seed, "R@1": test,
                          "val_R@1": val + 0.01 * seed, "imputation_cosine": 0.5, "imputation_identification": 10.0,
                          "fallback_identification": 9.0, "gate_history": [{"weights": [0.0, 0.5]}]})
@@ -258,5 +261,6 @@ def test_suite_report_pairs_seeds_and_picks_variants_on_validation_only(tmp_path
     # differences 1.0 .. 1.4 over seeds: mean 1.2, every seed above 0, interval excluding 0
     assert "| cells | 1.20 [" in rep and "] 5/5 |" in rep
     assert "above pmrl-drop with the interval excluding 0: 1; below with the interval excluding 0: 0" in rep
-    assert "- cells: **calmrl** (calmrl-mlp 9.02 vs 11.02 (5 runs))" in rep       # higher test R@1 does not count
+    # higher test R@1 does not count, nor a validation margin below the precision shown (0.004)
+    assert "- cells: **calmrl** (calmrl-mlp 9.02 vs 11.02 (5 runs); calmrl-mvae 11.02 vs 11.02 (5 runs))" in rep
     assert "| 0.250 |" in rep                                                     # mean gate weight
