@@ -109,3 +109,27 @@ def test_torchrun_ddp_training_and_resume_on_one_process(tmp_path):
     assert r1.returncode == 0, r1.stderr[-3000:]
     res1 = json.loads((out / "calmrl" / "results.json").read_text())
     assert res1["epochs"] == 8
+
+
+def test_guard_under_torchrun_ddp(tmp_path):
+    """method.guard under two DDP processes: the observed-only path is trained in the same
+    process group, rank 0 alone writes results and the kept checkpoint, which is whole."""
+    out = tmp_path / "ddp"
+    sets = ["model.embed_dim=16", "model.hidden_dim=32", "train.epochs=3", "calibrator.warmup_epochs=1",
+            "train.progress=false", "train.check_val_every=50", "train.accelerator=cpu", "train.threads=1",
+            "train.batch_size=128", "data.views=[fourier, karhunen, zernike]", "method.gate=none", f"output_dir={out}"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "calmrl.cli",
+           "train", "--method", "calmrl", "--set", "train.devices=2", "--set", "train.strategy=ddp"] + sum(
+               (["--set", s] for s in sets), [])
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    g = json.loads((out / "calmrl" / "results.json").read_text())["guard"]
+    assert g["alternative_trained"] and g["kept"] == max(("calibrated", "observed-only"),
+                                                         key=lambda k: (g["val_R@1"][k], k == "calibrated"))
+    assert (out / "calmrl" / "guard" / "pmrl-drop" / "results.json").exists()
+    from calmrl.train import load_checkpoint
+    src = out / "calmrl" / ("guard/pmrl-drop" if g["kept"] == "observed-only" else "") / "checkpoints" / "last.ckpt"
+    a, b = load_checkpoint(out / "calmrl" / "checkpoints" / "kept.ckpt"), load_checkpoint(src)
+    assert all(torch.equal(a["state_dict"][k], v) for k, v in b["state_dict"].items())
+    assert not list((out / "calmrl" / "checkpoints").glob("*.tmp"))

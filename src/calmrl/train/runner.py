@@ -478,7 +478,7 @@ def _guard(cfg, results, model, run_dir: Path, resume, splits, max_epochs, extra
                           "observed-only": alt["pairs"]["average"]["R@1"]},
              "checkpoint": str(run_dir / "checkpoints" / "kept.ckpt")}
     src = (run_dir if kept == "calibrated" else alt_dir / "pmrl-drop") / "checkpoints" / "last.ckpt"
-    if src.exists():
+    if src.exists() and _rank_zero():
         tmp = run_dir / "checkpoints" / "kept.ckpt.tmp"
         shutil.copyfile(src, tmp)
         os.replace(tmp, run_dir / "checkpoints" / "kept.ckpt")
@@ -492,9 +492,14 @@ def _guard(cfg, results, model, run_dir: Path, resume, splits, max_epochs, extra
     return results, model
 
 
+def _rank_zero() -> bool:
+    """Whether this process writes shared files (always, outside multi-process runs)."""
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
 def _write_results(run_dir: Path, results: dict):
     """``results.json`` written atomically (rank 0 only under DDP)."""
-    if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
+    if not _rank_zero():
         return
     tmp = run_dir / "results.json.tmp"
     tmp.write_text(json.dumps(results, indent=2))
