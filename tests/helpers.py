@@ -51,3 +51,23 @@ def dense_conditioning(cal: SharedLatentCalibrator, z: torch.Tensor, obs: torch.
     cov = torch.eye(cal.k, dtype=z.dtype) - K @ WO
     loglik = torch.distributions.MultivariateNormal(muO, C).log_prob(zO)
     return mean, cov, loglik
+
+
+def assert_guard_kept_the_better_run(run_dir) -> str:
+    """A guarded calmrl run under ``run_dir`` (``<output_dir>/calmrl``): the run kept is the one
+    with the higher validation R@1 (ties keep the calibrated run), and ``checkpoints/kept.ckpt``
+    is whole and equal to that run's last checkpoint. Returns the kept run's name."""
+    import json
+    from pathlib import Path
+
+    from calmrl.train import load_checkpoint
+
+    run_dir = Path(run_dir)
+    g = json.loads((run_dir / "results.json").read_text())["guard"]
+    kept = max(("calibrated", "observed-only"), key=lambda k: (g["val_R@1"][k], k == "calibrated"))
+    assert g["alternative_trained"] and g["kept"] == kept, g
+    src = (run_dir / "guard" / "pmrl-drop" if kept == "observed-only" else run_dir) / "checkpoints" / "last.ckpt"
+    a, b = load_checkpoint(run_dir / "checkpoints" / "kept.ckpt"), load_checkpoint(src)
+    assert all(torch.equal(a["state_dict"][k], v) for k, v in b["state_dict"].items())
+    assert not list((run_dir / "checkpoints").glob("*.tmp"))
+    return kept

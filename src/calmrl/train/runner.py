@@ -19,7 +19,6 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-import torch.distributed as dist
 from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader
@@ -29,6 +28,7 @@ try:
 except ImportError:  # not on POSIX: no lock
     fcntl = None
 
+from ..core.distributed import rank as process_rank
 from ..data import suite
 from ..data import (FeatureStore, MultiViewData, MultiViewDataset, collate_views, load_tables, load_uci_mfeat,
                     mcar_mask, paired_subsets_mask, split_parts, stratified_split, synthetic_multiview)
@@ -478,7 +478,7 @@ def _guard(cfg, results, model, run_dir: Path, resume, splits, max_epochs, extra
                           "observed-only": alt["pairs"]["average"]["R@1"]},
              "checkpoint": str(run_dir / "checkpoints" / "kept.ckpt")}
     src = (run_dir if kept == "calibrated" else alt_dir / "pmrl-drop") / "checkpoints" / "last.ckpt"
-    if src.exists() and _rank_zero():
+    if src.exists() and process_rank() == 0:
         tmp = run_dir / "checkpoints" / "kept.ckpt.tmp"
         shutil.copyfile(src, tmp)
         os.replace(tmp, run_dir / "checkpoints" / "kept.ckpt")
@@ -492,14 +492,9 @@ def _guard(cfg, results, model, run_dir: Path, resume, splits, max_epochs, extra
     return results, model
 
 
-def _rank_zero() -> bool:
-    """Whether this process writes shared files (always, outside multi-process runs)."""
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
-
-
 def _write_results(run_dir: Path, results: dict):
     """``results.json`` written atomically (rank 0 only under DDP)."""
-    if not _rank_zero():
+    if process_rank() != 0:
         return
     tmp = run_dir / "results.json.tmp"
     tmp.write_text(json.dumps(results, indent=2))
