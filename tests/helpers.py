@@ -71,3 +71,8 @@ def assert_guard_kept_the_better_run(run_dir) -> str:
     assert all(torch.equal(a["state_dict"][k], v) for k, v in b["state_dict"].items())
     assert not list((run_dir / "checkpoints").glob("*.tmp"))
     return kept
+
+
+# the bundled UCI demo's simulation (the code default simulates nothing: a user's data is used as given);
+# tests of calibration on UCI ask for it, and name the method they train (the default is auto)
+SIM = ["data.missing.kind=mcar", "data.missing.rate=0.5", "method.name=calmrl"]

@@ -3,6 +3,7 @@ complete embeddings (`calmrl calibrate`), continue on incomplete data from the f
 
 from __future__ import annotations
 
+from helpers import SIM  # noqa: E402
 import numpy as np
 import pytest
 import torch
@@ -23,7 +24,7 @@ def _gram(state):
 @pytest.fixture(scope="module")
 def calibrated(tmp_path_factory):
     root = tmp_path_factory.mktemp("absorb")
-    cfg = load_config(None, BASE + ["train.epochs=4", f"output_dir={root / 'pre'}"])
+    cfg = load_config(None, SIM + BASE + ["train.epochs=4", f"output_dir={root / 'pre'}"])
     run(cfg, method="oracle")
     ck = root / "pre" / "oracle" / "checkpoints" / "last.ckpt"
     assert not bool(load_checkpoint(ck)["state_dict"]["calibrator.initialized"])   # oracle fits none
@@ -57,7 +58,7 @@ def test_gate_auto_is_off_when_continuing_from_a_complete_data_fit(calibrated):
 
 
 def _run_cont(root, ck, name, schedule, lr="5e-4"):
-    cfg = load_config(None, BASE + ["train.epochs=1", "calibrator.warmup_epochs=0", f"calibrator.schedule={schedule}",
+    cfg = load_config(None, SIM + BASE + ["train.epochs=1", "calibrator.warmup_epochs=0", f"calibrator.schedule={schedule}",
                                     "calibrator.momentum=0.01",
                                     f"train.lr={lr}", f"train.init_from={ck}", f"output_dir={root / name}"])
     return run(cfg, method="calmrl")

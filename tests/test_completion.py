@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from helpers import SIM  # noqa: E402
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -77,7 +78,7 @@ def test_training_with_a_nonlinear_backend_and_the_gate(tmp_path, backend):
     from calmrl.train import load_config, run
 
     torch.set_num_threads(1)
-    cfg = load_config(None, [f"calibrator.backend={backend}", "calibrator.mlp_epochs=2", "calibrator.warmup_epochs=1",
+    cfg = load_config(None, SIM + ["model.embed_dim=128", "method.tau1=0.05", f"calibrator.backend={backend}", "calibrator.mlp_epochs=2", "calibrator.warmup_epochs=1",
                              "calibrator.mlp_hidden=64",
                              "method.gate=identification", "train.epochs=3", "train.progress=false",
                              "data.views=[fourier, karhunen, zernike]", f"output_dir={tmp_path}"])

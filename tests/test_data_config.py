@@ -1,3 +1,4 @@
+from helpers import SIM  # noqa: E402
 import numpy as np
 import pytest
 import torch
@@ -108,16 +109,16 @@ def test_dataset_validation_errors():
 
 
 def test_config_validation_messages(tmp_path):
-    cfg = load_config(None, ["method.name=gram", "train.epochs=3"])
+    cfg = load_config(None, SIM + ["method.name=gram", "train.epochs=3"])
     assert cfg.method.name == "gram" and cfg.train.epochs == 3
     with pytest.raises(ConfigError, match=r"unknown key\(s\) \['train.epoch'\].*'epochs'"):
-        load_config(None, ["train.epoch=3"])
+        load_config(None, SIM + ["train.epoch=3"])
     with pytest.raises(ConfigError, match="choose one of .*'calmrl'"):
-        load_config(None, ["method.name=pmrl"])
+        load_config(None, SIM + ["method.name=pmrl"])
     with pytest.raises(ConfigError, match="must be an integer"):
-        load_config(None, ["train.epochs=2.5"])
+        load_config(None, SIM + ["train.epochs=2.5"])
     with pytest.raises(ConfigError, match="below its minimum"):
-        load_config(None, ["train.batch_size=1"])
+        load_config(None, SIM + ["train.batch_size=1"])
     p = tmp_path / "c.yaml"
     p.write_text("data: [1, 2\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
@@ -165,7 +166,7 @@ def test_from_tables_joins_modalities_on_ids():
 
 def test_thread_policy(monkeypatch):
     from calmrl.train import runner
-    cfg = load_config(None, [])
+    cfg = load_config(None, SIM + [])
     monkeypatch.setattr(runner.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     monkeypatch.setattr(runner, "busy_cores", lambda window=0.25: 0.1)
@@ -175,7 +176,7 @@ def test_thread_policy(monkeypatch):
     monkeypatch.setattr(runner, "busy_cores", lambda window=0.25: 0.0)
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
     assert runner.choose_threads(cfg) == 2                       # shared among the node's processes
-    assert runner.choose_threads(load_config(None, ["train.threads=3"])) == 3
+    assert runner.choose_threads(load_config(None, SIM + ["train.threads=3"])) == 3
     assert 0.0 <= runner.busy_cores(0.05) <= (runner.os.cpu_count() or 1)
     with pytest.raises(ConfigError, match="train.threads"):
-        load_config(None, ["train.threads=-1"])
+        load_config(None, SIM + ["train.threads=-1"])

@@ -1,5 +1,6 @@
 """End-to-end: brief training on the real bundled data (UCI Multiple Features)."""
 
+from helpers import SIM  # noqa: E402
 import json
 
 import pytest
@@ -14,7 +15,7 @@ FAST = ["model.embed_dim=32", "model.hidden_dim=64", "train.epochs=20", "calibra
 @pytest.fixture(scope="module")
 def cfg(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs")
-    return load_config(None, FAST + [f"output_dir={out}"])
+    return load_config(None, SIM + FAST + [f"output_dir={out}"])
 
 
 @pytest.mark.slow
@@ -93,7 +94,7 @@ def test_cli_reports_bad_config(tmp_path, capsys):
 @pytest.mark.slow
 def test_bench_quick_writes_report_and_plots(tmp_path):
     from calmrl.experiments import bench
-    cfg = load_config(None, FAST + ["train.epochs=4", "calibrator.warmup_epochs=1", f"output_dir={tmp_path}"])
+    cfg = load_config(None, SIM + FAST + ["train.epochs=4", "calibrator.warmup_epochs=1", f"output_dir={tmp_path}"])
     path = bench(cfg, tmp_path / "report", quick=True, log=lambda *_: None)
     text = path.read_text()
     for section in ("Average cross-modal R@1", "Anchor shift", "## Targets", "EM on synthetic data",

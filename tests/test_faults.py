@@ -4,6 +4,7 @@ evaluates; resume keeps logs; tables, partial views, in-memory API, input-space 
 
 from __future__ import annotations
 
+from helpers import SIM  # noqa: E402
 import json
 import os
 import subprocess
@@ -121,7 +122,7 @@ def test_resume_keeps_metrics_and_history_and_falls_back_to_the_previous_checkpo
     import dataclasses
 
     from calmrl.train import CheckpointError, load_config, run
-    cfg = load_config(None, TINY + ["data.views=[fourier, karhunen]", f"output_dir={tmp_path}"])
+    cfg = load_config(None, SIM + TINY + ["data.views=[fourier, karhunen]", f"output_dir={tmp_path}"])
     import logging
     records = []
     handler = logging.Handler()

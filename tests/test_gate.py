@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from calmrl.core import SharedLatentCalibrator, gate_weights, imputation_gain
-from helpers import assert_guard_kept_the_better_run, random_calibrator, random_mask, sample_from
+from helpers import SIM, assert_guard_kept_the_better_run, random_calibrator, random_mask, sample_from
 
 
 def test_gain_against_a_loop_and_weights_in_unit_interval():
@@ -50,7 +50,7 @@ def test_gate_opens_only_where_imputations_carry_the_instance():
 
 def test_trainer_measures_and_logs_the_gate(tmp_path):
     from calmrl.train import load_config, run
-    cfg = load_config(None, ["model.embed_dim=16", "model.hidden_dim=32", "train.epochs=4", "train.progress=false",
+    cfg = load_config(None, SIM + ["model.embed_dim=16", "model.hidden_dim=32", "train.epochs=4", "train.progress=false",
                              "calibrator.warmup_epochs=1", "train.check_val_every=50", "train.threads=1",
                              "train.batch_size=128", "data.views=[fourier, karhunen, zernike]",
                              "method.gate=identification", f"output_dir={tmp_path}"])
@@ -134,10 +134,10 @@ def test_guard_keeps_the_run_better_on_validation(tmp_path):
     base = ["model.embed_dim=16", "model.hidden_dim=32", "train.epochs=3", "train.progress=false",
             "calibrator.warmup_epochs=1", "train.check_val_every=50", "train.threads=1", "train.batch_size=128",
             "data.views=[fourier, karhunen, zernike]"]
-    res = run(load_config(None, base + ["method.gate=none", f"output_dir={tmp_path / 'g'}"]), method="calmrl")
+    res = run(load_config(None, SIM + base + ["method.gate=none", f"output_dir={tmp_path / 'g'}"]), method="calmrl")
     g = res["guard"]
     alt = json.loads((tmp_path / "g" / "calmrl" / "guard" / "pmrl-drop" / "results.json").read_text())
-    ref = run(load_config(None, base + [f"output_dir={tmp_path / 'ref'}"]), method="pmrl-drop")
+    ref = run(load_config(None, SIM + base + [f"output_dir={tmp_path / 'ref'}"]), method="pmrl-drop")
     assert g["alternative_trained"] and alt["val_average"] == ref["val_average"] and alt["pairs"] == ref["pairs"]
     assert g["val_R@1"]["observed-only"] == ref["val_average"]["R@1"]
     kept = assert_guard_kept_the_better_run(tmp_path / "g" / "calmrl")
@@ -146,10 +146,10 @@ def test_guard_keeps_the_run_better_on_validation(tmp_path):
     on_disk = json.loads((tmp_path / "g" / "calmrl" / "results.json").read_text())
     assert on_disk["guard"]["kept"] == kept and on_disk["pairs"] == res["pairs"]
     # the gate shut throughout (a family level no gain reaches): the run is the observed-only one
-    shut = run(load_config(None, base + ["method.gate=identification", "method.gate_alpha=1e-9",
+    shut = run(load_config(None, SIM + base + ["method.gate=identification", "method.gate_alpha=1e-9",
                                          f"output_dir={tmp_path / 's'}"]), method="calmrl")
     assert shut["guard"]["alternative_trained"] is False and not (tmp_path / "s" / "calmrl" / "guard").exists()
     assert all(w == 0 for h in shut["gate_history"] for w in h["weights"]) and len(shut["gate_history"]) >= 1
-    off = run(load_config(None, base + ["method.gate=none", "method.guard=none", f"output_dir={tmp_path / 'n'}"]),
+    off = run(load_config(None, SIM + base + ["method.gate=none", "method.guard=none", f"output_dir={tmp_path / 'n'}"]),
               method="calmrl")
     assert "guard" not in off and not (tmp_path / "n" / "calmrl" / "guard").exists()

@@ -1,5 +1,6 @@
 """Raw text -> feature store -> training; inference with missing modalities; continual training."""
 
+from helpers import SIM  # noqa: E402
 import json
 
 import numpy as np
@@ -66,7 +67,7 @@ def test_raw_text_embed_resume_train_and_retrieve(tmp_path, monkeypatch):
     ref = enc.embed_raw([r["caption"] for r in _sentences()[1:3]])
     np.testing.assert_allclose(np.asarray(data.views[0][1:3]), ref.numpy(), atol=1e-5)
     # train projection heads text <-> pixel on the store and retrieve
-    cfg = load_config(None, ["data.dataset=store", f"data.path={out}", "data.missing.kind=none",
+    cfg = load_config(None, SIM + ["data.dataset=store", f"data.path={out}", "data.missing.kind=none",
                              "model.embed_dim=32", "model.hidden_dim=64", "train.epochs=15", "train.batch_size=64",
                              "train.progress=false", "train.threads=1", f"output_dir={tmp_path / 'runs'}", "data.val_fraction=0.2",
                              "data.test_fraction=0.2"])
@@ -99,24 +100,24 @@ def test_inference_api_and_continual_training(tmp_path):
             "calibrator.em_iters=3", "train.progress=false", "train.threads=1", "train.check_val_every=6",
             "data.views=[fourier, karhunen, pixel, zernike]"]
     # phase 1: first half of the training data, complete
-    cfg1 = load_config(None, base + ["data.train_part=[0, 2]", "data.missing.kind=none", f"output_dir={tmp_path / 'p1'}"])
+    cfg1 = load_config(None, SIM + base + ["data.train_part=[0, 2]", "data.missing.kind=none", f"output_dir={tmp_path / 'p1'}"])
     r1 = run(cfg1, method="calmrl")
     ck1 = tmp_path / "p1" / "calmrl" / "checkpoints" / "last.ckpt"
     # phase 2: a new dataset (second half) that carries only two of the four modalities per instance
     p2 = base + ["data.train_part=[1, 2]", "data.missing.kind=paired",
                  "data.missing.subsets=[[pixel, fourier], [pixel, zernike], [karhunen, zernike]]",
                  "data.missing.complete_fraction=0.0", f"train.init_from={ck1}", f"output_dir={tmp_path / 'p2'}"]
-    r2 = run(load_config(None, p2), method="calmrl")
+    r2 = run(load_config(None, SIM + p2), method="calmrl")
     assert r2["missing_fraction_train"] == pytest.approx(0.5)
     assert r2["pairs"]["average"]["R@1"] > 0.5 * r1["pairs"]["average"]["R@1"]
     with pytest.raises(Exception, match="does not fit this model"):
-        run(load_config(None, p2 + ["model.embed_dim=16"]), method="calmrl")
+        run(load_config(None, SIM + p2 + ["model.embed_dim=16"]), method="calmrl")
     # export and use the inference API with a missing modality
     ck2 = tmp_path / "p2" / "calmrl" / "checkpoints" / "last.ckpt"
     assert main(["export", "--checkpoint", str(ck2), "--out", str(tmp_path / "model")]) == 0
     model = CalMRLModel.load(tmp_path / "model")
     from calmrl.train import prepare_data
-    sp = prepare_data(load_config(None, base))
+    sp = prepare_data(load_config(None, SIM + base))
     from calmrl.data import load_uci_mfeat
     te = load_uci_mfeat(views=sp.names).subset(sp.test.ids)   # raw features: the model standardises them
     x = {n: torch.as_tensor(np.asarray(v)) for n, v in zip(te.names, te.views)}

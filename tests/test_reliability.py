@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from calmrl.core import SharedLatentCalibrator
 from calmrl.train import load_config, prepare_data
-from helpers import random_calibrator, random_mask, sample_from
+from helpers import SIM, random_calibrator, random_mask, sample_from
 
 
 @settings(max_examples=30, deadline=None)
@@ -60,7 +60,7 @@ def test_corrupt_parameters_are_reported():
 
 
 def test_modality_never_observed_in_training_is_an_error():
-    cfg = load_config(None, ["data.missing.kind=paired", "data.missing.subsets=[[pixel, fourier]]",
+    cfg = load_config(None, SIM + ["data.missing.kind=paired", "data.missing.subsets=[[pixel, fourier]]",
                              "data.missing.complete_fraction=0.0", "data.views=[pixel, fourier, zernike]"])
     with pytest.raises(ValueError, match=r"\['zernike'\] are never observed"):
         prepare_data(cfg)
@@ -138,7 +138,7 @@ def test_calibrator_ignores_autocast():
 def test_resume_from_truncated_checkpoint_is_a_clear_error(tmp_path):
     import dataclasses
     from calmrl.train import CheckpointError, run
-    cfg = load_config(None, ["model.embed_dim=16", "model.hidden_dim=32", "train.epochs=2", "train.progress=false", "train.threads=1",
+    cfg = load_config(None, SIM + ["model.embed_dim=16", "model.hidden_dim=32", "train.epochs=2", "train.progress=false", "train.threads=1",
                              "calibrator.warmup_epochs=1", f"output_dir={tmp_path}"])
     run(cfg)
     for name in ("last.ckpt", "last.prev.ckpt"):

@@ -3,6 +3,7 @@ simulator on naturally incomplete data, paired statistics and ``bench --suite --
 
 from __future__ import annotations
 
+from helpers import SIM  # noqa: E402
 import io
 import json
 import os
@@ -56,7 +57,7 @@ def test_natural_gaps_and_mcar_never_leave_an_empty_training_row(cache):
     mask[:, 1:] = rng.random((n, 2)) < 0.3                           # most rows carry view 0 only
     data = MultiViewData([rng.standard_normal((n, 4)).astype(np.float32) for _ in range(3)], ["a", "b", "c"], mask,
                          np.arange(n), rng.integers(0, 3, n))
-    sp = prepare_data(load_config(None, ["data.missing.rate=0.7"]), "calmrl", data=data)
+    sp = prepare_data(load_config(None, SIM + ["data.missing.rate=0.7"]), "calmrl", data=data)
     assert sp.train.mask.any(1).all() and not (sp.train.mask & ~sp.train_full.mask).any()
 
 
@@ -220,7 +221,7 @@ def test_suite_of_extra_variants_only_still_chooses_the_learning_rate(cache, tmp
     plan = {"datasets": ["cells"], "settings": ["mcar 0.5"], "main": [], "extra": ["oracle"], "main_seeds": [0],
             "extra_seeds": [0], "epochs": 1, "lrs": [1e-3, 2e-3]}
     (tmp_path / "learning_rates.json").write_text('{"emoji": 0.0005}')        # an earlier invocation's
-    recs = run_suite(load_config(None, ["train.progress=false"]), tmp_path, plan=plan, jobs=1, log=lambda *a: None)
+    recs = run_suite(load_config(None, SIM + ["train.progress=false"]), tmp_path, plan=plan, jobs=1, log=lambda *a: None)
     tuned = sorted((r["setting"], r["variant"]) for r in recs if r["setting"].startswith("tune"))
     assert tuned == [("tune lr=0.001", "pmrl-drop"), ("tune lr=0.002", "pmrl-drop")]
     rates = json.loads((tmp_path / "learning_rates.json").read_text())

@@ -1,14 +1,15 @@
 """In-memory Python API: train on arrays, get a model back.
 
 >>> import calmrl
->>> model = calmrl.fit({"image": X_img, "text": X_txt}, labels=y, method="calmrl",
-...                    overrides=["train.epochs=20"])          # NaN rows = missing modality
+>>> model = calmrl.fit({"image": X_img, "text": X_txt}, labels=y,      # NaN rows = missing modality
+...                    overrides=["train.epochs=20"])          # method "auto": the best objective on validation
 >>> model.embed({"image": X_img[:5], "text": None}).fused    # raw features, as in training
 >>> model.results["pairs"]["average"]["R@1"]
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -49,15 +50,18 @@ def as_multiview(data, labels=None, ids=None) -> MultiViewData:
 
 def fit(data, config=None, *, labels=None, ids=None, method: str | None = None,
         overrides: Sequence[str] = (), output_dir: str | None = None) -> CalMRLModel:
-    """Train ``method`` (default: the config's, ``calmrl``) on in-memory data and return the
-    trained :class:`~calmrl.inference.CalMRLModel` (raw inputs standardised as in training);
-    its ``results`` attribute holds the evaluation on the held-out test split. ``config``: a
+    """Train ``method`` (default: the config's, ``auto``: every candidate objective, the best on
+    validation kept) on in-memory data and return the trained
+    :class:`~calmrl.inference.CalMRLModel` (raw inputs standardised as in training); its
+    ``results`` attribute holds the evaluation on the held-out test split, and
+    ``results["simulated"]`` what was hidden (``None``: nothing; the data is used as given
+    unless ``data.missing`` asks for a simulation). ``config``: a
     :class:`~calmrl.train.Config`, a YAML path or ``None`` (the bundled defaults);
     ``overrides``: ``key=value`` strings as on the command line. Checkpoints and logs go to
     ``output_dir`` (default ``runs/in_memory``)."""
     from .train import Config, load_config, run
     from .train.config import apply_overrides
-    from .train.runner import prepare_data
+    from .train.runner import describe_simulation, prepare_data
 
     mv = as_multiview(data, labels, ids)
     sets = list(overrides) + ([f"output_dir={output_dir}"] if output_dir else [])
@@ -69,6 +73,9 @@ def fit(data, config=None, *, labels=None, ids=None, method: str | None = None,
         cfg = apply_overrides(cfg, ["output_dir=runs/in_memory"])
     method = method or cfg.method.name
     splits = prepare_data(cfg, method, data=mv)
+    logging.getLogger("calmrl").warning("calmrl.fit: %s; train %d, val %d, test %d instances",
+                                        describe_simulation(splits.simulated), splits.train.n, splits.val.n,
+                                        splits.test.n)
     results, module = run(cfg, method=method, splits=splits, return_model=True)
     model = CalMRLModel(module.encoder, module.calibrator, splits.names, splits.standardization)
     model.results = results

@@ -13,6 +13,7 @@ a feature store with the calibrator's imputations (in the shared embedding space
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -41,34 +42,93 @@ def _print_tables(results: list[dict], eval_only: bool = False):
                   f"{g['val_R@1']['observed-only']:.2f}: the {g['kept']} run is kept and shown "
                   f"(test R@1 {g['test_R@1']['calibrated']:.2f} vs {g['test_R@1']['observed-only']:.2f})"]
                  if g.get("alternative_trained") else [])
+        a = r.get("auto")
+        if a:
+            guard.append(f"auto: candidates by validation R@1 " + ", ".join(
+                f"{k} {v:.2f} (test {a['test_R@1'][k]:.2f})" for k, v in a["val_R@1"].items())
+                + f"; kept {a['chosen']} ({a['checkpoint']})")
         for note in r.get("notes", []) + r.get("data_notes", []) + guard:
             if note not in seen:
                 seen.add(note)
                 print(f"note ({r['method']}): {note}")
 
 
+def _load_cfg(path, overrides):
+    """The run configuration: ``--config FILE`` if given; otherwise the tuned defaults, plus the
+    bundled UCI demo (MCAR 0.5 simulated on its training split) when the data is the bundled
+    UCI set. A user's own data is never given simulated gaps unless their config asks."""
+    from .train import load_config
+
+    if path:
+        return load_config(path, overrides)
+    cfg = load_config(None, overrides)
+    return load_config(_default_config(), overrides) if cfg.data.dataset == "uci_mfeat" else cfg
+
+
+class Interrupted(Exception):
+    """Training stopped by SIGINT / SIGTERM (raised from the signal handler, so that Lightning
+    tears down and re-raises it instead of exiting with its own status)."""
+
+    def __init__(self, signum: int):
+        import signal
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def _stop_on_signals():
+    """SIGINT and SIGTERM during training raise :class:`Interrupted`; the previous handlers
+    come back afterwards."""
+    import signal
+
+    def handler(signum, _frame):
+        raise Interrupted(signum)
+
+    old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, h in old.items():
+            signal.signal(sig, h)
+
+
 def cmd_train(args) -> int:
-    from .train import load_config, run
+    from .train.runner import describe_simulation, output_lock, prepare_data, run
 
     extra = ([f"train.threads={args.threads}"] if args.threads else []) + \
         ([f"output_dir={args.output_dir}"] if args.output_dir else [])
-    cfg = load_config(args.config, args.set + extra)
+    cfg = _load_cfg(args.config, args.set + extra)
     methods = args.method.split(",") if args.method else [cfg.method.name]
     from .train.config import METHODS
     bad = [m for m in methods if m not in METHODS]
     if bad:
         print(f"error: unknown method(s) {bad}; valid: {list(METHODS)}", file=sys.stderr)
         return 2
-    from .train.runner import output_lock, prepare_data
-
+    if cfg.train.accelerator in ("gpu", "cuda"):
+        import torch
+        if not torch.cuda.is_available():
+            raise ValueError(f"train.accelerator={cfg.train.accelerator} but no GPU is visible to torch; use "
+                             "train.accelerator=cpu (or auto)")
     results = []
     first = prepare_data(cfg, methods[0])      # every data check before anything is written
-    with output_lock(cfg.output_dir):
-        for i, m in enumerate(methods):
-            splits = first if i == 0 else prepare_data(cfg, m)
-            print(f"== training {m} on {_data_name(cfg)}: {_missing_text(cfg, m)}; train {splits.train.n}, "
-                  f"val {splits.val.n}, test {splits.test.n} instances ==", flush=True)
-            results.append(run(cfg, method=m, resume=args.resume, splits=splits))
+    done, current = [], None
+    try:
+        with output_lock(cfg.output_dir), _stop_on_signals():
+            for i, m in enumerate(methods):
+                current = m
+                splits = first if i == 0 else prepare_data(cfg, m)
+                what = f"candidates {', '.join(cfg.method.candidates)}, kept on validation" if m == "auto" else m
+                print(f"== training {what} on {_data_name(cfg)}: {describe_simulation(splits.simulated)}; train "
+                      f"{splits.train.n}, val {splits.val.n}, test {splits.test.n} instances ==", flush=True)
+                results.append(run(cfg, method=m, resume=args.resume, splits=splits))
+                done.append(m)
+    except Interrupted as e:
+        left = [m for m in methods if m not in done]
+        code = 128 + e.signum
+        print(f"interrupted by {e} while training {current} at epoch {getattr(e, 'epoch', '?')}; the checkpoint of "
+              f"each finished epoch is kept under {Path(cfg.output_dir)}; resume with --resume"
+              + (f" (not yet run: {', '.join(left)})" if len(left) > 1 else ""), file=sys.stderr)
+        return code
     _print_tables(results)
     out = Path(cfg.output_dir)
     (out / "summary.json").write_text(json.dumps(results, indent=2))
@@ -81,20 +141,42 @@ def _data_name(cfg) -> str:
     return {"store": f"store {d.path}", "tables": f"tables {list(d.tables)}"}.get(d.dataset, d.dataset)
 
 
-def _missing_text(cfg, method: str) -> str:
-    miss = cfg.data.missing
-    if method == "oracle" or miss.kind == "none":
-        return "no cell hidden" + (" (oracle)" if method == "oracle" else "")
-    if miss.kind == "mcar":
-        return f"MCAR, {miss.rate:.0%} of training cells hidden"
-    return f"paired subsets {miss.subsets}, {miss.complete_fraction:.0%} kept complete"
+def _resolve_checkpoint(path: str) -> str:
+    """A checkpoint file as given, or a run directory -> the model it keeps (``kept.ckpt`` where
+    a guard or auto chose one, else ``last.ckpt``), said in a note; a ``last.ckpt`` given while a
+    different kept model lies beside it is used as asked, with a note."""
+    from .train.auto import kept_checkpoint
+
+    p = Path(path)
+    if p.is_dir():
+        ck = kept_checkpoint(p)
+        if not ck.exists():
+            raise ValueError(f"{p} holds no checkpoint (looked for {ck}); give a .ckpt file or a run directory")
+        print(f"note: using {ck} ({'the model the run kept' if ck.name == 'kept.ckpt' else 'its last checkpoint'})",
+              file=sys.stderr)
+        return str(ck)
+    kept = p.with_name("kept.ckpt")
+    if p.name == "last.ckpt" and kept.exists():
+        import filecmp
+        if not filecmp.cmp(p, kept, shallow=False):
+            print(f"note: {kept} beside it holds the model this run kept (the guard's choice); using {p} as asked",
+                  file=sys.stderr)
+    return str(p)
 
 
 def _load_run(ckpt_path: str, with_data: bool = True):
-    from .train.runner import model_from_checkpoint, prepare_data
+    from .data.fingerprint import compare
+    from .train.runner import _model_from_loaded, load_checkpoint, prepare_data
 
-    cfg, model = model_from_checkpoint(ckpt_path)
+    ckpt_path = _resolve_checkpoint(ckpt_path)
+    ckpt = load_checkpoint(ckpt_path)
+    cfg, model = _model_from_loaded(ckpt, ckpt_path)
     splits = prepare_data(cfg) if with_data else None
+    if splits is not None and ckpt.get("calmrl_fingerprint"):
+        diff = compare(ckpt["calmrl_fingerprint"], splits.fingerprint)
+        if diff:
+            raise ValueError(f"the data at {_data_name(cfg)} is not what {ckpt_path} was trained on "
+                             f"({'; '.join(diff)}); its test split cannot be rebuilt: evaluate new data with --store")
     return cfg, splits, model
 
 
@@ -157,6 +239,15 @@ def cmd_impute(args) -> int:
 
     if args.space == "embedding" and not args.checkpoint:
         raise ValueError("--space embedding needs --checkpoint (the trained encoders and calibrator)")
+    src, dst = Path(args.store).resolve(), Path(args.out).resolve()
+    if dst == src or src in dst.parents or dst in src.parents:
+        raise ValueError(f"--out {args.out} would overwrite the input store {args.store}; imputations are written to "
+                         "a new store, never over the input: choose another --out")
+    if dst.exists() and any(dst.iterdir()):
+        meta = dst / "meta.json"
+        if not (meta.exists() and "imputed_from" in json.loads(meta.read_text())):
+            raise ValueError(f"--out {args.out} exists and is not an earlier imputation output; choose a new "
+                             "directory (nothing was written)")
     model = cfg = None
     if args.checkpoint:
         cfg, _, model = _load_run(args.checkpoint, with_data=False)
@@ -249,9 +340,8 @@ def cmd_calibrate(args) -> int:
 
 def cmd_bench(args) -> int:
     from .experiments import bench
-    from .train import load_config
 
-    cfg = load_config(args.config, args.set)
+    cfg = _load_cfg(args.config, args.set)
     seeds = [int(x) for x in args.seeds.split(",")] if args.seeds else None
     if args.suite:
         return _bench_suite(args, cfg, seeds)
@@ -348,10 +438,20 @@ def cmd_retrieve(args) -> int:
 
     model = CalMRLModel.load(args.model)
     q, g = FeatureStore(args.query).read(), FeatureStore(args.gallery).read()
+    if args.gallery_modality not in model.names:
+        raise ValueError(f"the model has no modality '{args.gallery_modality}'; it has {model.names}")
     if args.gallery_modality not in g.names:
-        raise SystemExit(f"error: gallery store has no modality '{args.gallery_modality}'; it has {g.names}")
+        raise ValueError(f"gallery store {args.gallery} has no modality '{args.gallery_modality}'; it has {g.names}")
+    unknown = [n for n in q.names if n not in model.names]
+    if unknown:
+        raise ValueError(f"query store {args.query} has modalities {unknown} the model does not know ({model.names})")
+    if args.k < 1:
+        raise ValueError(f"--k must be at least 1, got {args.k}")
     gm = g.index(args.gallery_modality)
     rows = np.nonzero(g.mask[:, gm])[0]
+    if len(rows) == 0:
+        raise ValueError(f"no instance of gallery store {args.gallery} observes '{args.gallery_modality}'")
+    k = min(args.k, len(rows))
     gal_in = {n: (torch.as_tensor(np.asarray(g.views[m][rows])) if m == gm else None) for m, n in enumerate(g.names)}
     gallery = model.embed(gal_in).embeddings[:, model.names.index(args.gallery_modality)]
     # queries: each instance with whatever modalities it has (missing ones are imputed)
@@ -360,7 +460,7 @@ def cmd_retrieve(args) -> int:
         idx = np.nonzero((q.mask == pattern).all(1))[0]
         inputs = {n: (torch.as_tensor(np.asarray(q.views[m][idx])) if pattern[m] else None)
                   for m, n in enumerate(q.names)}
-        scores, top = model.retrieve(inputs, gallery, k=args.k)
+        scores, top = model.retrieve(inputs, gallery, k=k)
         hits += [(int(i), top[j].tolist(), scores[j].tolist()) for j, i in enumerate(idx)]
     hits.sort()
     with open(args.out, "w") as f:
@@ -368,7 +468,8 @@ def cmd_retrieve(args) -> int:
             f.write(json.dumps({"query_id": q.ids[i].item() if hasattr(q.ids[i], "item") else q.ids[i],
                                 "gallery_ids": [g.ids[rows[t]].item() for t in top],
                                 "scores": [round(x, 6) for x in sc]}) + "\n")
-    print(f"wrote top-{args.k} {args.gallery_modality} items for {q.n} queries to {args.out}")
+    print(f"wrote top-{k} {args.gallery_modality} items for {q.n} queries to {args.out}"
+          + (f" (--k {args.k} asked; the gallery holds {len(rows)} items)" if k < args.k else ""))
     return 0
 
 
@@ -463,8 +564,6 @@ def main(argv: list[str] | None = None) -> int:
     x.add_argument("--out", required=True)
     x.set_defaults(fn=cmd_export)
     args = p.parse_args(argv)
-    if getattr(args, "config", "unset") is None:
-        args.config = _default_config()
     import logging
 
     logging.basicConfig(format="calmrl: %(message)s", stream=sys.stderr)

@@ -1,11 +1,13 @@
 r"""Retrieval and imputation metrics.
 
 Retrieval: query :math:`q_i` has the single correct gallery item :math:`g_{t_i}`; its rank is
-:math:`1 + \#\{j : \langle q_i, g_j\rangle > \langle q_i, g_{t_i}\rangle\}` (ties counted in the
-query's favour). Recall@K is the fraction of ranks :math:`\le K`. Exact search runs in
+:math:`1 + \#\{j \ne t_i : \langle q_i, g_j\rangle \ge \langle q_i, g_{t_i}\rangle\}`: a tie counts
+*against* the query (the pessimistic rank), so a view whose embeddings coincide (a constant or
+categorical view) cannot score above chance by tying with its target. Exact search runs in
 query chunks so memory stays at ``chunk_size * |gallery|`` scores; ``backend="faiss"``
-uses an exact inner-product index (``faiss.IndexFlatIP``) and returns ranks capped at
-``max_rank + 1``.
+uses an exact inner-product index (``faiss.IndexFlatIP``) to find the ``max_rank + 1`` best
+candidates, rescores them and the target with the same dot product as the torch backend
+(so ties are the same ties on both), and returns ranks capped at ``max_rank + 1``.
 """
 
 from __future__ import annotations
@@ -52,21 +54,37 @@ def retrieval_ranks(query: Tensor, gallery: Tensor, targets: Tensor | None = Non
         q = query[s: s + chunk_size]
         scores = q @ gallery.T if similarity == "cosine" else pair_similarity(q, gallery, similarity)  # (c, G)
         pos = scores.gather(1, targets[s: s + chunk_size, None])
-        ranks[s: s + chunk_size] = 1 + (scores > pos).sum(1)
+        # the target and every other item scoring at least as high (ties count against the query)
+        ranks[s: s + chunk_size] = _ranks_from(scores >= pos, pos, gallery.shape[0])
     return ranks
+
+
+def _ranks_from(at_least: Tensor, pos: Tensor, worst: int) -> Tensor:
+    """Rank from the count of items scoring at least the target (the target included); a
+    non-finite target score ranks last instead of first (NaN compares false with everything)."""
+    return torch.where(torch.isfinite(pos.squeeze(1)), at_least.sum(1), torch.full_like(pos.squeeze(1), worst,
+                                                                                         dtype=torch.long))
 
 
 def _faiss_ranks(query: Tensor, gallery: Tensor, targets: Tensor, max_rank: int) -> Tensor:
     import faiss  # optional heavy dependency, imported lazily
     import numpy as np
 
-    index = faiss.IndexFlatIP(gallery.shape[1])
-    index.add(np.ascontiguousarray(gallery.detach().cpu().float().numpy()))
-    k = min(max_rank, gallery.shape[0])
-    _, ids = index.search(np.ascontiguousarray(query.detach().cpu().float().numpy()), k)
-    hit = torch.from_numpy(ids) == targets.cpu()[:, None]
-    first = torch.where(hit.any(1), hit.float().argmax(1) + 1, torch.full_like(targets.cpu(), k + 1))
-    return first.to(query.device)
+    q, g, t = query.detach().cpu().float(), gallery.detach().cpu().float(), targets.cpu()
+    index = faiss.IndexFlatIP(g.shape[1])
+    index.add(np.ascontiguousarray(g.numpy()))
+    k = min(max_rank + 1, g.shape[0])          # one beyond max_rank: ranks <= max_rank are exact
+    _, ids = index.search(np.ascontiguousarray(q.numpy()), k)
+    cand = torch.from_numpy(ids).long()                                   # (Q, k), -1 never occurs (k <= G)
+    # rescore candidates and target with one dot product, as the torch backend does, so that
+    # items equal to the target tie with it here too (faiss's own scores may round differently)
+    cs = (q[:, None, :] * g[cand]).sum(-1)                                 # (Q, k)
+    ts = (q * g[t]).sum(-1, keepdim=True)                                  # (Q, 1)
+    rank = _ranks_from((cs >= ts) & (cand != t[:, None]), ts, max_rank + 1) + torch.isfinite(ts.squeeze(1)).long()
+    # every candidate at least as good as the target: items beyond the cut may tie with it too
+    beyond = (cs.min(1, keepdim=True).values >= ts).squeeze(1) & (rank >= k) & (k < g.shape[0])
+    rank = torch.where(beyond, torch.full_like(rank, max_rank + 1), rank)
+    return rank.clamp_max(max_rank + 1).to(query.device)
 
 
 def summarize_ranks(ranks: Tensor, ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:

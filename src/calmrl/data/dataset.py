@@ -21,6 +21,11 @@ from typing import Sequence
 import numpy as np
 import torch
 from torch import Tensor
+
+
+def _show(v) -> str:
+    """An id or value as the user wrote it: ``img-00568``, not ``np.str_('img-00568')``."""
+    return str(v.item() if hasattr(v, "item") else v)
 from torch.utils.data import Dataset
 
 __all__ = ["MultiViewData", "MultiViewDataset", "FeatureStore", "collate_views"]
@@ -51,6 +56,18 @@ class MultiViewData:
     def validate(self, *, require_observed: bool = True) -> "MultiViewData":
         """Raise ``ValueError`` naming the problem: shapes, NaN/inf in observed cells,
         instances with no observed modality, label/id length."""
+        self.validate_structure(require_observed=require_observed)
+        for m, name in enumerate(self.names):
+            bad = self.nonfinite_rows(m)
+            if len(bad):
+                r = int(bad[0])
+                raise ValueError(f"modality '{name}' row {r} (id {_show(self.ids[r])}) holds NaN/inf values "
+                                 "but is marked observed")
+        return self
+
+    def validate_structure(self, *, require_observed: bool = True) -> "MultiViewData":
+        """:meth:`validate` without the NaN/inf check of observed cells (for data whose partial
+        views are filled afterwards)."""
         M = len(self.views)
         if M == 0:
             raise ValueError("dataset has no modality")
@@ -74,13 +91,7 @@ class MultiViewData:
             empty = ~self.mask.any(1)
             if empty.any():
                 raise ValueError(f"{int(empty.sum())} instance(s) have no observed modality "
-                                 f"(first ids: {list(self.ids[empty][:5])})")
-        for m, name in enumerate(self.names):
-            bad = self.nonfinite_rows(m)
-            if len(bad):
-                r = int(bad[0])
-                raise ValueError(f"modality '{name}' row {r} (id {self.ids[r]}) holds NaN/inf values "
-                                 "but is marked observed")
+                                 f"(first ids: {[_show(i) for i in self.ids[empty][:5]]})")
         return self
 
     @classmethod
@@ -121,7 +132,7 @@ class MultiViewData:
             report[name] = {"rows": int(len(bad)), "cells": cells}
             if policy == "error":
                 raise ValueError(f"modality '{name}' has NaN/inf in {cells} feature(s) of {len(bad)} observed row(s) "
-                                 f"(first id {self.ids[bad[0]]!r}); set data.partial_views to 'missing' (treat the "
+                                 f"(first id {_show(self.ids[bad[0]])}); set data.partial_views to 'missing' (treat the "
                                  "view as missing in those rows) or 'fill' (training-split feature means)")
             if policy == "missing":
                 mask[bad, m] = False
@@ -155,7 +166,12 @@ class MultiViewData:
             if len(ids) != len(X):
                 raise ValueError(f"modality '{name}': {len(ids)} ids for {len(X)} rows")
             if len(set(ids)) != len(ids):
-                raise ValueError(f"modality '{name}' lists some ids more than once")
+                seen: dict = {}
+                for r, i in enumerate(ids):
+                    if i in seen:
+                        raise ValueError(f"modality '{name}' lists id {_show(i)} more than once (rows {seen[i]} and "
+                                         f"{r}); ids must be unique within a modality")
+                    seen[i] = r
             for i in ids:
                 order.setdefault(i, len(order))
         all_ids = list(order)
@@ -174,7 +190,7 @@ class MultiViewData:
         if labels is not None:
             unknown = [i for i in all_ids if i not in labels]
             if unknown:
-                raise ValueError(f"no label for {len(unknown)} id(s), e.g. {unknown[:3]}")
+                raise ValueError(f"no label for {len(unknown)} id(s), e.g. {[_show(i) for i in unknown[:3]]}")
             y = np.array([labels[i] for i in all_ids])
         meta = {"missing_by_join": {n: int((~mask[:, m]).sum()) for m, n in enumerate(names)}}
         if not validate:

@@ -43,8 +43,19 @@ def _read_parquet(path: Path) -> tuple[list[str], dict]:
     return t.column_names, {c: t.column(c).to_pylist() for c in t.column_names}
 
 
-def read_table(path: str | Path, id_column: str = "id", label_column: str = "") -> tuple[list, np.ndarray, dict]:
-    """``(ids, features (n, d) float32, labels {id: label} or {})`` of one CSV/Parquet file."""
+LABEL_LIKE = ("label", "labels", "class", "classes", "target", "y", "category")
+INDEX_LIKE = ("", "unnamed: 0", "index", "__index_level_0__")
+
+
+def read_table(path: str | Path, id_column: str = "id", label_column: str = "",
+               notes: list | None = None) -> tuple[list, np.ndarray, dict]:
+    """``(ids, features (n, d) float32, labels {id: label} or {})`` of one CSV/Parquet file.
+
+    Ids are strings exactly as written (``'007'`` and ``'7'`` are two instances). The label
+    column is never a feature; a column *named* like a label (``label``, ``class``, ``target``,
+    ...) while ``label_column`` is unset is refused rather than trained on as a feature. A
+    pandas index written by ``to_csv`` without ``index=False`` (an unnamed first column, or
+    ``Unnamed: 0``) is dropped, with a line in ``notes``."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"table {path} does not exist")
@@ -58,7 +69,18 @@ def read_table(path: str | Path, id_column: str = "id", label_column: str = "") 
         raise ValueError(f"{path}: unknown table format '{suffix}' (use .csv or .parquet)")
     if id_column not in header:
         raise ValueError(f"{path} has no id column '{id_column}' (columns: {header[:8]}...); set data.id_column")
-    feats = [c for c in header if c not in (id_column, label_column)]
+    dropped = [c for c in header if c.strip().lower() in INDEX_LIKE and c not in (id_column, label_column)]
+    if dropped:
+        if notes is not None:
+            notes.append(f"{path.name}: column(s) {dropped} look like a saved pandas index (to_csv without "
+                         "index=False) and were dropped, not used as features")
+    if not label_column:
+        like = [c for c in header if c.strip().lower() in LABEL_LIKE and c != id_column]
+        if like:
+            raise ValueError(f"{path} has a column '{like[0]}' named like class labels; set data.label_column="
+                             f"{like[0]} to use it as labels (it is never a feature), or rename it if it really is "
+                             "a feature")
+    feats = [c for c in header if c not in (id_column, label_column) and c not in dropped]
     if not feats:
         raise ValueError(f"{path} has no feature column besides '{id_column}'")
     n = len(cols[id_column])
@@ -74,10 +96,30 @@ def read_table(path: str | Path, id_column: str = "id", label_column: str = "") 
             raise ValueError(f"{path}: column '{c}' holds a non-numeric value {bad!r}; only the id and label "
                              "columns may be non-numeric") from None
     ids = [_id(v) for v in cols[id_column]]
+    if len(set(ids)) != len(ids):
+        seen: dict = {}
+        for r, i in enumerate(ids):
+            if i in seen:
+                raise ValueError(f"{path} lists id {i} more than once (data rows {seen[i] + 1} and {r + 1}); ids "
+                                 "must be unique within a table")
+            seen[i] = r
     labels = {}
     if label_column and label_column in header:
-        labels = {i: _id(y) for i, y in zip(ids, cols[label_column]) if y not in (None, "")}
+        labels = {i: _label(y) for i, y in zip(ids, cols[label_column]) if y not in (None, "")}
     return ids, X, labels
+
+
+def _columns(path) -> list[str]:
+    path = Path(path)
+    if path.suffix.lower() in (".parquet", ".pq"):
+        import pyarrow.parquet as pq
+        return list(pq.read_schema(path).names)
+    return _read_csv_header(path)
+
+
+def _read_csv_header(path: Path) -> list[str]:
+    with open(path, newline="") as f:
+        return next(csv.reader(f, delimiter="\t" if path.suffix.lower() == ".tsv" else ","), [])
 
 
 def _is_number(v) -> bool:
@@ -90,8 +132,19 @@ def _is_number(v) -> bool:
         return False
 
 
-def _id(v):
-    """Ids compare as written: '7' in a CSV equals 7 in a Parquet integer column."""
+def _id(v) -> str:
+    """Ids are strings as written: ``'007'`` stays ``'007'``; an integer id of a Parquet
+    column is its decimal string (so ``7`` there joins ``'7'`` in a CSV)."""
+    if isinstance(v, str):
+        return v.strip()
+    v = v.item() if hasattr(v, "item") else v
+    if isinstance(v, float) and v.is_integer():
+        return str(int(v))
+    return str(v)
+
+
+def _label(v):
+    """Labels compare as written: ``'3'`` in a CSV equals 3 in a Parquet integer column."""
     if isinstance(v, str):
         s = v.strip()
         return int(s) if s.lstrip("-").isdigit() else s
@@ -103,7 +156,11 @@ def load_tables(tables: Mapping[str, str | Path], id_column: str = "id", label_c
     an instance is taken from whichever table has it; tables that disagree are an error."""
     if not tables:
         raise ValueError("no table given")
-    read = {name: read_table(p, id_column, label_column) for name, p in tables.items()}
+    notes: list = []
+    read = {name: read_table(p, id_column, label_column, notes) for name, p in tables.items()}
+    if label_column and not any(label_column in _columns(p) for p in tables.values()):
+        raise ValueError(f"data.label_column '{label_column}' is not a column of any table "
+                         f"({', '.join(str(p) for p in tables.values())})")
     labels: dict = {}
     for name, (_, _, lab) in read.items():
         for i, y in lab.items():
@@ -113,5 +170,5 @@ def load_tables(tables: Mapping[str, str | Path], id_column: str = "id", label_c
         raise ValueError(f"no table has the label column '{label_column}'")
     data = MultiViewData.from_tables({name: (ids, X) for name, (ids, X, _) in read.items()},
                                      labels=labels or None, validate=False)
-    data.meta.update({"source": "tables", "tables": {k: str(v) for k, v in tables.items()}})
+    data.meta.update({"source": "tables", "tables": {k: str(v) for k, v in tables.items()}, "notes": notes})
     return data

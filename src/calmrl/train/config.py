@@ -19,7 +19,7 @@ __all__ = ["ConfigError", "Config", "DataConfig", "MissingConfig", "ModelConfig"
            "CalibratorConfig", "TrainConfig", "EvalConfig", "load_config", "apply_overrides", "config_to_dict", "METHODS",
            "LEARNED_TEMPERATURE", "OWN_SIMILARITY"]
 
-METHODS = ("calmrl", "pmrl-drop", "pmrl-meanfill", "pmrl-zerofill", "gram", "triangle", "pairwise-infonce",
+METHODS = ("auto", "calmrl", "pmrl-drop", "pmrl-meanfill", "pmrl-zerofill", "gram", "triangle", "pairwise-infonce",
            "anchor-infonce", "oracle", "pmrl-truefill")
 # the similarity each method is trained with (and scored with under results.json "pairs_own")
 OWN_SIMILARITY = {"gram": "volume", "triangle": "area"}   # every other method: cosine
@@ -40,7 +40,10 @@ def _f(default, *, choices=None, lo=None, hi=None, help=""):
 
 @dataclass
 class MissingConfig:
-    kind: str = _f("mcar", choices=("none", "mcar", "paired"), help="missingness simulator for the training split")
+    kind: str = _f("none", choices=("none", "mcar", "paired"),
+                   help="missingness simulator for the training split, on top of the data's own gaps: none (the "
+                        "default: a user's data is used as given), mcar or paired (to study robustness; the bundled "
+                        "UCI demo config sets mcar 0.5)")
     rate: float = _f(0.5, lo=0.0, hi=0.99, help="MCAR: probability that a cell is hidden")
     min_observed: int = _f(2, lo=1, help="MCAR: modalities kept per instance at least")
     subsets: list = _f([], help="paired: list of modality-name lists, e.g. [[pixel, fourier], [pixel, zernike]]")
@@ -80,7 +83,7 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    embed_dim: int = _f(128, lo=2, help="d: width of the shared unit sphere")
+    embed_dim: int = _f(64, lo=2, help="d: width of the shared unit sphere (64: the bundled, tuned default)")
     hidden_dim: int = _f(256, lo=1)
     layers: int = _f(2, lo=1, help="linear layers per MLP projection head")
     dropout: float = _f(0.1, lo=0.0, hi=0.9)
@@ -88,8 +91,16 @@ class ModelConfig:
 
 @dataclass
 class MethodConfig:
-    name: str = _f("calmrl", choices=METHODS)
-    tau1: float = _f(0.05, lo=1e-4, help="PMRL temperature on singular values")
+    name: str = _f("auto", choices=METHODS,
+                   help="the objective; auto (the default) trains each of method.candidates on the training split "
+                        "and keeps the one with the highest validation R@1 (results.json 'auto')")
+    candidates: list = _f(["calmrl", "pairwise-infonce", "anchor-infonce"],
+                          help="auto: the methods tried (calmrl with its gate and guard; the InfoNCE objectives). "
+                               "Each costs one training run (calmrl two where its guard acts)")
+    auto_lrs: list = _f([], help="auto: learning rates tried for every candidate (empty = train.lr only); the "
+                                 "candidate x rate with the highest validation R@1 is kept")
+    tau1: float = _f(0.5, lo=1e-4, help="PMRL temperature on singular values (0.5: chosen on UCI validation from "
+                                          "0.05, 0.2, 0.5, 1.0; the paper's 0.05 trained worse there)")
     tau2: float = _f(0.1, lo=1e-4, help="temperature of the instance-wise contrast (PMRL) and of anchor-infonce")
     tau_init: float = _f(0.07, lo=1e-2, help="gram / triangle / pairwise-infonce: initial value of the learnable "
                                             "temperature (authors: 0.07; kept >= 0.01)")
@@ -164,7 +175,7 @@ class TrainConfig:
     batch_size: int = _f(256, lo=2)
     lr: float = _f(2e-3, lo=0.0)
     weight_decay: float = _f(1e-4, lo=0.0)
-    seed: int = _f(0)
+    seed: int = _f(0, lo=0, help="seed of the split, the simulator, initialisation and shuffles (>= 0)")
     accelerator: str = _f("auto", choices=("auto", "cpu", "gpu", "cuda", "mps"))
     devices: Any = _f("auto", help="number of devices or 'auto'")
     num_nodes: int = _f(1, lo=1)
@@ -313,6 +324,12 @@ def _cross_checks(cfg: Config):
         raise ConfigError(f"data.train_part must be [i, n] with 0 <= i < n, got {tp}")
     if cfg.data.dataset == "tables" and not cfg.data.tables:
         raise ConfigError("data.dataset = 'tables' needs data.tables, e.g. {image: img.parquet, text: txt.csv}")
+    bad = [m for m in cfg.method.candidates if m not in METHODS or m in ("auto", "oracle", "pmrl-truefill")]
+    if bad or not cfg.method.candidates:
+        raise ConfigError(f"method.candidates {bad or '[]'} not valid; choose from "
+                          f"{[m for m in METHODS if m not in ('auto', 'oracle', 'pmrl-truefill')]}")
+    if any(isinstance(x, bool) or not isinstance(x, (int, float)) or x <= 0 for x in cfg.method.auto_lrs):
+        raise ConfigError(f"method.auto_lrs must be positive numbers, got {cfg.method.auto_lrs}")
     _check_devices(cfg.train.devices)
     _check_strategy(cfg.train.strategy)
     if not cfg.output_dir:

@@ -36,11 +36,23 @@ def _read_jsonl(path: Path) -> list[dict]:
     return rows
 
 
+def _sha1(path: Path) -> str:
+    """Content hash of the input: an input edited in place at the same size is another input."""
+    import hashlib
+
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def _resume_manifest(part: Path, path: Path, fields: list[str], batch_size: int, n_rows: int) -> int:
     """The partial store's ``manifest.json`` records what its chunks were made from. A rerun
     with another ``--batch-size`` continues with the recorded one (chunks stay consistent); a
     different input or field list is refused, naming the partial directory to delete."""
-    want = {"input": str(path.resolve()), "input_size": path.stat().st_size, "fields": fields, "rows": n_rows}
+    want = {"input": str(path.resolve()), "input_size": path.stat().st_size, "input_sha1": _sha1(path),
+            "fields": fields, "rows": n_rows}
     mf = part / "manifest.json"
     if mf.exists():
         try:

@@ -384,6 +384,9 @@ class CalMRLModule(L.LightningModule):
         checkpoint["calmrl_dims"] = self.dims
         # what inference needs without the training data: the training split's standardisation
         checkpoint["calmrl_standardization"] = self.standardization
+        # what it was trained on (eval refuses other data), and the label values in code order
+        checkpoint["calmrl_fingerprint"] = getattr(self, "data_fingerprint", None)
+        checkpoint["calmrl_classes"] = getattr(self, "classes", None)
         checkpoint["calmrl_history"] = {"loss": list(getattr(self, "loss_history", [])),
                                         "em": list(getattr(self, "em_history", [])), "gate": list(self.gate_history)}
 

@@ -30,6 +30,8 @@ except ImportError:  # not on POSIX: no lock
 
 from ..core.distributed import rank as process_rank
 from ..data import suite
+from ..data.fingerprint import compare as compare_fingerprints
+from ..data.fingerprint import fingerprint, split_fingerprint
 from ..data import (FeatureStore, MultiViewData, MultiViewDataset, collate_views, load_tables, load_uci_mfeat,
                     mcar_mask, paired_subsets_mask, split_parts, stratified_split, synthetic_multiview)
 from .config import OWN_SIMILARITY, Config, config_to_dict, default_output_dir
@@ -61,10 +63,22 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "wb") as f:
-            torch.save(checkpoint, f)
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+        except (OSError, RuntimeError) as e:
+            tmp.unlink(missing_ok=True)
+            # torch's zip writer reports a full disk as "[enforce fail at inline_container.cc] unexpected pos"
+            writer = isinstance(e, OSError) or any(t in str(e) for t in ("unexpected pos", "enforce fail", "No space"))
+            if not writer:
+                raise
+            full = getattr(e, "errno", None) == 28 or "unexpected pos" in str(e) or "No space" in str(e)
+            raise OSError((f"no space left on device while writing {path}" if full else
+                           f"cannot write checkpoint {path}: {str(e).splitlines()[0][:120]}")
+                          + "; nothing already written was lost (the previous checkpoint is kept): free space and "
+                            "rerun with --resume") from None
         if path.name == "last.ckpt" and path.exists():
             os.replace(path, path.with_name(PREVIOUS))    # the previous good one is kept
         os.replace(tmp, path)
@@ -98,6 +112,8 @@ class Splits:
     standardization: list | None = None  # per-modality (mean, std) of the training split, or None
     classes: list | None = None          # label values, in the order of the integer labels used here
     notes: list = field(default_factory=list)   # what was done to the data, for the user
+    fingerprint: dict | None = None      # the data as given and the split (calmrl.data.fingerprint)
+    simulated: dict | None = None        # what the missingness simulator hid, realised (None: nothing)
 
 
 def _select_views(data: MultiViewData, views: list) -> MultiViewData:
@@ -147,7 +163,8 @@ def prepare_data(cfg: Config, method: str | None = None, data: MultiViewData | N
     Validation and test keep their natural missingness; every check runs before training."""
     method = method or cfg.method.name
     data, classes = _encode_labels(_load_source(cfg) if data is None else _select_views(data, cfg.data.views))
-    notes = []
+    fp = fingerprint(data)
+    notes = list(data.meta.get("notes", []))
     policy = cfg.data.partial_views
     if policy != "fill":         # error / missing need no split statistics
         data, report = data.resolve_partial_views(policy)
@@ -156,15 +173,20 @@ def prepare_data(cfg: Config, method: str | None = None, data: MultiViewData | N
             notes.append(f"partial views treated as missing: {report}"
                          + (f"; {int(empty.sum())} instance(s) left with no view were dropped" if empty.any() else ""))
             data = data.subset(np.nonzero(~empty)[0]) if empty.any() else data
-    data.validate()
+    if policy != "fill":
+        data.validate()
+    else:     # the fill needs the training split's means: split first, then check the filled data
+        data.validate_structure()
     seed = cfg.train.seed
     tr, va, te = stratified_split(data.n, data.labels if cfg.data.stratify else None, cfg.data.val_fraction,
                                   cfg.data.test_fraction, seed)
     if policy == "fill":
         data, report = data.resolve_partial_views("fill", fill_rows=tr)
+        data.validate()
         if report:
             notes.append(f"partial views filled with training-split feature means: {report}")
     train, val, test = data.subset(tr), data.subset(va), data.subset(te)
+    fp["split"] = split_fingerprint(train.ids, val.ids, test.ids)
     if cfg.data.train_part:
         i, n_parts = cfg.data.train_part
         parts = split_parts(train.n, n_parts, labels=train.labels, order=cfg.data.train_part_order, seed=seed)
@@ -188,6 +210,10 @@ def prepare_data(cfg: Config, method: str | None = None, data: MultiViewData | N
         keep = mask.any(1)
         train = train.subset(np.nonzero(keep)[0]).with_mask(mask[keep])   # natural gaps can empty a row
         train_full = train_full.subset(np.nonzero(keep)[0])
+        simulated = _simulated(miss, M, train.mask, train_full.mask)
+    else:
+        simulated = None
+    notes += _constant_features(train)
     never = [data.names[m] for m in range(M) if not train.mask[:, m].any()]
     if never:
         raise ValueError(f"modality(ies) {never} are never observed in the training split")
@@ -195,7 +221,50 @@ def prepare_data(cfg: Config, method: str | None = None, data: MultiViewData | N
         if M > 1 and not _has_scorable_pair(part.mask):
             raise ValueError(f"the {name} split ({part.n} instances) has no two modalities observed together in 2 "
                              "or more instances; retrieval cannot be evaluated (use more data or a larger fraction)")
-    return Splits(train, train_full, val, test, list(data.names), data.dims, stats, classes, notes)
+    return Splits(train, train_full, val, test, list(data.names), data.dims, stats, classes, notes, fp, simulated)
+
+
+def _simulated(miss, M: int, mask: np.ndarray, known: np.ndarray) -> dict:
+    """What the simulator hid on the training split: the rate asked, the share of the data's
+    observed training cells hidden (realised), and the cap that ``min_observed`` puts on MCAR."""
+    out = {"kind": miss.kind, "realised": float(1 - mask.sum() / max(1, known.sum())),
+           "own_missing": float(1 - known.mean())}
+    if miss.kind == "mcar":
+        out.update(rate=miss.rate, min_observed=min(miss.min_observed, M), cap=1 - min(miss.min_observed, M) / M)
+    else:
+        out.update(subsets=miss.subsets, complete_fraction=miss.complete_fraction)
+    return out
+
+
+def describe_simulation(sim: dict | None) -> str:
+    """The header's words for what was hidden: nothing, or the realised MCAR rate and its cap."""
+    if sim is None:
+        return "no cell hidden (the data's own gaps only)"
+    own = f"; the data's own gaps: {sim['own_missing']:.1%} of training cells" if sim["own_missing"] > 0 else ""
+    if sim["kind"] == "mcar":
+        capped = " (capped: at least" if sim["rate"] > sim["cap"] + 1e-9 else " (at least"
+        return (f"simulated MCAR {sim['rate']:.0%} asked, {sim['realised']:.1%} of observed training cells hidden"
+                f"{capped} {sim['min_observed']} views kept per instance, so at most about {sim['cap']:.0%}){own}")
+    return (f"simulated paired subsets {sim['subsets']}, {sim['complete_fraction']:.0%} kept complete, "
+            f"{sim['realised']:.1%} of observed training cells hidden{own}")
+
+
+def _constant_features(train: MultiViewData) -> list[str]:
+    """Features constant over a modality's observed training rows (standardised to 0, they
+    carry nothing); a modality constant throughout is named as such."""
+    notes = []
+    for m, name in enumerate(train.names):
+        rows = np.asarray(train.views[m][train.mask[:, m]])
+        if len(rows) < 2:
+            continue
+        const = (rows.max(0) - rows.min(0)) == 0
+        if const.all():
+            notes.append(f"modality '{name}' is constant on the training split (every observed row equal): it "
+                         "carries no information, and retrieval to or from it scores at chance")
+        elif const.any():
+            notes.append(f"modality '{name}': {int(const.sum())} of {len(const)} feature(s) constant on the training "
+                         f"split (e.g. column {int(np.argmax(const))}); kept, they carry nothing")
+    return notes
 
 
 def _has_scorable_pair(mask: np.ndarray) -> bool:
@@ -430,7 +499,7 @@ def resume_checkpoint(run_dir: str | os.PathLike) -> tuple[Path | None, dict | N
 
 
 def run(cfg: Config, *, method: str | None = None, resume: bool = False, splits: Splits | None = None,
-        max_epochs: int | None = None, extra_callbacks=(), return_model: bool = False):
+        max_epochs: int | None = None, extra_callbacks=(), return_model: bool = False, run_name: str | None = None):
     """Train one method and evaluate it; writes ``results.json`` under ``output_dir/method``.
 
     Everything that can fail before training is checked first (data, labels, trainer settings,
@@ -439,7 +508,11 @@ def run(cfg: Config, *, method: str | None = None, resume: bool = False, splits:
     _quiet_lightning()
     method = method or cfg.method.name
     cfg = replace(cfg, method=replace(cfg.method, name=method), output_dir=cfg.output_dir or default_output_dir(cfg))
-    run_dir = Path(cfg.output_dir) / method
+    if method == "auto":
+        from .auto import run_auto
+        return run_auto(cfg, resume=resume, splits=splits, max_epochs=max_epochs, extra_callbacks=extra_callbacks,
+                        return_model=return_model)
+    run_dir = Path(cfg.output_dir) / (run_name or method)
     with output_lock(cfg.output_dir):
         results, model = _run_locked(cfg, method, run_dir, resume, splits, max_epochs, extra_callbacks)
         if method == "calmrl" and cfg.method.guard == "validation":
@@ -470,7 +543,7 @@ def _guard(cfg, results, model, run_dir: Path, resume, splits, max_epochs, extra
     alt_dir = run_dir / "guard"
     alt_cfg = replace(cfg, output_dir=str(alt_dir), method=replace(cfg.method, name="pmrl-drop"))
     alt, alt_model = _run_locked(alt_cfg, "pmrl-drop", alt_dir / "pmrl-drop", resume, splits, max_epochs,
-                                 extra_callbacks)
+                                 extra_callbacks, role="the guard's observed-only run")
     val = {"calibrated": results["val_average"]["R@1"], "observed-only": alt["val_average"]["R@1"]}
     kept = "observed-only" if val["observed-only"] > val["calibrated"] else "calibrated"
     guard = {"kept": kept, "alternative_trained": True, "val_R@1": val,
@@ -501,7 +574,105 @@ def _write_results(run_dir: Path, results: dict):
     os.replace(tmp, run_dir / "results.json")
 
 
-def _run_locked(cfg, method, run_dir, resume, splits, max_epochs, extra_callbacks) -> dict:
+# settings that a resumed run may change: where and how fast it runs, not what it computes
+_RESUME_FREE = ("output_dir", "train.progress", "train.threads", "train.num_workers", "train.accelerator",
+                "train.devices", "train.num_nodes", "train.strategy", "train.check_val_every", "train.epochs", "eval.")
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and k != "tables":
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
+def config_differences(old: dict, new: dict, free=_RESUME_FREE) -> list[str]:
+    """``key: old -> new`` for every setting (dotted) that differs, except those in ``free``."""
+    a, b = _flat(old), _flat(new)
+    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b))
+            if a.get(k) != b.get(k) and not any(k == f or (f.endswith(".") and k.startswith(f)) for f in free)]
+
+
+def _earlier_run(run_dir: Path) -> str | None:
+    """What an earlier run left in ``run_dir``: 'finished', 'unfinished', or None (nothing)."""
+    if (run_dir / "results.json").exists():
+        return "finished"
+    ck = run_dir / "checkpoints"
+    if ck.is_dir() and any(ck.glob("*.ckpt")):
+        return "unfinished"
+    return None
+
+
+def _move_aside(run_dir: Path) -> Path | None:
+    """A new (not resumed) run never mixes with an earlier one in the same directory: whatever
+    is there (checkpoints, results, logs) is moved to ``<run_dir>.prev-<time>`` first, said in a
+    note. Lightning would otherwise write ``last-v1.ckpt`` beside the old ``last.ckpt`` and
+    eval, export and --resume would serve the old model."""
+    state = _earlier_run(run_dir)
+    if state is None or process_rank() != 0:
+        return None
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    dest = run_dir.with_name(f"{run_dir.name}.prev-{stamp}")
+    k = 1
+    while dest.exists():
+        dest, k = run_dir.with_name(f"{run_dir.name}.prev-{stamp}-{k}"), k + 1
+    os.replace(run_dir, dest)
+    log.warning("note: %s held an earlier %s run; moved it to %s so that the new run does not mix with it "
+                "(use --resume to continue a run instead)", run_dir, state, dest)
+    return dest
+
+
+def _check_resumable(resume_path: Path, resume_ckpt: dict, cfg, splits) -> None:
+    """--resume continues the run the checkpoint holds, on the same data, with the same settings."""
+    if resume_ckpt.get("calmrl_names") not in (None, splits.names):
+        raise CheckpointError(f"{resume_path} was trained on modalities {resume_ckpt['calmrl_names']}, "
+                              f"this run has {splits.names}")
+    old = resume_ckpt.get("calmrl_config")
+    if old is not None:
+        diff = config_differences(old, config_to_dict(cfg))
+        if diff:
+            raise CheckpointError(f"--resume: {resume_path} was trained with other settings ({'; '.join(diff[:4])}"
+                                  f"{'; ...' if len(diff) > 4 else ''}); resume with the same settings, or start a "
+                                  "new run without --resume")
+    fp = resume_ckpt.get("calmrl_fingerprint")
+    if fp is not None and splits.fingerprint is not None:
+        diff = compare_fingerprints(fp, splits.fingerprint)
+        if diff:
+            raise CheckpointError(f"--resume: the data changed since {resume_path} was written ({'; '.join(diff)})")
+
+
+def _init_from(model: CalMRLModule, path: str, ckpt: dict) -> None:
+    """Continual training: encoders, calibrator parameters and statistics warm-started from
+    ``ckpt``, which may come from another method sharing the encoders: loss parameters the
+    checkpoint lacks (e.g. a learnable temperature) start from their defaults, and those this
+    method has no use for are left out, each said in a note."""
+    own = ("temperature.", "completer.")
+    state = ckpt["state_dict"]
+    mine = model.state_dict()
+    skipped = [k for k in state if k.startswith(own) and k not in mine]
+    state = {k: v for k, v in state.items() if k not in skipped}
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # size mismatches
+        raise CheckpointError(f"{path} does not fit this model: {str(e)[:300]}") from None
+    fresh = [k for k in missing if k.startswith(own)]
+    missing = [k for k in missing if k not in fresh]
+    if missing or unexpected:
+        raise CheckpointError(f"{path} does not fit this model (missing {missing[:5]}, "
+                              f"unexpected {unexpected[:5]}): modalities or sizes differ")
+    src = (ckpt.get("calmrl_config") or {}).get("method", {}).get("name", "?")
+    if fresh:
+        log.warning("note: %s (a %s checkpoint) has no %s; they start from their defaults", path, src,
+                    sorted({k.split('.')[0] for k in fresh}))
+    if skipped:
+        log.warning("note: %s (a %s checkpoint) holds %s, which %s does not use; left out", path, src,
+                    sorted({k.split('.')[0] for k in skipped}), model.cfg.method.name)
+
+
+def _run_locked(cfg, method, run_dir, resume, splits, max_epochs, extra_callbacks, role: str = "") -> dict:
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
     splits = splits or prepare_data(cfg, method)
     for note in splits.notes:
@@ -509,34 +680,29 @@ def _run_locked(cfg, method, run_dir, resume, splits, max_epochs, extra_callback
     resume_path, resume_ckpt, notes = resume_checkpoint(run_dir) if resume else (None, None, [])
     for note in notes:
         log.warning("%s", note)
+    init_ckpt = load_checkpoint(cfg.train.init_from) if cfg.train.init_from else None
+    cfg = replace(cfg, method=replace(cfg.method, gate=resolve_gate(cfg.method.gate, init_ckpt)))
     total = max_epochs or cfg.train.epochs
     start_epoch = 0
     if resume:
         if resume_path is None:
-            log.warning("--resume: no checkpoint under %s; starting from epoch 0", run_dir / "checkpoints")
+            log.warning("--resume: %s", f"{role} had not started; starting it" if role else
+                        f"no checkpoint under {run_dir / 'checkpoints'}; starting from epoch 0")
         else:
             start_epoch = int(resume_ckpt.get("epoch", 0)) + 1
-            if resume_ckpt.get("calmrl_names") not in (None, splits.names):
-                raise CheckpointError(f"{resume_path} was trained on modalities {resume_ckpt['calmrl_names']}, "
-                                      f"this run has {splits.names}")
-            log.warning("resuming from %s: epoch %d of %d", resume_path, min(start_epoch, total), total)
+            _check_resumable(resume_path, resume_ckpt, cfg, splits)
+            log.warning("resuming %sfrom %s: epoch %d of %d", f"{role} " if role else "", resume_path,
+                        min(start_epoch, total), total)
     torch.set_num_threads(choose_threads(cfg))
-    init_ckpt = load_checkpoint(cfg.train.init_from) if cfg.train.init_from else None
-    cfg = replace(cfg, method=replace(cfg.method, gate=resolve_gate(cfg.method.gate, init_ckpt)))
     model = CalMRLModule(cfg, splits.dims, splits.names)
     model.standardization = splits.standardization
+    model.data_fingerprint, model.classes = splits.fingerprint, splits.classes
     if cfg.method.gate != "none":
         model.gate_loader = _loader(splits.val, cfg, False)
     if init_ckpt is not None:
-        # continual training: encoders, calibrator parameters and statistics warm-started
-        state = init_ckpt["state_dict"]
-        try:
-            missing, unexpected = model.load_state_dict(state, strict=False)
-        except RuntimeError as e:  # size mismatches
-            raise CheckpointError(f"{cfg.train.init_from} does not fit this model: {str(e)[:300]}") from None
-        if missing or unexpected:
-            raise CheckpointError(f"{cfg.train.init_from} does not fit this model (missing {missing[:5]}, "
-                                  f"unexpected {unexpected[:5]}): modalities or sizes differ")
+        _init_from(model, cfg.train.init_from, init_ckpt)
+    if resume_path is None:
+        _move_aside(run_dir)
     _check_writable(run_dir / "checkpoints")
     trainer = build_trainer(cfg, run_dir, max_epochs=max_epochs, extra_callbacks=extra_callbacks,
                             keep_logs_before_epoch=start_epoch if resume_path is not None else None)
@@ -546,8 +712,16 @@ def _run_locked(cfg, method, run_dir, resume, splits, max_epochs, extra_callback
             (run_dir / "results.json").unlink(missing_ok=True)   # no stale results beside a new run
     t0 = time.time()
     known = splits.train_full.mask if cfg.method.name == "pmrl-truefill" else None
-    trainer.fit(model, _loader(splits.train, cfg, True, known), _loader(splits.val, cfg, False),
-                ckpt_path=str(resume_path) if resume_path else None)
+    try:
+        trainer.fit(model, _loader(splits.train, cfg, True, known), _loader(splits.val, cfg, False),
+                    ckpt_path=str(resume_path) if resume_path else None)
+    except torch.linalg.LinAlgError as e:       # a diverged loss reaches the decompositions first
+        raise FloatingPointError(f"training diverged at epoch {trainer.current_epoch} ({str(e).splitlines()[0][:80]}); "
+                                 f"try a smaller train.lr (now {cfg.train.lr:g})") from None
+    except BaseException as e:
+        if hasattr(e, "signum"):                 # the CLI's SIGINT / SIGTERM handler: say where it stopped
+            e.epoch = trainer.current_epoch
+        raise
     train_time = time.time() - t0
     t1 = time.time()
     results = evaluate_model(model, splits, cfg)
@@ -558,6 +732,7 @@ def _run_locked(cfg, method, run_dir, resume, splits, max_epochs, extra_callback
                     "loss_history": getattr(model, "loss_history", []),
                     "gate_history": getattr(model, "gate_history", []), "gate": cfg.method.gate,
                     "missing_fraction_train": float(1 - splits.train.mask.mean()),
+                    "simulated": splits.simulated, "classes": splits.classes,
                     "n_train": splits.train.n, "n_val": splits.val.n, "n_test": splits.test.n,
                     "data_notes": splits.notes})
     if trainer.is_global_zero:
@@ -703,14 +878,15 @@ def format_table(results: list[dict], eval_only: bool = False) -> str:
     """One row per method: pairwise retrieval average (by cosine, and by the method's own
     similarity), fused queries, kNN and anchor shift; the last column is the training time
     (the evaluation time with ``eval_only``)."""
-    head = (f"{'method':<17}{'R@1':>7}{'own R@1':>9}{'R@5':>7}{'R@10':>7}{'MedR':>7}{'fused R@1':>11}{'kNN acc':>9}"
+    head = (f"{'method':<25}{'R@1':>7}{'own R@1':>9}{'R@5':>7}{'R@10':>7}{'MedR':>7}{'fused R@1':>11}{'kNN acc':>9}"
             f"{'shift obs':>11}{'shift cal':>11}{'imp cos':>9}{'imp id%':>9}{'obs id%':>9}"
             f"{'eval s' if eval_only else 'train s':>8}")
     lines = [head, "-" * len(head)]
     for r in results:
         a, f, an = r["pairs"]["average"], r["fused"]["average"], r["anchor"]
         own = r.get("pairs_own", r["pairs"])["average"]["R@1"]
-        lines.append(f"{r['method']:<17}{a['R@1']:>7.2f}{own:>9.2f}{a['R@5']:>7.2f}{a['R@10']:>7.2f}{a['MedR']:>7.1f}"
+        name = f"auto: {r['chosen_method']}" if r["method"] == "auto" else r["method"]
+        lines.append(f"{name:<25}{a['R@1']:>7.2f}{own:>9.2f}{a['R@5']:>7.2f}{a['R@10']:>7.2f}{a['MedR']:>7.1f}"
                      f"{f['R@1']:>11.2f}{r.get('knn_accuracy', float('nan')):>9.2f}"
                      f"{an['shift_observed_deg']:>11.2f}{an['shift_calibrated_deg']:>11.2f}"
                      f"{an.get('imputation_cosine', float('nan')):>9.3f}"

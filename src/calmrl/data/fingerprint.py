@@ -1,0 +1,77 @@
+"""What a model was trained on, so that a later evaluation can tell whether it still is.
+
+``fingerprint(data)`` records the number of instances, a hash of the ids in their order, and
+per modality its shape and a SHA-1 of its observed cells (the values where the mask is set,
+and the mask itself), plus a hash of the labels. ``split_fingerprint`` hashes the ids of the
+training, validation and test instances. Both travel in checkpoints; :func:`compare` names
+what differs (``eval`` refuses a mismatch instead of scoring other data as the test split).
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+
+from .dataset import MultiViewData
+
+__all__ = ["fingerprint", "split_fingerprint", "compare"]
+
+_CHUNK = 65536
+
+
+def _hash_ids(ids) -> str:
+    h = hashlib.sha1()
+    for i in np.asarray(ids).tolist():
+        h.update(str(i).encode())
+        h.update(b"\0")
+    return h.hexdigest()[:16]
+
+
+def _hash_view(view, mask_col: np.ndarray) -> str:
+    """SHA-1 of the observed rows' values (float32 bytes, chunked for memory-mapped views)
+    and of which rows are observed; missing cells' placeholder values do not count."""
+    h = hashlib.sha1(np.packbits(mask_col).tobytes())
+    rows = np.nonzero(mask_col)[0]
+    for s in range(0, len(rows), _CHUNK):
+        block = np.ascontiguousarray(np.asarray(view[rows[s: s + _CHUNK]], dtype=np.float32))
+        h.update(block.tobytes())
+    return h.hexdigest()[:16]
+
+
+def fingerprint(data: MultiViewData) -> dict:
+    """``{"n", "ids", "labels", "modalities": {name: {"shape", "sha1"}}}`` of ``data`` as given."""
+    labels = None
+    if data.labels is not None:
+        labels = hashlib.sha1(np.asarray(data.labels).astype(str).tobytes()).hexdigest()[:16]
+    return {"n": data.n, "ids": _hash_ids(data.ids), "labels": labels,
+            "modalities": {name: {"shape": [data.n, int(v.shape[1])], "sha1": _hash_view(v, data.mask[:, m])}
+                           for m, (name, v) in enumerate(zip(data.names, data.views))}}
+
+
+def split_fingerprint(train_ids, val_ids, test_ids) -> dict:
+    return {"train": _hash_ids(train_ids), "val": _hash_ids(val_ids), "test": _hash_ids(test_ids)}
+
+
+def compare(recorded: dict, current: dict) -> list[str]:
+    """What differs between two fingerprints, in words (empty when they agree)."""
+    out = []
+    if recorded.get("n") != current.get("n"):
+        out.append(f"{recorded.get('n')} instances then, {current.get('n')} now")
+    elif recorded.get("ids") != current.get("ids"):
+        out.append("the instance ids or their order differ")
+    rm, cm = recorded.get("modalities", {}), current.get("modalities", {})
+    if list(rm) != list(cm):
+        out.append(f"modalities {list(rm)} then, {list(cm)} now")
+    for name in rm:
+        if name in cm and rm[name] != cm[name]:
+            r, c = rm[name], cm[name]
+            out.append(f"modality '{name}' " + (f"shape {r['shape']} then, {c['shape']} now" if r["shape"] != c["shape"]
+                                                 else "holds other values"))
+    if recorded.get("labels") != current.get("labels") and not out:
+        out.append("the labels differ")
+    for part in ("train", "val", "test"):
+        rs, cs = recorded.get("split", {}).get(part), current.get("split", {}).get(part)
+        if rs and cs and rs != cs and not out:
+            out.append(f"the {part} split differs")
+    return out
