@@ -123,12 +123,11 @@ def cmd_train(args) -> int:
                 results.append(run(cfg, method=m, resume=args.resume, splits=splits))
                 done.append(m)
     except Interrupted as e:
-        left = [m for m in methods if m not in done]
-        code = 128 + e.signum
+        left = methods[methods.index(current) + 1:] if current in methods else []
         print(f"interrupted by {e} while training {current} at epoch {getattr(e, 'epoch', '?')}; the checkpoint of "
               f"each finished epoch is kept under {Path(cfg.output_dir)}; resume with --resume"
-              + (f" (not yet run: {', '.join(left)})" if len(left) > 1 else ""), file=sys.stderr)
-        return code
+              + (f" (not yet run: {', '.join(left)})" if left else ""), file=sys.stderr)
+        return 128 + e.signum
     _print_tables(results)
     out = Path(cfg.output_dir)
     (out / "summary.json").write_text(json.dumps(results, indent=2))

@@ -328,8 +328,13 @@ def _cross_checks(cfg: Config):
     if bad or not cfg.method.candidates:
         raise ConfigError(f"method.candidates {bad or '[]'} not valid; choose from "
                           f"{[m for m in METHODS if m not in ('auto', 'oracle', 'pmrl-truefill')]}")
-    if any(isinstance(x, bool) or not isinstance(x, (int, float)) or x <= 0 for x in cfg.method.auto_lrs):
-        raise ConfigError(f"method.auto_lrs must be positive numbers, got {cfg.method.auto_lrs}")
+    try:      # YAML 1.1 reads 1e-4 (no dot) as a string
+        cfg.method.auto_lrs = [float(x) for x in cfg.method.auto_lrs if not isinstance(x, bool)] \
+            if len([x for x in cfg.method.auto_lrs if isinstance(x, bool)]) == 0 else None
+    except (TypeError, ValueError):
+        cfg.method.auto_lrs = None
+    if cfg.method.auto_lrs is None or any(not x > 0 or x != x for x in cfg.method.auto_lrs):
+        raise ConfigError("method.auto_lrs must be a list of positive learning rates, e.g. [5e-4, 2e-3]")
     _check_devices(cfg.train.devices)
     _check_strategy(cfg.train.strategy)
     if not cfg.output_dir:

@@ -716,8 +716,8 @@ def _run_locked(cfg, method, run_dir, resume, splits, max_epochs, extra_callback
         trainer.fit(model, _loader(splits.train, cfg, True, known), _loader(splits.val, cfg, False),
                     ckpt_path=str(resume_path) if resume_path else None)
     except torch.linalg.LinAlgError as e:       # a diverged loss reaches the decompositions first
-        raise FloatingPointError(f"training diverged at epoch {trainer.current_epoch} ({str(e).splitlines()[0][:80]}); "
-                                 f"try a smaller train.lr (now {cfg.train.lr:g})") from None
+        raise FloatingPointError(f"training diverged at epoch {trainer.current_epoch} (non-finite embeddings reached "
+                                 f"{str(e).split(':')[0]}); try a smaller train.lr (now {cfg.train.lr:g})") from None
     except BaseException as e:
         if hasattr(e, "signum"):                 # the CLI's SIGINT / SIGTERM handler: say where it stopped
             e.epoch = trainer.current_epoch

@@ -1,0 +1,263 @@
+"""Results a user can trust: each test injects one of the faults that used to give a silently
+wrong figure (tied scores, a reused output directory, changed data, data changed without a
+word) on real files or a real process, and asserts what was kept and what was printed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from calmrl.cli import main
+from calmrl.core.metrics import retrieval_ranks
+from calmrl.data import FeatureStore, MultiViewData, load_tables, load_uci_mfeat
+
+TINY = ["model.embed_dim=16", "model.hidden_dim=32", "train.epochs=2", "train.progress=false",
+        "train.check_val_every=50", "train.threads=1", "train.batch_size=128"]
+VIEWS = ["fourier", "karhunen", "zernike"]
+
+
+def _args(out, *sets):
+    a = []
+    for s in TINY + list(sets):
+        a += ["--set", s]
+    return a + ["--output-dir", str(out)]
+
+
+def _store(path, n=600, transform=None):
+    d = load_uci_mfeat(views=VIEWS).subset(np.linspace(0, 1999, n).astype(int))
+    views = [np.array(v) for v in d.views]
+    if transform:
+        views = transform(views)
+    FeatureStore.write(path, MultiViewData.unchecked(views, d.names, d.mask, d.ids, d.labels, {}))
+    return path
+
+
+# ---------------------------------------------------------------- 1. ties count against the query
+def _loop_ranks(q, g):
+    """Brute force: 1 + the number of *other* gallery items scoring at least the target's score."""
+    s = q.double() @ g.double().T
+    return torch.tensor([1 + sum(1 for j in range(len(g)) if j != i and s[i, j] >= s[i, i]) for i in range(len(q))])
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(2, 40), st.integers(1, 4), st.integers(1, 3), st.integers(0, 10_000))
+def test_tied_scores_rank_against_the_query_on_every_backend(n, d, levels, seed):
+    g = torch.Generator().manual_seed(seed)
+    # few distinct small-integer vectors: many exact ties (a categorical view)
+    q = torch.randint(0, levels + 1, (n, d), generator=g).float()
+    gal = torch.randint(0, levels + 1, (n, d), generator=g).float()
+    ref = _loop_ranks(q, gal)
+    for kw in ({}, {"chunk_size": 3}, {"backend": "faiss", "max_rank": 2 * n}):
+        got = retrieval_ranks(q, gal, **kw)
+        assert torch.equal(got, ref), kw
+
+
+def test_constant_and_categorical_views_score_no_better_than_chance():
+    n = 191
+    q = torch.nn.functional.normalize(torch.randn(n, 8, generator=torch.Generator().manual_seed(0)), dim=-1)
+    const = torch.zeros(n, 8)
+    const[:, 0] = 1
+    cat = torch.nn.functional.normalize(torch.randn(3, 8), dim=-1)[torch.arange(n) % 3]
+    for kw in ({}, {"backend": "faiss", "max_rank": 100}):
+        assert (retrieval_ranks(q, const, **kw) > 1).all()            # before: R@1 100, MedR 1
+        r = retrieval_ranks(cat, cat, **kw)
+        assert float((r == 1).float().mean()) == 0.0                  # before: 59.7 with torch, 1.3 with faiss
+    assert torch.equal(retrieval_ranks(cat, cat), retrieval_ranks(cat, cat, backend="faiss", max_rank=200))
+    nan = q.clone()
+    nan[0] = float("nan")
+    assert retrieval_ranks(nan, q)[0] == n                            # a NaN score ranks last, not first
+
+
+# ---------------------------------------------------------------- 2. a used output directory
+def test_second_run_into_a_used_directory_moves_the_first_aside_and_resume_refuses_other_settings(tmp_path, capsys,
+                                                                                                 caplog):
+    store = _store(tmp_path / "store")
+    out = tmp_path / "out"
+    base = ["data.dataset=store", f"data.path={store}"]
+    assert main(["train", "--method", "pmrl-drop"] + _args(out, *base)) == 0
+    first = json.loads((out / "pmrl-drop" / "results.json").read_text())
+    assert main(["train", "--method", "pmrl-drop"] + _args(out, *base, "train.seed=1")) == 0
+    err = capsys.readouterr().err + caplog.text
+    assert "held an earlier finished run; moved it to" in err
+    aside = [p for p in out.iterdir() if p.name.startswith("pmrl-drop.prev-")]
+    assert len(aside) == 1 and json.loads((aside[0] / "results.json").read_text()) == first   # nothing lost
+    assert not list((out / "pmrl-drop" / "checkpoints").glob("last-v*.ckpt"))   # before: last-v1 beside the old last
+    from calmrl.train.runner import load_checkpoint
+    assert load_checkpoint(out / "pmrl-drop" / "checkpoints" / "last.ckpt")["calmrl_config"]["train"]["seed"] == 1
+    # --resume under other settings is refused, naming them; the run on disk is untouched
+    before = (out / "pmrl-drop" / "checkpoints" / "last.ckpt").read_bytes()
+    rc = main(["train", "--method", "pmrl-drop", "--resume"] + _args(out, *base, "train.seed=1", "train.lr=0.5",
+                                                                      "model.dropout=0.5"))
+    err = capsys.readouterr().err
+    assert rc == 2 and "train.lr: 0.002 -> 0.5" in err and "model.dropout" in err
+    assert (out / "pmrl-drop" / "checkpoints" / "last.ckpt").read_bytes() == before
+
+
+# ---------------------------------------------------------------- 3. eval on changed data
+def test_eval_refuses_data_that_changed_since_training(tmp_path, capsys):
+    store = _store(tmp_path / "store")
+    out = tmp_path / "out"
+    assert main(["train", "--method", "pmrl-drop"] + _args(out, "data.dataset=store", f"data.path={store}")) == 0
+    ckpt = out / "pmrl-drop" / "checkpoints" / "last.ckpt"
+    assert main(["eval", "--checkpoint", str(ckpt)]) == 0                  # same data: fine
+    capsys.readouterr()
+    d = FeatureStore(store).read(mmap=False)
+    FeatureStore.write(store, d.subset(np.arange(100, d.n)))               # 100 rows deleted
+    assert main(["eval", "--checkpoint", str(ckpt)]) == 2
+    err = capsys.readouterr().err
+    assert "not what" in err and "600 instances then, 500 now" in err
+    FeatureStore.write(store, d.subset(np.random.default_rng(0).permutation(d.n)))   # same rows, reordered
+    assert main(["eval", "--checkpoint", str(out / "pmrl-drop")]) == 2     # a run directory resolves to its model
+    assert "ids or their order differ" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- 4. user data as given
+def _tables(tmp_path, label_header="label", index=False, ids=None):
+    d = load_uci_mfeat(views=["fourier", "karhunen"]).subset(np.linspace(0, 1999, 400).astype(int))
+    ids = ids or [f"{i:06d}" for i in range(d.n)]
+    files = {}
+    for m, name in enumerate(d.names):
+        rows = [(["", "id"] if index else ["id"]) + [f"f{j}" for j in range(d.dims[m])] + [label_header]]
+        for i in range(d.n):
+            if name == "karhunen" and i % 4 == 0:
+                continue                                                      # the user's own gaps: 25%
+            rows.append(([str(i)] if index else []) + [ids[i]] + [f"{x:.6g}" for x in d.views[m][i]]
+                        + [str(int(d.labels[i]))])
+        p = tmp_path / f"{name}.csv"
+        p.write_text("\n".join(",".join(r) for r in rows) + "\n")
+        files[name] = p
+    return files, d
+
+
+def test_tables_keep_ids_labels_and_gaps_as_given(tmp_path, capsys):
+    files, d = _tables(tmp_path)
+    with pytest.raises(ValueError, match="column 'label' named like class labels; set data.label_column=label"):
+        load_tables(files)
+    with pytest.raises(ValueError, match="data.label_column 'klass' is not a column of any table"):
+        load_tables(files, label_column="klass")
+    data = load_tables(files, label_column="label")
+    assert data.dims == [76, 64] and data.ids[0] == "000000" and data.labels is not None   # never a feature
+    # a saved pandas index is dropped with a note; zero-padded ids stay strings, '7' and '007' differ
+    files, _ = _tables(tmp_path, index=True, ids=[str(i) if i % 2 else f"{i:03d}" for i in range(400)])
+    data = load_tables(files, label_column="label")
+    assert data.dims == [76, 64] and any("pandas index" in n for n in data.meta["notes"])
+    assert "000" in set(data.ids) and "7" in set(data.ids) and "007" not in set(data.ids)
+    # training on the user's tables simulates nothing unless asked, and says so
+    files, _ = _tables(tmp_path / "t2" if (tmp_path / "t2").mkdir() is None else tmp_path)
+    sets = ["data.dataset=tables", "data.label_column=label"] + [f"data.tables.{k}={v}" for k, v in files.items()]
+    out = tmp_path / "run"
+    assert main(["train", "--method", "pmrl-drop"] + _args(out, *sets)) == 0
+    text = capsys.readouterr().out
+    assert "no cell hidden (the data's own gaps only)" in text
+    res = json.loads((out / "pmrl-drop" / "results.json").read_text())
+    assert res["simulated"] is None and abs(res["missing_fraction_train"] - 0.125) < 0.03   # 25% of one of 2 views
+
+
+def test_fit_uses_arrays_as_given_and_reports_constant_features(tmp_path):
+    import calmrl
+
+    d = load_uci_mfeat(views=VIEWS).subset(np.linspace(0, 1999, 500).astype(int))
+    X = {n: np.array(v, dtype=np.float32) for n, v in zip(d.names, d.views)}
+    X["zernike"][::4] = np.nan                    # the user's own gaps
+    X["karhunen"][:, 3] = 1.5                     # a constant feature
+    model = calmrl.fit(X, labels=d.labels, method="pmrl-drop", output_dir=str(tmp_path),
+                       overrides=["train.epochs=1", "train.progress=false", "train.threads=1"])
+    r = model.results
+    assert r["simulated"] is None
+    assert abs(r["missing_fraction_train"] - 0.25 / 3) < 0.02
+    assert any("'karhunen': 1 of 64 feature(s) constant" in n for n in r["data_notes"])
+
+
+def test_partial_views_fill_works_on_the_store_route(tmp_path):
+    from calmrl.train import load_config
+    from calmrl.train.runner import prepare_data
+
+    def holes(views):
+        views[0][5:40, 2] = np.nan
+        return views
+    store = _store(tmp_path / "store", transform=holes)
+    cfg = load_config(None, ["data.dataset=store", f"data.path={store}", "data.partial_views=fill"])
+    sp = prepare_data(cfg, "pmrl-drop")
+    assert all(np.isfinite(np.asarray(v)).all() for v in sp.train.views)
+    assert any("filled with training-split feature means" in n and "'rows': 35" in n for n in sp.notes)
+
+
+# ---------------------------------------------------------------- 5. / 6. inputs never overwritten or reused stale
+def test_impute_never_overwrites_its_input_store(tmp_path, capsys):
+    store = _store(tmp_path / "store")
+    before = {p.name: p.read_bytes() for p in store.iterdir()}
+    assert main(["impute", "--store", str(store), "--out", str(store), "--space", "input"]) == 2
+    assert "would overwrite the input store" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in store.iterdir()} == before
+
+
+def test_embed_resume_refuses_an_input_edited_in_place(tmp_path):
+    from calmrl.train.embed import _resume_manifest
+
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"id": 1, "v": [1, 2]}\n')
+    part = tmp_path / "out.partial"
+    _resume_manifest(part, src, ["v"], 64, 1)
+    src.write_text('{"id": 1, "v": [3, 4]}\n')               # same size, other content
+    with pytest.raises(ValueError, match="other input"):
+        _resume_manifest(part, src, ["v"], 64, 1)
+
+
+# ---------------------------------------------------------------- 7. signals on a real training process
+@pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_signal_mid_training_stops_cleanly_with_a_resumable_checkpoint(tmp_path, sig, code):
+    store = _store(tmp_path / "store")
+    out = tmp_path / "out"
+    args = [sys.executable, "-m", "calmrl.cli", "train", "--method", "pmrl-drop,pairwise-infonce"] + \
+        _args(out, "data.dataset=store", f"data.path={store}", "train.epochs=400", "train.batch_size=32")
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    ck = out / "pmrl-drop" / "checkpoints" / "last.prev.ckpt"
+    t0 = time.time()
+    while not ck.exists() and time.time() - t0 < 120 and proc.poll() is None:
+        time.sleep(0.1)
+    assert ck.exists(), proc.communicate()[1][-2000:]
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == code, err[-2000:]
+    assert "interrupted by SIG" in err and "resume with --resume" in err and "not yet run: pairwise-infonce" in err
+    assert not (out / "pmrl-drop" / "results.json").exists()
+    from calmrl.train.runner import load_checkpoint
+    assert load_checkpoint(out / "pmrl-drop" / "checkpoints" / "last.ckpt")["epoch"] >= 1    # kept, whole
+
+
+# ---------------------------------------------------------------- 9. one-line errors that name the cause
+def test_errors_name_their_cause(tmp_path, capsys):
+    from calmrl.train.runner import AtomicCheckpointIO
+
+    class Full:
+        def __reduce__(self):
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0")
+    path = tmp_path / "last.ckpt"
+    AtomicCheckpointIO().save_checkpoint({"state_dict": {"w": torch.ones(2)}}, path)
+    with pytest.raises(OSError, match="no space left on device while writing .*last.ckpt; nothing already written"):
+        AtomicCheckpointIO().save_checkpoint({"state_dict": {}, "x": Full()}, path)
+    assert torch.load(path)["state_dict"]["w"].sum() == 2
+    assert main(["train", "--set", "train.seed=-1", "--output-dir", str(tmp_path / "o")]) == 2
+    assert "train.seed = -1 is below its minimum 0" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert main(["train", "--set", "train.accelerator=gpu", "--output-dir", str(tmp_path / "o")]) == 2
+        assert "no GPU is visible" in capsys.readouterr().err
+    assert main(["train", "--method", "pmrl-drop"] + _args(tmp_path / "d", "data.views=[fourier, karhunen, zernike]",
+                                                          "train.lr=1e6")) == 2
+    assert "training diverged at epoch" in (e := capsys.readouterr().err) and "try a smaller train.lr" in e, e
+    a = tmp_path / "a.csv"
+    a.write_text("id,x\nimg-00568,1\nimg-00569,2\nimg-00568,3\n")
+    with pytest.raises(ValueError, match=r"a.csv lists id img-00568 more than once \(data rows 1 and 3\)"):
+        load_tables({"a": a})
