@@ -328,12 +328,23 @@ def cmd_export(args) -> int:
 def cmd_calibrate(args) -> int:
     from .train.runner import calibrate_checkpoint
 
-    out, summary = calibrate_checkpoint(args.checkpoint, args.out, em_iters=args.em_iters)
+    import yaml
+
+    from .train.runner import load_checkpoint
+
+    out, summary = calibrate_checkpoint(_resolve_checkpoint(args.checkpoint), args.out, em_iters=args.em_iters)
     print(f"fitted the calibrator on {summary['instances']} training embeddings ({summary['used']}) in "
           f"{summary['em_iterations']} EM iterations (mean log-likelihood {summary['final_loglik']:.2f}); "
           f"parameters and running statistics written to {out}")
-    print(f"continue on incomplete data with: calmrl train --method calmrl --set train.init_from={out} "
-          "--set calibrator.schedule=frozen|step --set calibrator.warmup_epochs=0 --set train.lr=...")
+    cfg = load_checkpoint(out)["calmrl_config"]
+    conf = out.with_suffix(".yaml")           # the pretrained run's settings (its data among them)
+    conf.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    root = Path(cfg.get("output_dir") or "runs")
+    print(f"continue on the incomplete data as the suite's absorb recipe does (step schedule, no warm-up, a quarter "
+          f"of the learning rate), e.g.:\n  calmrl train --config {conf} --method calmrl --set train.init_from={out} "
+          f"--set calibrator.schedule=step --set calibrator.warmup_epochs=0 --set train.lr={cfg['train']['lr'] / 4:g} "
+          f"--set data.missing.kind=none --output-dir {root.parent / (root.name + '-absorb')}\n(point data.* at the "
+          "incomplete data: the config holds the pretraining data)")
     return 0
 
 

@@ -173,4 +173,12 @@ def evaluate_embeddings(test_A: Tensor, names: Sequence[str], mask: Tensor | Non
     own = pairs if similarity == "cosine" else retrieval_table(test_A, names, mask, ks=ks, chunk_size=chunk_size,
                                                                similarity=similarity)
     fused = fused_retrieval(test_A, names, mask, ks=ks, chunk_size=chunk_size, backend=backend)
-    return {"pairs": pairs, "pairs_own": own, "similarity": similarity, "fused": fused}
+    out = {"pairs": pairs, "pairs_own": own, "similarity": similarity, "fused": fused}
+    M = test_A.shape[1]
+    left = [f"{names[q]}->{names[g]}" for q in range(M) for g in range(M) if q != g and f"{names[q]}->{names[g]}"
+            not in pairs]
+    if left:
+        out["pairs_left_out"] = left
+        out["notes"] = [f"{len(left)} of {M * (M - 1)} ordered view pairs have fewer than 2 instances observing both "
+                        f"and are left out of the average: {', '.join(left[:6])}{', ...' if len(left) > 6 else ''}"]
+    return out

@@ -757,7 +757,7 @@ def evaluate_model(model: CalMRLModule, splits: Splits, cfg: Config) -> dict:
                               backend=e.backend, similarity=own)
     out["val_average"], out["val_own_average"] = val["pairs"]["average"], val["pairs_own"]["average"]
     out["test_complete_fraction"] = float(test_mask.all(1).float().mean())
-    notes = []
+    notes = list(out.pop("notes", []))
     # cells hidden by the simulator are known (train_full); cells missing in the data itself are not
     train_full_A, full_mask = embed_data(enc, splits.train_full)
     train_mask = torch.as_tensor(splits.train.mask)
