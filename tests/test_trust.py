@@ -261,3 +261,31 @@ def test_errors_name_their_cause(tmp_path, capsys):
     a.write_text("id,x\nimg-00568,1\nimg-00569,2\nimg-00568,3\n")
     with pytest.raises(ValueError, match=r"a.csv lists id img-00568 more than once \(data rows 1 and 3\)"):
         load_tables({"a": a})
+
+
+# ---------------------------------------------------------------- a newcomer's path, CLI only
+def test_newcomer_path_from_csv_tables_to_retrieval_with_an_incomplete_query(tmp_path, capsys):
+    files, d = _tables(tmp_path)
+    store, run_dir = tmp_path / "store", tmp_path / "runs"
+    tables = [f"--table={k}={v}" for k, v in files.items()]
+    assert main(["data", "import", *tables, "--label-column", "label", "--out", str(store)]) == 0
+    assert "wrote 400 instances" in capsys.readouterr().out
+    assert main(["data", "import", *tables, "--label-column", "label", "--out", str(store)]) == 2   # never over a store
+    assert main(["train"] + _args(run_dir, "data.dataset=store", f"data.path={store}", "train.epochs=10")) == 0  # auto
+    out = capsys.readouterr().out
+    assert "no cell hidden" in out and "auto: candidates by validation R@1" in out
+    assert main(["export", "--checkpoint", str(run_dir / "auto"), "--out", str(tmp_path / "model")]) == 0
+    # queries that carry only one of the two modalities, from a table of their own
+    q = tmp_path / "q.csv"
+    q.write_text(files["fourier"].read_text().split("\n", 1)[0].replace(",label", "") + "\n" + "\n".join(
+        ",".join(line.split(",")[:-1]) for line in files["fourier"].read_text().splitlines()[1:21]) + "\n")
+    assert main(["data", "import", f"--table=fourier={q}", "--out", str(tmp_path / "qstore")]) == 0
+    hits = tmp_path / "hits.jsonl"
+    assert main(["retrieve", "--model", str(tmp_path / "model"), "--query", str(tmp_path / "qstore"), "--gallery",
+                 str(store), "--gallery-modality", "karhunen", "--k", "5000", "--out", str(hits)]) == 0
+    said = capsys.readouterr().out
+    assert "--k 5000 asked; the gallery holds 300 items" in said
+    rows = [json.loads(x) for x in hits.read_text().splitlines()]
+    assert len(rows) == 20 and all(len(r["gallery_ids"]) == 300 and isinstance(r["query_id"], str) for r in rows)
+    found = [r["gallery_ids"].index(r["query_id"]) + 1 for r in rows if r["query_id"] in r["gallery_ids"]]
+    assert len(found) == 15 and np.median(found) <= 30, found     # 15 queries have a match; chance median 150

@@ -411,6 +411,8 @@ def _bench_suite(args, cfg, seeds) -> int:
 def cmd_data(args) -> int:
     from .data.suite import SUITE, load, store_path
 
+    if args.action == "import":
+        return _data_import(args)
     names = [x for x in (args.names or "").split(",") if x] or list(SUITE)
     unknown = [n for n in names if n not in SUITE]
     if unknown:
@@ -424,6 +426,33 @@ def cmd_data(args) -> int:
         print(f"{n}: {d.n} instances; views " + ", ".join(f"{k} ({w}, {100 * d.mask[:, j].mean():.0f}% observed)"
                                                          for j, (k, w) in enumerate(zip(d.names, d.dims)))
               + f"; {store_path(n)}")
+    return 0
+
+
+def _data_import(args) -> int:
+    """``calmrl data import --table image=img.parquet --table text=txt.csv --out store``: the
+    tables joined on their ids exactly as ``data.dataset=tables`` reads them, written as a
+    feature store for ``eval --store``, ``impute`` and ``retrieve``."""
+    from .data import FeatureStore, load_tables
+
+    if not args.table or not args.out:
+        raise ValueError("data import needs --table MODALITY=FILE (one per modality) and --out DIR")
+    bad = [t for t in args.table if "=" not in t]
+    if bad:
+        raise ValueError(f"--table {bad[0]!r} must look like MODALITY=FILE")
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()):
+        raise ValueError(f"--out {out} exists and is not empty; choose a new directory (nothing was written)")
+    tables = dict(t.split("=", 1) for t in args.table)
+    data = load_tables(tables, args.id_column, args.label_column)
+    for note in data.meta.get("notes", []):
+        print(f"note: {note}")
+    data.meta.pop("notes", None)
+    FeatureStore.write(out, data)
+    print(f"wrote {data.n} instances, modalities " + ", ".join(
+        f"{n} ({w} features, {100 * data.mask[:, m].mean():.0f}% observed)" for m, (n, w) in
+        enumerate(zip(data.names, data.dims))) + (f", labels from '{args.label_column}'" if args.label_column else "")
+        + f" to {out}")
     return 0
 
 
@@ -469,8 +498,9 @@ def cmd_retrieve(args) -> int:
     hits = []
     for pattern in np.unique(q.mask, axis=0):                 # one batch per missing pattern
         idx = np.nonzero((q.mask == pattern).all(1))[0]
-        inputs = {n: (torch.as_tensor(np.asarray(q.views[m][idx])) if pattern[m] else None)
-                  for m, n in enumerate(q.names)}
+        inputs = {n: None for n in model.names}           # the model's modalities the store lacks: missing
+        inputs.update({n: (torch.as_tensor(np.asarray(q.views[m][idx])) if pattern[m] else None)
+                       for m, n in enumerate(q.names)})
         scores, top = model.retrieve(inputs, gallery, k=k)
         hits += [(int(i), top[j].tolist(), scores[j].tolist()) for j, i in enumerate(idx)]
     hits.sort()
@@ -542,9 +572,15 @@ def main(argv: list[str] | None = None) -> int:
     b.set_defaults(fn=cmd_bench)
     dt = sub.add_parser("data", help="the benchmark suite's datasets: list them or build their caches",
                         parents=[common])
-    dt.add_argument("action", choices=("list", "fetch"))
+    dt.add_argument("action", choices=("list", "fetch", "import"),
+                    help="list / fetch: the suite's datasets; import: per-modality tables -> a feature store")
     dt.add_argument("names", nargs="?", default="", help="comma-separated (default: all)")
     dt.add_argument("--rebuild", action="store_true", help="build again even if cached")
+    dt.add_argument("--table", action="append", default=[], metavar="MODALITY=FILE",
+                    help="import: a CSV / Parquet table of one modality (repeat per modality)")
+    dt.add_argument("--id-column", default="id", help="import: the id column of every table")
+    dt.add_argument("--label-column", default="", help="import: a column holding class labels (never a feature)")
+    dt.add_argument("--out", default=None, help="import: the feature-store directory to write (must not exist)")
     dt.set_defaults(fn=cmd_data)
     em = sub.add_parser("embed", help="raw inputs (JSON lines) -> feature store; resumable", parents=[common])
     em.add_argument("--input", required=True, help="JSON lines, one instance per line")

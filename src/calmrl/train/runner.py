@@ -723,6 +723,8 @@ def _run_locked(cfg, method, run_dir, resume, splits, max_epochs, extra_callback
             e.epoch = trainer.current_epoch
         raise
     train_time = time.time() - t0
+    if _fit_unused_calibrator(model, splits, cfg):
+        trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt")
     t1 = time.time()
     results = evaluate_model(model, splits, cfg)
     results.update({"method": method, "train_seconds": train_time, "eval_seconds": time.time() - t1,
@@ -740,6 +742,19 @@ def _run_locked(cfg, method, run_dir, resume, splits, max_epochs, extra_callback
             _plot_gate(results["gate_history"], splits.names, run_dir / "gate.png")
     _write_results(run_dir, results)
     return results, model
+
+
+def _fit_unused_calibrator(model: CalMRLModule, splits: Splits, cfg: Config) -> bool:
+    """A method that trained without the calibrator (pmrl-drop, the InfoNCE objectives, ...)
+    still leaves one fitted by EM on its final training embeddings, so that its checkpoint and
+    export impute missing modalities (``impute``, ``retrieve`` with incomplete queries) like a
+    calmrl model. Training is over: the figures of the run are unchanged."""
+    cal = model.calibrator
+    if bool(cal.initialized) or model.completer is not None:
+        return False
+    A, mask = embed_data(model.encoder, splits.train)
+    cal.fit(A.to(cal.W.dtype), mask.to(A.device), n_iter=cfg.calibrator.em_iters * 3)
+    return True
 
 
 def evaluate_model(model: CalMRLModule, splits: Splits, cfg: Config) -> dict:
