@@ -8,7 +8,7 @@ shared-latent generative model (CalMRL).
 from .core import *  # noqa: F401,F403
 from .core import __all__ as _core_all
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 __all__ = list(_core_all) + ["__version__", "fit"]
 
 
