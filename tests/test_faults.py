@@ -222,7 +222,8 @@ def test_yaml_float_without_dot_string_labels_and_version(tmp_path, capsys):
     assert res["knn_accuracy"] > 50
     with pytest.raises(SystemExit):
         main(["--version"])
-    assert "calmrl 0.2.0" in capsys.readouterr().out
+    from calmrl import __version__
+    assert f"calmrl {__version__}" in capsys.readouterr().out
 
 
 def test_partial_views_policies_report_counts():
