@@ -4,7 +4,7 @@ heads), each on an idle machine and with one core kept busy by another process (
 machine). Median epoch time after the first epoch, best of interleaved repeats, ratios
 against the faster of 1 and all threads in the same condition.
 
-The auto policy (``calmrl.train.runner.choose_threads``): the cores that other processes are
+The auto policy (``calmrl.train.threads.choose_threads``): the cores that other processes are
 not keeping busy when training starts (sampled from /proc/stat over 0.25 s), at least 1.
 """
 

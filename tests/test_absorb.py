@@ -47,7 +47,7 @@ def test_gate_auto_is_off_when_continuing_from_a_complete_data_fit(calibrated):
     """method.gate=auto: imputations from a calibrator fitted on complete data take part at
     weight 1 (no gate measured); from scratch the gate is measured each calibrated epoch."""
     import yaml
-    from calmrl.train.runner import resolve_gate
+    from calmrl.train.module import resolve_gate
     root, ck = calibrated
     assert resolve_gate("auto", load_checkpoint(ck)) == "none"
     assert resolve_gate("auto", load_checkpoint(ck.with_name("last.ckpt"))) == "identification"

@@ -6,7 +6,7 @@ import torch
 from calmrl.data import (FeatureStore, MultiViewData, load_uci_mfeat, mcar_mask, paired_subsets_mask,
                          stratified_split, synthetic_multiview)
 from calmrl.train import CheckpointError, ConfigError, load_checkpoint, load_config
-from calmrl.train.runner import AtomicCheckpointIO
+from calmrl.train.checkpoints import AtomicCheckpointIO
 
 
 def test_uci_loader_reads_all_views():
@@ -165,7 +165,7 @@ def test_from_tables_joins_modalities_on_ids():
 
 
 def test_thread_policy(monkeypatch):
-    from calmrl.train import runner
+    from calmrl.train import threads as runner   # the thread policy's module
     cfg = load_config(None, SIM + [])
     monkeypatch.setattr(runner.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)

@@ -114,10 +114,10 @@ def test_streaming_refit_matches_cached_refit(cfg):
     import dataclasses
     import torch
     from calmrl.train.module import CalMRLModule
-    from calmrl.train.runner import _loader
+    from calmrl.train.loaders import make_loader
     splits = prepare_data(cfg)
     model = CalMRLModule(cfg, splits.dims, splits.names)
-    loader = _loader(splits.train, cfg, False)
+    loader = make_loader(splits.train, cfg, False)
     h1 = model.refit_calibrator(loader, 3)
     state = {k: v.clone() for k, v in model.calibrator.state_dict().items()}
     model.calibrator.load_state_dict(state)

@@ -107,7 +107,7 @@ def test_sigkill_mid_training_then_resume_matches_uninterrupted(tmp_path):
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
     assert not (out / "calmrl" / "results.json").exists()
-    from calmrl.train.runner import resume_checkpoint
+    from calmrl.train.checkpoints import resume_checkpoint
     path, kept_ckpt, _ = resume_checkpoint(out / "calmrl")
     kept = kept_ckpt["epoch"]
     assert 0 < kept < 19, (kept, target)   # a mid-run epoch was kept, not only the end of training

@@ -61,7 +61,7 @@ def fit(data, config=None, *, labels=None, ids=None, method: str | None = None,
     ``output_dir`` (default ``runs/in_memory``)."""
     from .train import Config, load_config, run
     from .train.config import apply_overrides
-    from .train.runner import describe_simulation, prepare_data
+    from .train.splits import describe_simulation, prepare_data
 
     mv = as_multiview(data, labels, ids)
     sets = list(overrides) + ([f"output_dir={output_dir}"] if output_dir else [])

@@ -26,7 +26,7 @@ def _default_config() -> str:
 
 
 def _print_tables(results: list[dict], eval_only: bool = False):
-    from .train.runner import format_table
+    from .train.results import format_table
 
     print()
     print("Cross-modal retrieval on the test split (average over all ordered view pairs, each over the")
@@ -44,7 +44,7 @@ def _print_tables(results: list[dict], eval_only: bool = False):
                  if g.get("alternative_trained") else [])
         a = r.get("auto")
         if a:
-            guard.append(f"auto: candidates by validation R@1 " + ", ".join(
+            guard.append("auto: candidates by validation R@1 " + ", ".join(
                 f"{k} {v:.2f} (test {a['test_R@1'][k]:.2f})" for k, v in a["val_R@1"].items())
                 + f"; kept {a['chosen']} ({a['checkpoint']})")
         for note in r.get("notes", []) + r.get("data_notes", []) + guard:
@@ -93,7 +93,9 @@ def _stop_on_signals():
 
 
 def cmd_train(args) -> int:
-    from .train.runner import describe_simulation, output_lock, prepare_data, run
+    from .train.outdir import output_lock
+    from .train.runner import run
+    from .train.splits import describe_simulation, prepare_data
 
     extra = ([f"train.threads={args.threads}"] if args.threads else []) + \
         ([f"output_dir={args.output_dir}"] if args.output_dir else [])
@@ -165,11 +167,12 @@ def _resolve_checkpoint(path: str) -> str:
 
 def _load_run(ckpt_path: str, with_data: bool = True):
     from .data.fingerprint import compare
-    from .train.runner import _model_from_loaded, load_checkpoint, prepare_data
+    from .train.checkpoints import load_checkpoint, model_from_loaded
+    from .train.splits import prepare_data
 
     ckpt_path = _resolve_checkpoint(ckpt_path)
     ckpt = load_checkpoint(ckpt_path)
-    cfg, model = _model_from_loaded(ckpt, ckpt_path)
+    cfg, model = model_from_loaded(ckpt, ckpt_path)
     splits = prepare_data(cfg) if with_data else None
     if splits is not None and ckpt.get("calmrl_fingerprint"):
         diff = compare(ckpt["calmrl_fingerprint"], splits.fingerprint)
@@ -197,7 +200,7 @@ def _store_for_model(store: str, names: list[str] | None, partial_views: str):
 def _store_split(store: str, model, cfg):
     """A new feature store as a test split: the model's modalities, standardised with the
     training split's statistics saved in the checkpoint."""
-    from .train.runner import Splits
+    from .train.splits import Splits
 
     data, _ = _store_for_model(store, model.names, cfg.data.partial_views)
     if model.standardization is not None:
@@ -209,7 +212,8 @@ def cmd_eval(args) -> int:
     import time
 
     from .train.evaluate import embed_data, evaluate_embeddings
-    from .train.runner import OWN_SIMILARITY, evaluate_model
+    from .train.config import OWN_SIMILARITY
+    from .train.evaluate import evaluate_model
 
     t0 = time.time()
     cfg, splits, model = _load_run(args.checkpoint, with_data=not args.store)
@@ -326,11 +330,11 @@ def cmd_export(args) -> int:
 
 
 def cmd_calibrate(args) -> int:
-    from .train.runner import calibrate_checkpoint
+    from .train.calibrate import calibrate_checkpoint
 
     import yaml
 
-    from .train.runner import load_checkpoint
+    from .train.checkpoints import load_checkpoint
 
     out, summary = calibrate_checkpoint(_resolve_checkpoint(args.checkpoint), args.out, em_iters=args.em_iters)
     print(f"fitted the calibrator on {summary['instances']} training embeddings ({summary['used']}) in "
@@ -634,7 +638,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _is_library_error(err: BaseException) -> bool:
     """Errors the library raises on purpose, with a message meant for the user."""
-    from .train.runner import CheckpointError, RunLockedError
+    from .train.checkpoints import CheckpointError
+    from .train.outdir import RunLockedError
     return isinstance(err, (ValueError, OSError, CheckpointError, RunLockedError, FloatingPointError))
 
 

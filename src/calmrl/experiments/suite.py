@@ -135,7 +135,7 @@ def _job(cfg: Config, dataset: str, setting: str, variants: list[str], seed: int
     runs = out / "runs" / dataset / (tag or setting.replace(" ", "_")) / f"seed{seed}"
     done = []
     if setting == "absorb":
-        from ..train.runner import calibrate_checkpoint
+        from ..train.calibrate import calibrate_checkpoint
 
         # pretrained with the variants' own objective on the complete half; PMRL's calibrated on it
         fam = family(variants[0])

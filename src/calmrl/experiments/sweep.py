@@ -124,7 +124,8 @@ def continual_experiment(cfg: Config, out_dir: Path, *, seeds=(0,), epochs: int 
     *earlier* data (phase-1 training instances, complete) and on the test split."""
     from ..train.evaluate import embed_data, retrieval_table
     from ..train.module import CalMRLModule
-    from ..train.runner import load_checkpoint, prepare_data
+    from ..train.checkpoints import load_checkpoint
+    from ..train.splits import prepare_data
 
     views = cfg.data.views or ["fourier", "profile", "karhunen", "pixel", "zernike", "morphological"]
     hub = views[3] if len(views) > 3 else views[0]

@@ -6,7 +6,10 @@ from .encoders import MLPHead, MultiModalEncoder
 from .export import export_model, load_exported
 from .methods import alignment_loss, fill_missing
 from .module import CalMRLModule
-from .runner import AtomicCheckpointIO, CheckpointError, Splits, format_table, load_checkpoint, prepare_data, run
+from .checkpoints import AtomicCheckpointIO, CheckpointError, load_checkpoint
+from .results import format_table
+from .runner import run
+from .splits import Splits, prepare_data
 
 __all__ = ["Config", "ConfigError", "load_config", "METHODS", "MLPHead", "MultiModalEncoder", "alignment_loss",
            "fill_missing", "CalMRLModule", "AtomicCheckpointIO", "CheckpointError", "load_checkpoint", "Splits",

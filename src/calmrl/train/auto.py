@@ -41,14 +41,17 @@ def _label(method: str, lr: float | None) -> str:
 
 def run_auto(cfg, *, resume: bool = False, splits=None, max_epochs=None, extra_callbacks=(), return_model=False):
     """Train the candidates and keep the best on validation (module docstring)."""
-    from .runner import _move_aside, _write_results, output_lock, prepare_data, run
+    from .outdir import move_aside, output_lock
+    from .results import write_results
+    from .runner import run
+    from .splits import prepare_data
 
     run_dir = Path(cfg.output_dir) / "auto"
     lrs = list(cfg.method.auto_lrs) or [None]
     grid = [(m, lr) for m in cfg.method.candidates for lr in lrs]
     with output_lock(cfg.output_dir):
         if not resume:
-            _move_aside(run_dir)          # a finished auto run there is moved aside, never mixed
+            move_aside(run_dir)          # a finished auto run there is moved aside, never mixed
         splits = splits or prepare_data(cfg, "calmrl")
         cands = {}
         for m, lr in grid:
@@ -79,7 +82,7 @@ def run_auto(cfg, *, resume: bool = False, splits=None, max_epochs=None, extra_c
             shutil.copyfile(kept_checkpoint(sub), tmp)
             os.replace(tmp, ck / "kept.ckpt")
         results = {**res, "method": "auto", "chosen_method": res["method"], "auto": choice}
-        _write_results(run_dir, results)
+        write_results(run_dir, results)
     log.warning("auto: kept %s (validation R@1 %s)", best,
                 ", ".join(f"{k} {v:.2f}" for k, v in choice["val_R@1"].items()))
     return (results, model) if return_model else results

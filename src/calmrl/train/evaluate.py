@@ -4,7 +4,7 @@ usable for any model, not only the ones trained here."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import torch
@@ -14,6 +14,12 @@ from torch import Tensor
 from ..core import (SharedLatentCalibrator, anchor_shift, fuse_observed, imputation_quality, retrieval_ranks,
                     summarize_ranks)
 from ..data import MultiViewData
+from .config import OWN_SIMILARITY
+
+if TYPE_CHECKING:      # the module imports this one: types only
+    from .config import Config
+    from .module import CalMRLModule
+    from .splits import Splits
 
 __all__ = ["embed_data", "retrieval_table", "fused_retrieval", "knn_accuracy", "anchor_report", "evaluate_embeddings",
            "instance_identification"]
@@ -181,4 +187,63 @@ def evaluate_embeddings(test_A: Tensor, names: Sequence[str], mask: Tensor | Non
         out["pairs_left_out"] = left
         out["notes"] = [f"{len(left)} of {M * (M - 1)} ordered view pairs have fewer than 2 instances observing both "
                         f"and are left out of the average: {', '.join(left[:6])}{', ...' if len(left) > 6 else ''}"]
+    return out
+
+
+def fit_unused_calibrator(model: CalMRLModule, splits: Splits, cfg: Config) -> bool:
+    """A method that trained without the calibrator (pmrl-drop, the InfoNCE objectives, ...)
+    still leaves one fitted by EM on its final training embeddings, so that its checkpoint and
+    export impute missing modalities (``impute``, ``retrieve`` with incomplete queries) like a
+    calmrl model. Training is over: the figures of the run are unchanged."""
+    cal = model.calibrator
+    if bool(cal.initialized) or model.completer is not None:
+        return False
+    A, mask = embed_data(model.encoder, splits.train)
+    cal.fit(A.to(cal.W.dtype), mask.to(A.device), n_iter=cfg.calibrator.em_iters * 3)
+    return True
+
+
+def evaluate_model(model: CalMRLModule, splits: Splits, cfg: Config) -> dict:
+    """Test retrieval (each pair over the instances that observe both), fused queries over what
+    is observed, kNN, and the anchor diagnostics on the training split (where the simulator
+    hid cells whose true embeddings are known); ``notes`` say why a diagnostic is absent."""
+    enc = model.encoder
+    e = cfg.eval
+    test_A, test_mask = embed_data(enc, splits.test)
+    own = OWN_SIMILARITY.get(cfg.method.name, "cosine")
+    out = evaluate_embeddings(test_A, splits.names, test_mask, ks=tuple(e.ks), chunk_size=e.chunk_size,
+                              backend=e.backend, similarity=own)
+    val_A, val_mask = embed_data(enc, splits.val)
+    val = evaluate_embeddings(val_A, splits.names, val_mask, ks=tuple(e.ks), chunk_size=e.chunk_size,
+                              backend=e.backend, similarity=own)
+    out["val_average"], out["val_own_average"] = val["pairs"]["average"], val["pairs_own"]["average"]
+    out["test_complete_fraction"] = float(test_mask.all(1).float().mean())
+    notes = list(out.pop("notes", []))
+    # cells hidden by the simulator are known (train_full); cells missing in the data itself are not
+    train_full_A, full_mask = embed_data(enc, splits.train_full)
+    train_mask = torch.as_tensor(splits.train.mask)
+    if splits.train.labels is not None:
+        out["knn_accuracy"] = knn_accuracy(train_full_A, train_mask, splits.train.labels, test_A,
+                                           splits.test.labels, e.knn_k, test_mask=test_mask)
+    cal = None
+    if model.uses_calibrator and bool(model.calibrator.initialized):
+        cal = model.calibrator
+    known = full_mask.all(1)
+    hidden = known & ~train_mask.all(1)
+    nan = float("nan")
+    if int(hidden.sum()) < 2:
+        why = ("no training instance is complete in the data" if not bool(known.any()) else
+               "the simulator hid no cell (data.missing.kind = none, or method oracle)")
+        notes.append(f"anchor shift and imputation quality need hidden cells whose true embeddings are known: {why}")
+        out["anchor"] = {"shift_observed_deg": nan, "shift_calibrated_deg": nan, "shift_calibrated_unit_deg": nan,
+                         "imputation_cosine": nan, "imputation_r2": nan}
+        if cfg.method.name == "oracle" or cfg.data.missing.kind == "none":
+            out["anchor"].update(shift_observed_deg=0.0, shift_calibrated_deg=0.0, shift_calibrated_unit_deg=0.0)
+    else:
+        comp = model.completer
+        imputer = None if comp is None else (lambda A, m: comp.cpu().impute(A.float(), m))  # noqa: E731
+        out["anchor"] = anchor_report(train_full_A[known], train_mask[known], cal,
+                                      em_iters=cfg.calibrator.em_iters * 3, latent_dim=model.calibrator.k,
+                                      imputer=imputer)
+    out["notes"] = notes
     return out

@@ -30,7 +30,7 @@ __all__ = ["CalMRLModule", "resolve_gate"]
 
 def resolve_gate(gate: str, init_ckpt: dict | None) -> str:
     """``method.gate=auto``: ``none`` when continuing from a checkpoint whose calibrator was fitted
-    on complete data by :func:`~calmrl.train.runner.calibrate_checkpoint` (its imputations carry
+    on complete data by :func:`~calmrl.train.calibrate.calibrate_checkpoint` (its imputations carry
     cross-modal relations learned where nothing was missing, which the incomplete data cannot
     measure), else ``identification``. Chosen on the validation splits of the benchmark suite (README)."""
     if gate != "auto":

@@ -1,0 +1,190 @@
+"""Data preparation for a run: the configured source loaded, labels encoded, partial views
+resolved, the stratified split, standardisation on the training split, the simulated gaps
+(opt-in) and what was done, in words; every check before any training."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+from ..data import (FeatureStore, MultiViewData, load_tables, load_uci_mfeat, mcar_mask, paired_subsets_mask,
+                    split_parts, stratified_split, suite, synthetic_multiview)
+from ..data.fingerprint import fingerprint, split_fingerprint
+from .config import Config
+
+__all__ = ['Splits', 'prepare_data', 'describe_simulation', 'has_scorable_pair']
+
+log = logging.getLogger("calmrl")
+
+
+@dataclass
+class Splits:
+    train: MultiViewData        # with the simulated missingness
+    train_full: MultiViewData   # the same instances before the simulator hid cells (for diagnostics only)
+    val: MultiViewData          # natural missingness kept: each pair is scored where both are observed
+    test: MultiViewData
+    names: list[str]
+    dims: list[int]
+    standardization: list | None = None  # per-modality (mean, std) of the training split, or None
+    classes: list | None = None          # label values, in the order of the integer labels used here
+    notes: list = field(default_factory=list)   # what was done to the data, for the user
+    fingerprint: dict | None = None      # the data as given and the split (calmrl.data.fingerprint)
+    simulated: dict | None = None        # what the missingness simulator hid, realised (None: nothing)
+
+
+def _select_views(data: MultiViewData, views: list) -> MultiViewData:
+    """``data.views`` (all modalities when empty)."""
+    try:
+        return data.select(views) if views else data
+    except ValueError as e:
+        raise ValueError(f"data.views: {e}") from None
+
+
+def _encode_labels(data: MultiViewData) -> tuple[MultiViewData, list | None]:
+    """Labels of any type (strings, floats, negative ints) -> 0..C-1, with the class values."""
+    if data.labels is None:
+        return data, None
+    y = np.asarray(data.labels)
+    if y.dtype == object:
+        if any(v is None or (isinstance(v, float) and v != v) for v in y):
+            raise ValueError("some labels are missing (None/NaN); give every instance a label or none")
+        y = y.astype(str)
+    elif y.dtype.kind == "f" and np.isnan(y).any():
+        raise ValueError("some labels are NaN; give every instance a label or none")
+    classes, codes = np.unique(y, return_inverse=True)
+    return (MultiViewData.unchecked(data.views, data.names, data.mask, data.ids, codes.astype(np.int64), data.meta),
+            [c.item() if hasattr(c, "item") else c for c in classes])
+
+
+def _load_source(cfg: Config) -> MultiViewData:
+    """The configured data, not yet checked for partial views (see :func:`prepare_data`)."""
+    d = cfg.data
+    if d.dataset == "uci_mfeat":
+        data = load_uci_mfeat(d.path or None, d.views or None)
+    elif d.dataset == "synthetic":
+        data, _ = synthetic_multiview(d.synthetic_n, d.synthetic_dims, d.synthetic_latent, d.synthetic_noise,
+                                      seed=cfg.train.seed)
+    elif d.dataset == "tables":
+        data = load_tables(d.tables, d.id_column, d.label_column)
+    elif d.dataset in suite.SUITE:
+        data = suite.load(d.dataset, log=log.info)
+    else:
+        data = FeatureStore(d.path).read(validate=False)
+    return _select_views(data, d.views)
+
+
+def prepare_data(cfg: Config, method: str | None = None, data: MultiViewData | None = None) -> Splits:
+    """Resolve partial views (``data.partial_views``), split (stratified), standardise on the
+    training split, simulate missingness on the training split only (none for ``oracle``).
+    Validation and test keep their natural missingness; every check runs before training."""
+    method = method or cfg.method.name
+    data, classes = _encode_labels(_load_source(cfg) if data is None else _select_views(data, cfg.data.views))
+    fp = fingerprint(data)
+    notes = list(data.meta.get("notes", []))
+    policy = cfg.data.partial_views
+    if policy != "fill":         # error / missing need no split statistics
+        data, report = data.resolve_partial_views(policy)
+        if report:
+            empty = ~data.mask.any(1)
+            notes.append(f"partial views treated as missing: {report}"
+                         + (f"; {int(empty.sum())} instance(s) left with no view were dropped" if empty.any() else ""))
+            data = data.subset(np.nonzero(~empty)[0]) if empty.any() else data
+    if policy != "fill":
+        data.validate()
+    else:     # the fill needs the training split's means: split first, then check the filled data
+        data.validate_structure()
+    seed = cfg.train.seed
+    tr, va, te = stratified_split(data.n, data.labels if cfg.data.stratify else None, cfg.data.val_fraction,
+                                  cfg.data.test_fraction, seed)
+    if policy == "fill":
+        data, report = data.resolve_partial_views("fill", fill_rows=tr)
+        data.validate()
+        if report:
+            notes.append(f"partial views filled with training-split feature means: {report}")
+    train, val, test = data.subset(tr), data.subset(va), data.subset(te)
+    fp["split"] = split_fingerprint(train.ids, val.ids, test.ids)
+    if cfg.data.train_part:
+        i, n_parts = cfg.data.train_part
+        parts = split_parts(train.n, n_parts, labels=train.labels, order=cfg.data.train_part_order, seed=seed)
+        train = train.subset(parts[i])
+    stats = None
+    if cfg.data.standardize:
+        train, stats = train.standardize()
+        val, _ = val.standardize(stats)
+        test, _ = test.standardize(stats)
+    M = len(data.names)
+    miss = cfg.data.missing
+    train_full = train
+    if method != "oracle" and miss.kind != "none":
+        if miss.kind == "mcar":
+            sim = mcar_mask(train.n, M, miss.rate, min_observed=min(miss.min_observed, M), seed=seed + 1,
+                             observed=train.mask)
+        else:
+            subsets = [[data.index(n) if isinstance(n, str) else int(n) for n in s] for s in miss.subsets]
+            sim = paired_subsets_mask(train.n, M, subsets, complete_fraction=miss.complete_fraction, seed=seed + 1)
+        mask = train.mask & sim
+        keep = mask.any(1)
+        train = train.subset(np.nonzero(keep)[0]).with_mask(mask[keep])   # natural gaps can empty a row
+        train_full = train_full.subset(np.nonzero(keep)[0])
+        simulated = _simulated(miss, M, train.mask, train_full.mask)
+    else:
+        simulated = None
+    notes += _constant_features(train)
+    never = [data.names[m] for m in range(M) if not train.mask[:, m].any()]
+    if never:
+        raise ValueError(f"modality(ies) {never} are never observed in the training split")
+    for name, part in (("test", test), ("validation", val)):
+        if M > 1 and not has_scorable_pair(part.mask):
+            raise ValueError(f"the {name} split ({part.n} instances) has no two modalities observed together in 2 "
+                             "or more instances; retrieval cannot be evaluated (use more data or a larger fraction)")
+    return Splits(train, train_full, val, test, list(data.names), data.dims, stats, classes, notes, fp, simulated)
+
+
+def _simulated(miss, M: int, mask: np.ndarray, known: np.ndarray) -> dict:
+    """What the simulator hid on the training split: the rate asked, the share of the data's
+    observed training cells hidden (realised), and the cap that ``min_observed`` puts on MCAR."""
+    out = {"kind": miss.kind, "realised": float(1 - mask.sum() / max(1, known.sum())),
+           "own_missing": float(1 - known.mean())}
+    if miss.kind == "mcar":
+        out.update(rate=miss.rate, min_observed=min(miss.min_observed, M), cap=1 - min(miss.min_observed, M) / M)
+    else:
+        out.update(subsets=miss.subsets, complete_fraction=miss.complete_fraction)
+    return out
+
+
+def describe_simulation(sim: dict | None) -> str:
+    """The header's words for what was hidden: nothing, or the realised MCAR rate and its cap."""
+    if sim is None:
+        return "no cell hidden (the data's own gaps only)"
+    own = f"; the data's own gaps: {sim['own_missing']:.1%} of training cells" if sim["own_missing"] > 0 else ""
+    if sim["kind"] == "mcar":
+        capped = " (capped: at least" if sim["rate"] > sim["cap"] + 1e-9 else " (at least"
+        return (f"simulated MCAR {sim['rate']:.0%} asked, {sim['realised']:.1%} of observed training cells hidden"
+                f"{capped} {sim['min_observed']} views kept per instance, so at most about {sim['cap']:.0%}){own}")
+    return (f"simulated paired subsets {sim['subsets']}, {sim['complete_fraction']:.0%} kept complete, "
+            f"{sim['realised']:.1%} of observed training cells hidden{own}")
+
+
+def _constant_features(train: MultiViewData) -> list[str]:
+    """Features constant over a modality's observed training rows (standardised to 0, they
+    carry nothing); a modality constant throughout is named as such."""
+    notes = []
+    for m, name in enumerate(train.names):
+        rows = np.asarray(train.views[m][train.mask[:, m]])
+        if len(rows) < 2:
+            continue
+        const = (rows.max(0) - rows.min(0)) == 0
+        if const.all():
+            notes.append(f"modality '{name}' is constant on the training split (every observed row equal): it "
+                         "carries no information, and retrieval to or from it scores at chance")
+        elif const.any():
+            notes.append(f"modality '{name}': {int(const.sum())} of {len(const)} feature(s) constant on the training "
+                         f"split (e.g. column {int(np.argmax(const))}); kept, they carry nothing")
+    return notes
+
+
+def has_scorable_pair(mask: np.ndarray) -> bool:
+    co = mask.T.astype(np.int64) @ mask.astype(np.int64)
+    np.fill_diagonal(co, 0)
+    return bool((co >= 2).any())

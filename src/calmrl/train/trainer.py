@@ -1,0 +1,48 @@
+"""The Lightning ``Trainer`` of a run: callbacks, loggers, the atomic checkpoint plug-in."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from .checkpoints import AtomicCheckpointIO
+from .config import Config
+from .csv_logger import keeping_csv_logger
+
+__all__ = ['quiet_lightning', 'build_trainer']
+
+log = logging.getLogger("calmrl")
+
+
+def quiet_lightning():
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    warnings.filterwarnings("ignore", message=".*is deprecated.*")
+    warnings.filterwarnings("ignore", message=".*tensorboardX.*")
+    warnings.filterwarnings("ignore", message=".*exists and is not empty.*")
+
+
+def build_trainer(cfg: Config, run_dir: Path, *, max_epochs: int | None = None, extra_callbacks=(),
+                  keep_logs_before_epoch: int | None = None) -> L.Trainer:
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    t = cfg.train
+    ckpt = ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=1, every_n_epochs=1,
+                           save_on_train_epoch_end=True)
+    loggers = [keeping_csv_logger(run_dir, keep_logs_before_epoch)]
+    try:
+        loggers.append(TensorBoardLogger(run_dir, name="tensorboard", version=""))
+    except ModuleNotFoundError:
+        pass
+    return L.Trainer(
+        max_epochs=max_epochs or t.epochs, accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes,
+        strategy=t.strategy, precision=t.precision, logger=loggers, callbacks=[ckpt, *extra_callbacks],
+        plugins=[AtomicCheckpointIO()], enable_progress_bar=t.progress, enable_model_summary=False,
+        check_val_every_n_epoch=t.check_val_every, log_every_n_steps=1, deterministic=False,
+        num_sanity_val_steps=0)
