@@ -383,8 +383,8 @@ def _bench_suite(args, cfg, seeds) -> int:
     if args.variants:
         chosen = split(args.variants)
         main = ("calmrl", "pmrl-drop", "pairwise-infonce", "anchor-infonce")
-        plan["main"] = [v for v in chosen if v in main]
-        plan["extra"] = [v for v in chosen if v not in main]
+        plan["main"] = [v for v in chosen if v.removesuffix("+shared") in main]
+        plan["extra"] = [v for v in chosen if v.removesuffix("+shared") not in main]
     if seeds:
         plan["main_seeds"] = seeds
         plan["extra_seeds"] = [s for s in plan["extra_seeds"] if s in seeds] or seeds[:3]
@@ -392,7 +392,7 @@ def _bench_suite(args, cfg, seeds) -> int:
         plan["epochs"] = args.epochs
     bad = ([f"dataset '{d}'" for d in plan["datasets"] if d not in SUITE and d != "uci_mfeat"]
            + [f"setting '{s}'" for s in plan["settings"] if s not in SETTINGS]
-           + [f"variant '{v}'" for v in plan["main"] + plan["extra"] if v not in VARIANTS])
+           + [f"variant '{v}'" for v in plan["main"] + plan["extra"] if v.removesuffix("+shared") not in VARIANTS])
     if bad:
         raise ValueError(f"unknown {', '.join(bad)}; datasets: {', '.join([*SUITE, 'uci_mfeat'])}; settings: "
                          f"{', '.join(SETTINGS)}; variants: {', '.join(VARIANTS)}")

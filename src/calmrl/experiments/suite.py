@@ -76,8 +76,28 @@ FAMILY = {"pairwise-infonce": "pairwise-infonce", "anchor-infonce": "anchor-info
 AUTO_CANDIDATES = ("calmrl", "pairwise-infonce", "anchor-infonce")
 
 
+SHARED = "+shared"    # a variant suffix: the dataset's view groups served by one encoder each (model.shared_encoders)
+
+
 def family(variant: str) -> str:
-    return FAMILY.get(variant, "pmrl")
+    return FAMILY.get(variant.removesuffix(SHARED), "pmrl")
+
+
+def _unit_key(variant: str) -> tuple[str, bool]:
+    """Variants that can share one unit of work: one learning rate and one absorb pretraining."""
+    return family(variant), variant.endswith(SHARED)
+
+
+def _variant_overrides(variant: str, dataset: str) -> tuple[str, list[str]]:
+    """``(method, overrides)`` of a variant on a dataset."""
+    base = variant.removesuffix(SHARED)
+    method, sets = VARIANTS[base]
+    if variant.endswith(SHARED):
+        groups = [list(g) for g in SUITE[dataset].groups] if dataset in SUITE else []
+        if not groups:
+            raise ValueError(f"variant {variant}: dataset {dataset} declares no view groups")
+        sets = sets + [f"model.shared_encoders={json.dumps(groups)}"]
+    return method, sets
 HUBS = {"uci_mfeat": "pixel"}
 
 SUITE_FULL = {"datasets": [*SUITE, "uci_mfeat"], "settings": list(SETTINGS),
@@ -117,7 +137,7 @@ def _record_path(out: Path, dataset: str, setting: str, variant: str, seed: int)
 
 
 def _train(cfg: Config, variant: str, out_dir: Path) -> dict:
-    method, sets = VARIANTS[variant]
+    method, sets = _variant_overrides(variant, cfg.data.dataset)
     c = apply_overrides(cfg, sets + [f"output_dir={out_dir}"])
     t0 = time.time()
     res = run(c, method=method)
@@ -138,11 +158,13 @@ def _job(cfg: Config, dataset: str, setting: str, variants: list[str], seed: int
         from ..train.calibrate import calibrate_checkpoint
 
         # pretrained with the variants' own objective on the complete half; PMRL's calibrated on it
-        fam = family(variants[0])
+        fam, shared = _unit_key(variants[0])
         pre = dataclasses.replace(base, data=dataclasses.replace(
             base.data, train_part=[0, 2], missing=dataclasses.replace(base.data.missing, kind="none")))
+        if shared:
+            pre = apply_overrides(pre, _variant_overrides(variants[0], dataset)[1][-1:])
         pre_method = "oracle" if fam == "pmrl" else fam
-        pre_dir = runs / ("pretrain" if fam == "pmrl" else f"pretrain-{fam}")
+        pre_dir = runs / (("pretrain" if fam == "pmrl" else f"pretrain-{fam}") + (SHARED if shared else ""))
         ckpt = pre_dir / pre_method / "checkpoints" / "last.ckpt"
         start = ckpt.with_name("calibrated.ckpt") if fam == "pmrl" else ckpt.with_name("pretrained.ckpt")
         if not start.exists():
@@ -172,12 +194,14 @@ def _plan(plan: dict) -> list[tuple[str, str, list[str], int]]:
     """(dataset, setting, variants, seed) units, most important first: the main pair on every
     cell, seed by seed, then the extra variants; the oracle once per dataset and seed."""
     units = []
-    fams = list(dict.fromkeys(family(v) for v in plan["main"]))
+    keys = list(dict.fromkeys(_unit_key(v) for v in plan["main"]))
     for seed in plan["main_seeds"]:
         for d in plan["datasets"]:
             for s in plan["settings"]:
-                for f in fams:          # one unit per objective family: its own learning rate and pretraining
-                    units.append((d, s, [v for v in plan["main"] if family(v) == f], seed))
+                for k in keys:          # one unit per objective family: its own learning rate and pretraining
+                    vs = [v for v in plan["main"] if _unit_key(v) == k and (not k[1] or (d in SUITE and SUITE[d].groups))]
+                    if vs:
+                        units.append((d, s, vs, seed))
     for seed in plan["extra_seeds"]:
         for d in plan["datasets"]:
             extra = [v for v in plan["extra"] if v != "oracle"]
@@ -227,7 +251,8 @@ def run_suite(cfg: Config, out: Path, *, plan: dict, jobs: int = 1, log=print) -
     lr_of: dict = {}
     tune = []
     main = plan["main"] or ["pmrl-drop"]          # a plan of extra variants only still needs the PMRL rate
-    fams = {f: [v for v in main if family(v) == f] for f in dict.fromkeys(family(v) for v in main)}
+    fams = {f: [v for v in main if family(v) == f and not v.endswith(SHARED)] or
+            [v.removesuffix(SHARED) for v in main if family(v) == f] for f in dict.fromkeys(family(v) for v in main)}
     fams.setdefault("pmrl", ["pmrl-drop"])        # the extra variants (truefill, oracle, ablations) are PMRL's
     for d in plan["datasets"]:
         for f, tuners in fams.items():

@@ -60,6 +60,7 @@ def result_record(res: dict) -> dict:
         "missing_fraction": res.get("missing_fraction_train", 0.0),
         "loss_history": res.get("loss_history", []), "em_history": res.get("em_history", []),
         "gate_history": res.get("gate_history", []),
+        "pairs_R@1": {k: v["R@1"] for k, v in res["pairs"].items() if k != "average"},
     }
 
 

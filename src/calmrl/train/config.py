@@ -87,6 +87,9 @@ class ModelConfig:
     hidden_dim: int = _f(256, lo=1)
     layers: int = _f(2, lo=1, help="linear layers per MLP projection head")
     dropout: float = _f(0.1, lo=0.0, hi=0.9)
+    shared_encoders: list = _f([], help="groups of modalities of one kind and width served by one encoder, e.g. "
+                                        "[[apple, google, twitter, facebook]] (drawings by several vendors): views "
+                                        "that never occur together then agree before any pair of them is seen")
 
 
 @dataclass

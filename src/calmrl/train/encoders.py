@@ -47,8 +47,31 @@ class MultiModalEncoder(nn.Module):
 
     @classmethod
     def mlp(cls, dims: Sequence[int], names: Sequence[str], embed_dim: int, hidden: int = 256, layers: int = 2,
-            dropout: float = 0.0) -> "MultiModalEncoder":
-        return cls([MLPHead(d, embed_dim, hidden, layers, dropout) for d in dims], names, embed_dim)
+            dropout: float = 0.0, shared: Sequence[Sequence[str]] = ()) -> "MultiModalEncoder":
+        """One MLP head per modality; each group in ``shared`` (modality names of one kind and
+        width, e.g. the same drawing by several vendors) is served by a single head, as one
+        image tower serves every image: views that never occur together then agree before any
+        pair of them is seen."""
+        names = list(names)
+        owner = {}
+        for group in shared:
+            unknown = [n for n in group if n not in names]
+            if unknown:
+                raise ValueError(f"model.shared_encoders: unknown modality(ies) {unknown}; the data has {names}")
+            widths = {dims[names.index(n)] for n in group}
+            if len(widths) > 1:
+                raise ValueError(f"model.shared_encoders: {list(group)} have different widths "
+                                 f"{[dims[names.index(n)] for n in group]}; a shared encoder needs one input width")
+            for n in group:
+                if n in owner:
+                    raise ValueError(f"model.shared_encoders: '{n}' is in two groups")
+                owner[n] = group[0]
+        heads: dict[str, nn.Module] = {}
+        for n, d in zip(names, dims):
+            key = owner.get(n, n)
+            if key not in heads:
+                heads[key] = MLPHead(d, embed_dim, hidden, layers, dropout)
+        return cls([heads[owner.get(n, n)] for n in names], names, embed_dim)
 
     def encode(self, m: int, x: Tensor) -> Tensor:
         """Unit-norm embedding of raw inputs ``x`` of modality ``m``."""

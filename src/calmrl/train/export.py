@@ -24,7 +24,8 @@ def export_model(encoder: MultiModalEncoder, calibrator: SharedLatentCalibrator,
     and applied by :class:`~calmrl.inference.CalMRLModel` to raw inputs, as training did."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    tensors = {f"encoder.{k}": v.detach().contiguous().cpu() for k, v in encoder.state_dict().items()}
+    # copies: a shared encoder's tensors appear under each of its modalities (safetensors refuses shared memory)
+    tensors = {f"encoder.{k}": v.detach().cpu().clone() for k, v in encoder.state_dict().items()}
     tensors.update({f"calibrator.{k}": v.detach().contiguous().cpu() for k, v in calibrator.state_dict().items()})
     for name, (mean, std) in zip(encoder.names, standardization or []):
         tensors[f"standardize.{name}.mean"] = torch.as_tensor(np.asarray(mean, np.float64))
@@ -50,7 +51,8 @@ def load_exported(path: str | os.PathLike, device="cpu") -> tuple[MultiModalEnco
         raise ValueError(f"exported model in {path} is corrupt: {e}") from None
     cfg = _build(Config, meta["config"])
     m = cfg.model
-    enc = MultiModalEncoder.mlp(meta["dims"], meta["names"], m.embed_dim, m.hidden_dim, m.layers, m.dropout)
+    enc = MultiModalEncoder.mlp(meta["dims"], meta["names"], m.embed_dim, m.hidden_dim, m.layers, m.dropout,
+                                shared=m.shared_encoders)
     enc.load_state_dict({k[len("encoder."):]: v for k, v in tensors.items() if k.startswith("encoder.")})
     cal_state = {k[len("calibrator."):]: v for k, v in tensors.items() if k.startswith("calibrator.")}
     cal = SharedLatentCalibrator(len(meta["names"]), m.embed_dim, cal_state["W"].shape[-1], names=meta["names"])

