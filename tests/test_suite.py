@@ -265,3 +265,30 @@ def test_suite_report_pairs_seeds_and_picks_variants_on_validation_only(tmp_path
     # higher test R@1 does not count, nor a validation margin below the precision shown (0.004)
     assert "- cells: **calmrl** (calmrl-mlp 9.02 vs 11.02 (5 runs); calmrl-mvae 11.02 vs 11.02 (5 runs))" in rep
     assert "| 0.250 |" in rep                                                     # mean gate weight
+
+
+def test_suite_report_composes_auto_on_validation_and_splits_hub_pairs(tmp_path):
+    """Fabricated records: auto takes, seed by seed, the candidate best on *validation* (here
+    pairwise-infonce, though anchor-infonce is better on test), its gap to the best single method
+    is paired, and '+shared' variants get all / non-hub / hub columns."""
+    from calmrl.experiments.suite import SUITE_FULL, derive_auto, write_suite_report
+
+    recs = []
+    for seed in range(3):
+        for v, test, val in (("pmrl-drop", 10.0, 5.0), ("calmrl", 10.0, 5.0), ("pairwise-infonce", 12.0 + seed, 9.0),
+                             ("anchor-infonce", 14.0 + seed, 8.0)):
+            for shared in ("", "+shared"):
+                pairs = {"text->apple": test, "apple->google": test / 2 + (10 if shared else 0)}
+                recs.append({"dataset": "emoji", "setting": "never-complete", "variant": v + shared, "seed": seed,
+                             "R@1": test + (1 if shared else 0), "val_R@1": val + (1 if shared else 0),
+                             "pairs_R@1": pairs, "imputation_cosine": 0.5, "imputation_identification": 1.0,
+                             "fallback_identification": 1.0, "gate_history": []})
+    auto = derive_auto(recs)
+    assert {r["chosen"] for r in auto} == {"pairwise-infonce"} and [r["R@1"] for r in auto] == [12.0, 13.0, 14.0]
+    rep = write_suite_report(recs, tmp_path, SUITE_FULL, command="t", commit="c", machine="m", seconds=1).read_text()
+    # auto 13.0 vs the best single (anchor-infonce 15.0, std 1.0): -2.00, beyond half a std: missed
+    assert "| emoji | never-complete |" in rep and "| -2.00 [" in rep and "| missed |" in rep
+    assert "auto below the best single method by more than half its seed std: 1 (emoji/never-complete)" in rep
+    # pairwise-infonce: non-hub 6.50 -> 16.50 with the shared encoder, hub 13.00 both
+    assert "| emoji | never-complete | pairwise-infonce | 13.00 | 6.50 | 13.00 | 14.00 | 16.50 | 13.00 | 1.00 [" in rep
+    assert "auto-both" in rep and "chosen: pairwise-infonce+shared 3" in rep

@@ -311,7 +311,7 @@ def cell_stats(recs: list[dict], dataset: str, setting: str, a: str = "calmrl", 
     return out
 
 
-def derive_auto(recs: list[dict], candidates=AUTO_CANDIDATES) -> list[dict]:
+def derive_auto(recs: list[dict], candidates=AUTO_CANDIDATES, name: str = "auto") -> list[dict]:
     """``auto``'s records: per (dataset, setting, seed) where every candidate ran, the candidate
     with the highest validation R@1 (the earlier one on a tie), as ``method.name=auto`` keeps."""
     by = {}
@@ -326,8 +326,59 @@ def derive_auto(recs: list[dict], candidates=AUTO_CANDIDATES) -> list[dict]:
         for v in candidates:
             if best is None or got[v]["val_R@1"] > got[best]["val_R@1"]:
                 best = v
-        out.append({**got[best], "variant": "auto", "chosen": best})
+        out.append({**got[best], "variant": name, "chosen": best})
     return out
+
+
+def _pair_split(rec: dict, hub: str) -> tuple[float, float]:
+    """Mean R@1 over the ordered pairs without the hub (views that never meet in never-complete)
+    and over those with it; NaN where the record has no per-pair figures."""
+    pairs = rec.get("pairs_R@1") or {}
+    non = [v for k, v in pairs.items() if hub not in k.split("->")]
+    hub_ = [v for k, v in pairs.items() if hub in k.split("->")]
+    nan = float("nan")
+    return (float(np.mean(non)) if non else nan), (float(np.mean(hub_)) if hub_ else nan)
+
+
+def _shared_section(recs: list[dict], datasets, settings) -> list[str]:
+    """Each objective with its dataset's view groups served by one encoder (``+shared``) against
+    itself without, all pairs / non-hub pairs / hub pairs, paired over seeds; auto over the shared
+    candidates, and over both, chosen on validation."""
+    have = sorted({r["variant"] for r in recs if r["variant"].endswith(SHARED)})
+    if not have:
+        return []
+    L = ["## Views that never occur together: one encoder per group of views of one kind", "",
+         "`X+shared`: the dataset's view groups (emoji's four vendors, the five fonts) served by one encoder "
+         "(`model.shared_encoders`), X otherwise unchanged (same learning rate). Test R@1: all ordered pairs, "
+         "non-hub pairs (both views outside the hub: never observed together in never-complete) and hub pairs; "
+         "mean over seeds; `diff`: X+shared - X over all pairs, paired, 95% interval. `auto+shared`: auto over the "
+         "shared candidates; `auto-both`: over the shared and unshared ones, chosen on validation.", "",
+         "| dataset | setting | variant | all | non-hub | hub | all, +shared | non-hub, +shared | hub, +shared | diff |",
+         "|---|---|---|---|---|---|---|---|---|---|"]
+    for d in datasets:
+        hub = SUITE[d].hub if d in SUITE else HUBS.get(d, "")
+        for s in settings:
+            for v in [*AUTO_CANDIDATES, "pmrl-drop", "auto"]:
+                sv = v + SHARED
+                a = {r["seed"]: r for r in recs if r["dataset"] == d and r["setting"] == s and r["variant"] == v}
+                b = {r["seed"]: r for r in recs if r["dataset"] == d and r["setting"] == s and r["variant"] == sv}
+                seeds = sorted(set(a) & set(b))
+                if not seeds:
+                    continue
+                def m(rs, f):
+                    return _fmt(float(np.nanmean([f(rs[k]) for k in seeds])))
+                c = cell_stats(recs, d, s, sv, v)
+                L.append(f"| {d} | {s} | {v} | {m(a, lambda r: r['R@1'])} | {m(a, lambda r: _pair_split(r, hub)[0])} | "
+                         f"{m(a, lambda r: _pair_split(r, hub)[1])} | {m(b, lambda r: r['R@1'])} | "
+                         f"{m(b, lambda r: _pair_split(r, hub)[0])} | {m(b, lambda r: _pair_split(r, hub)[1])} | "
+                         f"{_fmt(c['mean'])} [{_fmt(c['lo'])}, {_fmt(c['hi'])}] |")
+            both = {r["seed"]: r for r in recs if r["dataset"] == d and r["setting"] == s and r["variant"] == "auto-both"}
+            if both:
+                ch = [r["chosen"] for r in both.values()]
+                L.append(f"| {d} | {s} | auto-both | {_fmt(float(np.mean([r['R@1'] for r in both.values()])))} | "
+                         f"{_fmt(float(np.nanmean([_pair_split(r, hub)[0] for r in both.values()])))} | | | | | "
+                         "chosen: " + ", ".join(f"{k} {ch.count(k)}" for k in dict.fromkeys(ch)) + " |")
+    return L + [""]
 
 
 def _which_method(recs: list[dict], datasets, settings) -> list[str]:
@@ -377,6 +428,9 @@ def write_suite_report(records: list[dict], out: Path, plan: dict, *, command: s
     """``suite_report.md``, ``suite_records.json`` and ``suite_differences.png`` in ``out``."""
     recs = [r for r in records if not r["setting"].startswith("tune")]
     recs += derive_auto(recs)
+    shared_cands = tuple(v + SHARED for v in AUTO_CANDIDATES)
+    recs += derive_auto(recs, shared_cands, "auto" + SHARED)
+    recs += derive_auto(recs, AUTO_CANDIDATES + shared_cands, "auto-both")
     seen = list(dict.fromkeys(r["dataset"] for r in recs))
     datasets = [d for d in plan["datasets"] if d in seen] + [d for d in seen if d not in plan["datasets"]]
     settings = [s for s in SETTINGS if any(r["setting"] == s for r in recs)]
@@ -390,6 +444,7 @@ def write_suite_report(records: list[dict], out: Path, plan: dict, *, command: s
          "(see below). Paired differences over seeds with a 95% t-interval; `k/n` = seeds above 0. A difference "
          "whose interval contains 0 is a tie.", ""]
     L += _which_method(recs, datasets, settings)
+    L += _shared_section(recs, datasets, settings)
     # across datasets
     L += ["## calmrl - pmrl-drop, every dataset x setting", "",
           "| dataset | " + " | ".join(settings) + " |", "|---|" + "---|" * len(settings)]
