@@ -32,7 +32,7 @@ def guard(cfg, results, model, run_dir: Path, resume, splits, max_epochs, extra_
     ``checkpoints/kept.ckpt`` and the kept run's figures become the results; the comparison is
     recorded in ``results["guard"]``."""
     if not imputations_took_part(results):
-        results["guard"] = {"kept": "calibrated", "alternative_trained": False,
+        results["guard"] = {"kept": "observed-only", "alternative_trained": False,
                             "why": "no imputed column took part (gate 0 throughout): the run is the observed-only run"}
         write_results(run_dir, results)
         return results, model
