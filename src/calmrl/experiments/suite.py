@@ -122,7 +122,9 @@ def _setting_cfg(cfg: Config, setting: str, names: list[str]) -> Config:
                                    complete_fraction=0.1 if setting == "paired" else 0.0)
     else:
         raise ValueError(f"unknown setting '{setting}'")
-    return dataclasses.replace(cfg, data=dataclasses.replace(d, missing=miss))
+    # the hub is the anchor of the hub objectives (anchor-infonce, gram, triangle) in every setting
+    return dataclasses.replace(cfg, data=dataclasses.replace(d, missing=miss),
+                               method=dataclasses.replace(cfg.method, anchor=_hub(cfg)))
 
 
 def _atomic_json(path: Path, obj) -> None:
@@ -160,7 +162,8 @@ def _job(cfg: Config, dataset: str, setting: str, variants: list[str], seed: int
         # pretrained with the variants' own objective on the complete half; PMRL's calibrated on it
         fam, shared = _unit_key(variants[0])
         pre = dataclasses.replace(base, data=dataclasses.replace(
-            base.data, train_part=[0, 2], missing=dataclasses.replace(base.data.missing, kind="none")))
+            base.data, train_part=[0, 2], missing=dataclasses.replace(base.data.missing, kind="none")),
+            method=dataclasses.replace(base.method, anchor=_hub(base)))
         if shared:
             pre = apply_overrides(pre, _variant_overrides(variants[0], dataset)[1][-1:])
         pre_method = "oracle" if fam == "pmrl" else fam

@@ -114,7 +114,8 @@ class MethodConfig:
     inter_weight: float = _f(1.0, lo=0.0)
     inter: str = _f("modality", choices=("modality", "anchor"),
                     help="PMRL instance-wise term: columns vs anchors (modality) or anchors vs anchors")
-    anchor: str = _f("", help="anchor modality of gram / triangle / anchor-infonce (empty = first)")
+    anchor: str = _f("", help="anchor (hub) modality of gram / triangle / anchor-infonce (empty = the modality "
+                              "observed in the most training instances: the shared view of paired data)")
     renormalize_imputed: bool = _f(False, help="project imputed vectors to the unit sphere (paper: no)")
     impute_grad: bool = _f(False, help="let gradients flow through imputations into observed encoders")
     confidence_weighting: bool = _f(False, help="scale imputed columns by the posterior confidence")

@@ -62,6 +62,17 @@ def run(cfg: Config, *, method: str | None = None, resume: bool = False, splits:
     return (results, model) if return_model else results
 
 
+def resolve_anchor(anchor: str, splits: Splits) -> str:
+    """``method.anchor`` (the hub of gram / triangle / anchor-infonce), or when unset the modality
+    observed in the most training instances: the view every subset shares in paired data (text in
+    a V-T plus A-T set), the first of the most observed otherwise."""
+    if anchor:
+        if anchor not in splits.names:
+            raise ValueError(f"method.anchor '{anchor}' is not a modality of the data ({splits.names})")
+        return anchor
+    return splits.names[int(splits.train.mask.sum(0).argmax())]
+
+
 def _run_locked(cfg, method, run_dir, resume, splits, max_epochs, extra_callbacks, role: str = "") -> dict:
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
     splits = splits or prepare_data(cfg, method)
@@ -71,7 +82,8 @@ def _run_locked(cfg, method, run_dir, resume, splits, max_epochs, extra_callback
     for note in notes:
         log.warning("%s", note)
     init_ckpt = load_checkpoint(cfg.train.init_from) if cfg.train.init_from else None
-    cfg = replace(cfg, method=replace(cfg.method, gate=resolve_gate(cfg.method.gate, init_ckpt)))
+    cfg = replace(cfg, method=replace(cfg.method, gate=resolve_gate(cfg.method.gate, init_ckpt),
+                                      anchor=resolve_anchor(cfg.method.anchor, splits)))
     total = max_epochs or cfg.train.epochs
     start_epoch = 0
     if resume:
