@@ -1,5 +1,6 @@
 # Two commands do everything on a fresh machine:
-#   make train   -> set up .venv, train calmrl / pmrl-drop / pmrl-truefill / oracle on UCI Multiple Features, print the table
+#   make train   -> set up .venv, train the default (auto: calmrl, pairwise-infonce, anchor-infonce, the best on
+#                   validation kept) and pmrl-drop / pmrl-truefill / oracle on UCI Multiple Features, print the table
 #   make test    -> set up .venv, run the test suite
 PYTHON ?= python3
 VENV   ?= .venv
@@ -22,7 +23,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 train: $(STAMP)
-	$(VENV)/bin/calmrl train --method calmrl,pmrl-drop,pmrl-truefill,oracle
+	$(VENV)/bin/calmrl train --method auto,pmrl-drop,pmrl-truefill,oracle
 
 test: $(STAMP)
 	$(PY) -m pytest -q

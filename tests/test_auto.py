@@ -58,3 +58,17 @@ def test_init_from_works_across_objectives_sharing_encoders(tmp_path, caplog):
     back = tmp_path / "c" / "pairwise-infonce" / "checkpoints" / "last.ckpt"
     run(load_config(None, BASE + [f"train.init_from={back}", f"output_dir={tmp_path / 'd'}"]), method="pmrl-drop")
     assert "which pmrl-drop does not use; left out" in caplog.text
+
+
+def test_the_hub_objectives_anchor_at_the_view_every_subset_shares():
+    from calmrl.train.runner import resolve_anchor
+    from calmrl.train.splits import prepare_data
+
+    cfg = load_config(None, BASE + ["data.missing.kind=paired", "data.missing.complete_fraction=0.0",
+                                    "data.missing.subsets=[[zernike, fourier], [zernike, karhunen]]"])
+    sp = prepare_data(cfg, "anchor-infonce")
+    assert resolve_anchor("", sp) == "zernike"                    # not the first view, fourier
+    assert resolve_anchor("karhunen", sp) == "karhunen"
+    import pytest
+    with pytest.raises(ValueError, match="method.anchor 'pixel' is not a modality"):
+        resolve_anchor("pixel", sp)
