@@ -141,7 +141,8 @@ def _volume_contrast(score_fn, A, mask, anchor, tau, label_smoothing):
 
 
 def pairwise_infonce_loss(A: Tensor, mask: Tensor | None = None, *, tau: float | Tensor = 0.07,
-                          label_smoothing: float = 0.0) -> Tensor:
+                          label_smoothing: float = 0.0, cell_weights: Tensor | None = None,
+                          observed: Tensor | None = None) -> Tensor:
     r"""Symmetric InfoNCE over every pair of co-observed modalities, no hub (CLIP / VAST style).
 
     For each ordered pair :math:`(m, n)`, :math:`m\ne n`, each instance :math:`i` observing both
@@ -149,40 +150,75 @@ def pairwise_infonce_loss(A: Tensor, mask: Tensor | None = None, *, tau: float |
     that observes :math:`n`), logits :math:`a_{im}^\top a_{jn}/\tau`, positive :math:`j=i`:
     :math:`\mathcal L = \frac{1}{|P|}\sum_{(m,n,i)\in P} -\log\operatorname{softmax}_j(\ell_{mnij})_i`.
     Both directions of a pair enter, so the loss is symmetric. Computed for all pairs at
-    once (no loop over modalities or instances)."""
+    once (no loop over modalities or instances).
+
+    Calibrated (imputed cells as extra pair members): ``mask`` then marks the cells present,
+    observed or imputed (imputations detached by the caller), ``observed`` the observed ones
+    and ``cell_weights`` ``(B, M)`` each cell's weight (1 observed, the gate's weight imputed).
+    A cell of weight 0 is excluded exactly, as a missing one (so a closed gate gives the plain
+    loss); a row enters only if one of its two cells is observed, with weight
+    :math:`w_{im} w_{in}`, and :math:`\mathcal L = \sum_P w\,\ell / \sum_P w`."""
     mask = _full_mask(A, mask)
+    if cell_weights is not None:
+        mask = mask & (cell_weights > 0)
     B, M, _ = A.shape
     if B < 2 or M < 2:
         return A.sum() * 0.0
     logits = torch.einsum("imd,jnd->mnij", A, A) / tau                   # (M, M, B, B)
-    gallery_ok = mask.T[None, :, None, :]                                # a_jn observed
+    gallery_ok = mask.T[None, :, None, :]                                # a_jn present
     logits = logits.masked_fill(~gallery_ok, float("-inf"))
-    query_ok = mask.T[:, None, :] & mask.T[None, :, :]                   # (M, M, B): both observed
+    query_ok = mask.T[:, None, :] & mask.T[None, :, :]                   # (M, M, B): both present
     query_ok = query_ok & ~torch.eye(M, dtype=torch.bool, device=A.device)[..., None]
+    if observed is not None:
+        obs = observed.T.bool()
+        query_ok = query_ok & (obs[:, None, :] | obs[None, :, :])        # not two imputed cells
     if not bool(query_ok.any()):
         return A.sum() * 0.0
     rows = logits[query_ok]                                              # (P, B)
     target = torch.arange(B, device=A.device).expand(M, M, B)[query_ok]
-    return F.cross_entropy(rows, target, label_smoothing=label_smoothing)
+    if cell_weights is None:
+        return F.cross_entropy(rows, target, label_smoothing=label_smoothing)
+    w = (cell_weights.T[:, None, :] * cell_weights.T[None, :, :])[query_ok].to(rows.dtype)
+    ce = F.cross_entropy(rows, target, label_smoothing=label_smoothing, reduction="none")
+    return (w * ce).sum() / w.sum()
 
 
-def anchor_infonce_loss(A: Tensor, mask: Tensor | None = None, *, anchor: int = 0, tau: float = 0.1) -> Tensor:
+def anchor_infonce_loss(A: Tensor, mask: Tensor | None = None, *, anchor: int = 0, tau: float = 0.1,
+                        cell_weights: Tensor | None = None, observed: Tensor | None = None) -> Tensor:
     r"""Pairwise InfoNCE of each modality against the anchor modality (ImageBind style):
     :math:`\sum_m \frac{n_m}{\sum n} \mathrm{InfoNCE}(a_{i,\text{anchor}}^\top a_{jm}/\tau)` over the
-    :math:`n_m` instances where both are observed."""
+    :math:`n_m` instances where both are observed.
+
+    Calibrated: as :func:`pairwise_infonce_loss`, ``mask`` marks present cells (observed or
+    imputed; the imputed hub where the hub is missing), ``observed`` the observed ones and
+    ``cell_weights`` their weights; an instance enters modality ``m``'s contrast if both cells
+    are present with weight above 0 and one of them is observed, its two InfoNCE terms weighted
+    by :math:`w_{i,\text{anchor}} w_{im}`, and :math:`n_m` becomes the sum of those weights."""
     mask = _full_mask(A, mask)
-    total, weight = A.sum() * 0.0, 0
+    if cell_weights is not None:
+        mask = mask & (cell_weights > 0)
+    total, weight = A.sum() * 0.0, 0.0
     for m in range(A.shape[1]):                                          # loop over modalities
         if m == anchor:
             continue
         both = mask[:, anchor] & mask[:, m]
+        if observed is not None:
+            both = both & (observed[:, anchor].bool() | observed[:, m].bool())
         n = int(both.sum())
         if n < 2:
             continue
         logits = A[both, anchor] @ A[both, m].T / tau
-        total = total + n * info_nce(logits)
-        weight += n
-    return total / max(weight, 1)
+        if cell_weights is None:
+            total = total + n * info_nce(logits)
+            weight += n
+            continue
+        w = (cell_weights[both, anchor] * cell_weights[both, m]).to(logits.dtype)
+        target = torch.arange(n, device=A.device)
+        ce = 0.5 * (F.cross_entropy(logits, target, reduction="none") + F.cross_entropy(logits.T, target,
+                                                                                        reduction="none"))
+        total = total + (w * ce).sum()
+        weight += float(w.sum())
+    return total / max(weight, 1e-12) if weight > 0 else total
 
 
 class PMRLLoss(nn.Module):

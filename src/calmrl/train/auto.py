@@ -55,12 +55,14 @@ def run_auto(cfg, *, resume: bool = False, splits=None, max_epochs=None, extra_c
         splits = splits or prepare_data(cfg, "calmrl")
         cands = {}
         for m, lr in grid:
-            c = replace(cfg, output_dir=str(run_dir / "candidates"), method=replace(cfg.method, name=m))
+            base = m.removesuffix("+cal")       # 'pairwise-infonce+cal': the objective with calibration plugged in
+            c = replace(cfg, output_dir=str(run_dir / "candidates"),
+                        method=replace(cfg.method, name=base, calibrate=m.endswith("+cal")))
             if lr is not None:
                 c = replace(c, train=replace(c.train, lr=float(lr)))
             sub = run_dir / "candidates" / _label(m, lr)
             log.warning("auto: training candidate %s", _label(m, lr))
-            res, model = run(c, method=m, resume=resume, splits=splits,
+            res, model = run(c, method=base, resume=resume, splits=splits,
                              max_epochs=max_epochs, extra_callbacks=extra_callbacks, return_model=True,
                              run_name=sub.name)
             cands[_label(m, lr)] = (res, model, sub)

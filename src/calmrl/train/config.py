@@ -15,7 +15,7 @@ import yaml
 
 from ..data.suite import SUITE
 
-__all__ = ["ConfigError", "Config", "DataConfig", "MissingConfig", "ModelConfig", "MethodConfig",
+__all__ = ["CALIBRATABLE", "calibrates", "ConfigError", "Config", "DataConfig", "MissingConfig", "ModelConfig", "MethodConfig",
            "CalibratorConfig", "TrainConfig", "EvalConfig", "load_config", "apply_overrides", "config_to_dict", "METHODS",
            "LEARNED_TEMPERATURE", "OWN_SIMILARITY"]
 
@@ -23,6 +23,16 @@ METHODS = ("auto", "calmrl", "pmrl-drop", "pmrl-meanfill", "pmrl-zerofill", "gra
            "anchor-infonce", "oracle", "pmrl-truefill")
 # the similarity each method is trained with (and scored with under results.json "pairs_own")
 OWN_SIMILARITY = {"gram": "volume", "triangle": "area"}   # every other method: cosine
+# objectives that take calibration as a plug-in (method.calibrate); calmrl is PMRL with it always on
+CALIBRATABLE = ("pairwise-infonce", "anchor-infonce")
+
+
+def calibrates(method) -> bool:
+    """Whether a method config trains with imputed cells: calmrl, or a calibratable objective
+    with ``calibrate`` set."""
+    return method.name == "calmrl" or (method.calibrate and method.name in CALIBRATABLE)
+
+
 # methods whose contrast has a learnable temperature (initialised at method.tau_init), as in their authors' code
 LEARNED_TEMPERATURE = ("gram", "triangle", "pairwise-infonce")
 
@@ -100,6 +110,10 @@ class MethodConfig:
     candidates: list = _f(["calmrl", "pairwise-infonce", "anchor-infonce"],
                           help="auto: the methods tried (calmrl with its gate and guard; the InfoNCE objectives). "
                                "Each costs one training run (calmrl two where its guard acts)")
+    calibrate: bool = _f(False, help="pairwise-infonce / anchor-infonce: calibration as a plug-in (imputed cells of "
+                                     "the shared-latent calibrator as detached extra pair members, the imputed hub "
+                                     "where the hub is missing; the same gate and guard as calmrl). In "
+                                     "method.candidates: 'pairwise-infonce+cal'")
     auto_lrs: list = _f([], help="auto: learning rates tried for every candidate (empty = train.lr only); the "
                                  "candidate x rate with the highest validation R@1 is kept")
     tau1: float = _f(0.5, lo=1e-4, help="PMRL temperature on singular values (0.5: chosen on UCI validation from "
@@ -328,10 +342,13 @@ def _cross_checks(cfg: Config):
         raise ConfigError(f"data.train_part must be [i, n] with 0 <= i < n, got {tp}")
     if cfg.data.dataset == "tables" and not cfg.data.tables:
         raise ConfigError("data.dataset = 'tables' needs data.tables, e.g. {image: img.parquet, text: txt.csv}")
-    bad = [m for m in cfg.method.candidates if m not in METHODS or m in ("auto", "oracle", "pmrl-truefill")]
+    ok = [m for m in METHODS if m not in ("auto", "oracle", "pmrl-truefill")] + [f"{m}+cal" for m in CALIBRATABLE]
+    bad = [m for m in cfg.method.candidates if m not in ok]
     if bad or not cfg.method.candidates:
-        raise ConfigError(f"method.candidates {bad or '[]'} not valid; choose from "
-                          f"{[m for m in METHODS if m not in ('auto', 'oracle', 'pmrl-truefill')]}")
+        raise ConfigError(f"method.candidates {bad or '[]'} not valid; choose from {ok}")
+    if cfg.method.calibrate and cfg.method.name not in (*CALIBRATABLE, "auto", "calmrl"):
+        raise ConfigError(f"method.calibrate applies to {list(CALIBRATABLE)} (calmrl always calibrates), not to "
+                          f"'{cfg.method.name}'")
     try:      # YAML 1.1 reads 1e-4 (no dot) as a string
         cfg.method.auto_lrs = [float(x) for x in cfg.method.auto_lrs if not isinstance(x, bool)] \
             if len([x for x in cfg.method.auto_lrs if isinstance(x, bool)]) == 0 else None

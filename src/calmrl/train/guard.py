@@ -39,8 +39,9 @@ def guard(cfg, results, model, run_dir: Path, resume, splits, max_epochs, extra_
     from .runner import _run_locked      # the guard trains a second run: the runner's own step
 
     alt_dir = run_dir / "guard"
-    alt_cfg = replace(cfg, output_dir=str(alt_dir), method=replace(cfg.method, name="pmrl-drop"))
-    alt, alt_model = _run_locked(alt_cfg, "pmrl-drop", alt_dir / "pmrl-drop", resume, splits, max_epochs,
+    plain = "pmrl-drop" if cfg.method.name == "calmrl" else cfg.method.name     # the objective without imputations
+    alt_cfg = replace(cfg, output_dir=str(alt_dir), method=replace(cfg.method, name=plain, calibrate=False))
+    alt, alt_model = _run_locked(alt_cfg, plain, alt_dir / plain, resume, splits, max_epochs,
                                  extra_callbacks, role="the guard's observed-only run")
     val = {"calibrated": results["val_average"]["R@1"], "observed-only": alt["val_average"]["R@1"]}
     kept = "observed-only" if val["observed-only"] > val["calibrated"] else "calibrated"
@@ -48,13 +49,13 @@ def guard(cfg, results, model, run_dir: Path, resume, splits, max_epochs, extra_
              "test_R@1": {"calibrated": results["pairs"]["average"]["R@1"],
                           "observed-only": alt["pairs"]["average"]["R@1"]},
              "checkpoint": str(run_dir / "checkpoints" / "kept.ckpt")}
-    src = (run_dir if kept == "calibrated" else alt_dir / "pmrl-drop") / "checkpoints" / "last.ckpt"
+    src = (run_dir if kept == "calibrated" else alt_dir / plain) / "checkpoints" / "last.ckpt"
     if src.exists() and process_rank() == 0:
         tmp = run_dir / "checkpoints" / "kept.ckpt.tmp"
         shutil.copyfile(src, tmp)
         os.replace(tmp, run_dir / "checkpoints" / "kept.ckpt")
     if kept == "observed-only":
-        results = {**alt, "method": "calmrl", "gate": results.get("gate"), "gate_history": results["gate_history"],
+        results = {**alt, "method": results["method"], "gate": results.get("gate"), "gate_history": results["gate_history"],
                    "calibrated": {k: results[k] for k in ("pairs", "val_average", "anchor", "em_history")
                                   if k in results}}
         model = alt_model

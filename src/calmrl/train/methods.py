@@ -10,8 +10,10 @@
 ``gram``           GRAM (authors' form): volume contrast of the anchor modality against the other
                    observed modalities, both directions, learnable temperature, label smoothing
 ``triangle``       TRIANGLE: the same with the area spanned by the tips of the vectors
-``pairwise-infonce`` symmetric InfoNCE over every co-observed pair of modalities (CLIP / VAST)
-``anchor-infonce`` pairwise InfoNCE of each modality against the anchor modality (ImageBind)
+``pairwise-infonce`` symmetric InfoNCE over every co-observed pair of modalities (CLIP / VAST); with
+                   ``method.calibrate`` imputed cells join as detached extra pair members
+``anchor-infonce`` pairwise InfoNCE of each modality against the anchor modality (ImageBind); with
+                   ``method.calibrate`` the same, the imputed hub where the hub is missing
 ``oracle``         PMRL with no missingness in training (upper bound; set by the data layer)
 ``pmrl-truefill``  PMRL with the simulator's hidden cells filled by the true embeddings of their
                    inputs, detached (the upper bound of any imputation: instance information
@@ -28,7 +30,7 @@ from torch import Tensor
 from ..core import (SharedLatentCalibrator, anchor_infonce_loss, gram_loss, pairwise_infonce_loss, pmrl_loss,
                     triangle_loss)
 from ..core.calibrator import Posterior
-from .config import MethodConfig
+from .config import CALIBRATABLE, MethodConfig
 
 __all__ = ["alignment_loss", "fill_missing"]
 
@@ -76,11 +78,12 @@ def alignment_loss(A: Tensor, mask: Tensor, cfg: MethodConfig, *, anchor: int = 
                         inter=cfg.inter, column_weights=weights)
         return out.loss, {"intra": out.intra.detach(), "inter": out.inter.detach()}
 
+    plugged = calibrated and name in CALIBRATABLE and cfg.calibrate
+    if (name == "calmrl" and calibrated or plugged) and calibrator is not None:
+        A, column_weights = fill_missing(A, mask, calibrator, cfg)
     if name in ("pmrl-drop", "oracle", "pmrl-truefill") or (name == "calmrl" and not calibrated):
         return pmrl(A, mask)
     if name == "calmrl":
-        if calibrator is not None:
-            A, column_weights = fill_missing(A, mask, calibrator, cfg)
         return pmrl(A, None, column_weights)
     if name == "pmrl-meanfill":
         w = mask.to(A.dtype)[..., None]
@@ -93,8 +96,12 @@ def alignment_loss(A: Tensor, mask: Tensor, cfg: MethodConfig, *, anchor: int = 
         return gram_loss(A, mask, anchor=anchor, tau=tau, label_smoothing=cfg.label_smoothing), {}
     if name == "triangle":
         return triangle_loss(A, mask, anchor=anchor, tau=tau, label_smoothing=cfg.label_smoothing), {}
+    if plugged:    # imputed cells as extra pair members (A already filled, imputations detached)
+        kw = {"mask": None, "cell_weights": column_weights, "observed": mask}
+    else:
+        kw = {"mask": mask}
     if name == "pairwise-infonce":
-        return pairwise_infonce_loss(A, mask, tau=tau), {}
+        return pairwise_infonce_loss(A, tau=tau, **kw), {}
     if name == "anchor-infonce":
-        return anchor_infonce_loss(A, mask, anchor=anchor, tau=cfg.tau2), {}
+        return anchor_infonce_loss(A, anchor=anchor, tau=cfg.tau2, **kw), {}
     raise ValueError(f"unknown method '{name}'")

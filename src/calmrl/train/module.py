@@ -20,7 +20,7 @@ import torch.distributed as dist
 
 from ..core import LearnableTemperature, MaskedCompleter, MultimodalVAE, SharedLatentCalibrator
 from ..core.distributed import all_reduce_stats, gather_nograd, gather_with_grad, global_loss_scale, is_distributed
-from .config import LEARNED_TEMPERATURE, Config
+from .config import LEARNED_TEMPERATURE, Config, calibrates
 from .encoders import MultiModalEncoder
 from .evaluate import retrieval_table
 from .methods import alignment_loss, fill_missing
@@ -55,9 +55,9 @@ class CalMRLModule(L.LightningModule):
         M = len(names)
         c = cfg.calibrator
         self.completer = None            # a nonlinear completion backend in place of the linear model
-        if cfg.method.name == "calmrl" and c.backend == "mlp":
+        if calibrates(cfg.method) and c.backend == "mlp":
             self.completer = MaskedCompleter(M, d, c.mlp_hidden, hide_rate=c.hide_rate)
-        elif cfg.method.name == "calmrl" and c.backend in ("mvae", "mopoe"):
+        elif calibrates(cfg.method) and c.backend in ("mvae", "mopoe"):
             self.completer = MultimodalVAE(M, d, k, c.mlp_hidden, kind=c.backend, hide_rate=c.hide_rate)
         n_stats = M + M * d + M * d * k + M * k + M * k * k + M
         self.register_buffer("running_stats", torch.zeros(n_stats))
@@ -81,7 +81,7 @@ class CalMRLModule(L.LightningModule):
     # ------------------------------------------------------------------ schedule
     @property
     def uses_calibrator(self) -> bool:
-        return self.cfg.method.name == "calmrl"
+        return calibrates(self.cfg.method)
 
     @property
     def calibrated(self) -> bool:

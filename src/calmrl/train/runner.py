@@ -21,7 +21,7 @@ import torch
 from .calibrate import calibrate_checkpoint
 from .checkpoints import (AtomicCheckpointIO, CheckpointError, check_resumable, init_from_checkpoint, load_checkpoint,
                           model_from_checkpoint, resume_checkpoint)
-from .config import Config, config_to_dict, default_output_dir
+from .config import CALIBRATABLE, Config, calibrates, config_to_dict, default_output_dir
 from .evaluate import evaluate_model, fit_unused_calibrator
 from .guard import guard
 from .loaders import make_loader
@@ -57,7 +57,7 @@ def run(cfg: Config, *, method: str | None = None, resume: bool = False, splits:
     run_dir = Path(cfg.output_dir) / (run_name or method)
     with output_lock(cfg.output_dir):
         results, model = _run_locked(cfg, method, run_dir, resume, splits, max_epochs, extra_callbacks)
-        if method == "calmrl" and cfg.method.guard == "validation":
+        if calibrates(cfg.method) and cfg.method.guard == "validation":
             results, model = guard(cfg, results, model, run_dir, resume, splits, max_epochs, extra_callbacks)
     return (results, model) if return_model else results
 
@@ -129,7 +129,8 @@ def _run_locked(cfg, method, run_dir, resume, splits, max_epochs, extra_callback
         trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt")
     t1 = time.time()
     results = evaluate_model(model, splits, cfg)
-    results.update({"method": method, "train_seconds": train_time, "eval_seconds": time.time() - t1,
+    label = f"{method}+cal" if cfg.method.calibrate and method in CALIBRATABLE else method
+    results.update({"method": label, "train_seconds": train_time, "eval_seconds": time.time() - t1,
                     "epochs": trainer.current_epoch, "resumed_from_epoch": start_epoch if resume_path else None,
                     "threads": torch.get_num_threads(),
                     "em_history": getattr(model, "em_history", []),
