@@ -3,7 +3,6 @@ never occur together)."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
