@@ -261,7 +261,7 @@ def test_suite_report_pairs_seeds_and_picks_variants_on_validation_only(tmp_path
                              seconds=60).read_text()
     # differences 1.0 .. 1.4 over seeds: mean 1.2, every seed above 0, interval excluding 0
     assert "| cells | 1.20 [" in rep and "] 5/5 |" in rep
-    assert "above pmrl-drop with the interval excluding 0: 1; below with the interval excluding 0: 0" in rep
+    assert "calmrl above pmrl-drop with the interval excluding 0: 1 (cells/mcar 0.5); below with the interval excluding 0: 0" in rep
     # higher test R@1 does not count, nor a validation margin below the precision shown (0.004)
     assert "- cells: **calmrl** (calmrl-mlp 9.02 vs 11.02 (5 runs); calmrl-mvae 11.02 vs 11.02 (5 runs))" in rep
     assert "| 0.250 |" in rep                                                     # mean gate weight

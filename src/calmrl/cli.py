@@ -382,7 +382,8 @@ def _bench_suite(args, cfg, seeds) -> int:
         plan["settings"] = split(args.settings)
     if args.variants:
         chosen = split(args.variants)
-        main = ("calmrl", "pmrl-drop", "pairwise-infonce", "anchor-infonce")
+        main = ("calmrl", "pmrl-drop", "pairwise-infonce", "anchor-infonce", "pairwise-infonce+cal",
+                "anchor-infonce+cal")
         plan["main"] = [v for v in chosen if v.removesuffix("+shared") in main]
         plan["extra"] = [v for v in chosen if v.removesuffix("+shared") not in main]
     if seeds:

@@ -68,9 +68,12 @@ VARIANTS = {"calmrl": ("calmrl", []), "pmrl-drop": ("pmrl-drop", []),
             "calmrl-mvae": ("calmrl", ["calibrator.backend=mvae"]),
             "calmrl-mopoe": ("calmrl", ["calibrator.backend=mopoe"]), "pmrl-truefill": ("pmrl-truefill", []),
             "oracle": ("oracle", []), "pairwise-infonce": ("pairwise-infonce", []),
-            "anchor-infonce": ("anchor-infonce", [])}
+            "anchor-infonce": ("anchor-infonce", []),
+            "pairwise-infonce+cal": ("pairwise-infonce", ["method.calibrate=true"]),
+            "anchor-infonce+cal": ("anchor-infonce", ["method.calibrate=true"])}
 # the objective family of a variant: its learning rate is tuned, and its absorb pretraining run, per family
-FAMILY = {"pairwise-infonce": "pairwise-infonce", "anchor-infonce": "anchor-infonce"}   # every other: "pmrl"
+FAMILY = {"pairwise-infonce": "pairwise-infonce", "anchor-infonce": "anchor-infonce",   # every other: "pmrl"
+          "pairwise-infonce+cal": "pairwise-infonce", "anchor-infonce+cal": "anchor-infonce"}
 # method.name=auto's default candidates; its suite record is composed from theirs (same seed, data and
 # config make the same runs: tests/test_auto.py), the one with the highest validation R@1 per seed
 AUTO_CANDIDATES = ("calmrl", "pairwise-infonce", "anchor-infonce")
@@ -169,21 +172,25 @@ def _job(cfg: Config, dataset: str, setting: str, variants: list[str], seed: int
         pre_method = "oracle" if fam == "pmrl" else fam
         pre_dir = runs / (("pretrain" if fam == "pmrl" else f"pretrain-{fam}") + (SHARED if shared else ""))
         ckpt = pre_dir / pre_method / "checkpoints" / "last.ckpt"
-        start = ckpt.with_name("calibrated.ckpt") if fam == "pmrl" else ckpt.with_name("pretrained.ckpt")
-        if not start.exists():
+        calibrated = ckpt.with_name("calibrated.ckpt")      # the calibrator fitted on the complete half
+        plain = ckpt.with_name("pretrained.ckpt")
+        if not (calibrated.exists() and (fam == "pmrl" or plain.exists())):
             run(dataclasses.replace(pre, output_dir=str(pre_dir)), method=pre_method)
-            if fam == "pmrl":
-                calibrate_checkpoint(ckpt, start)
-            else:
-                os.replace(ckpt, start)
+            calibrate_checkpoint(ckpt, calibrated)
+            if fam != "pmrl":
+                os.replace(ckpt, plain)
+        # the PMRL family continues from the calibrated checkpoint (pmrl-drop ignores its calibrator, as
+        # before); the InfoNCE objectives from the plain one, their '+cal' forms from the calibrated one
+        start = {v: calibrated if fam == "pmrl" or v.removesuffix(SHARED).endswith("+cal") else plain
+                 for v in variants}
         cont = apply_overrides(_setting_cfg(base, "mcar 0.5", names), [
-            "data.train_part=[1, 2]", f"train.init_from={start}", f"train.lr={base.train.lr / 4}",
-            "calibrator.warmup_epochs=0"])
+            "data.train_part=[1, 2]", f"train.lr={base.train.lr / 4}", "calibrator.warmup_epochs=0"])
     else:
-        cont = _setting_cfg(base, setting, names)
+        cont, start = _setting_cfg(base, setting, names), {}
     for v in variants:
+        c = apply_overrides(cont, [f"train.init_from={start[v]}"]) if v in start else cont
         rec = {"dataset": dataset, "setting": setting if not tag else tag, "variant": v, "seed": seed,
-               "lr": base.train.lr, **_train(cont, v, runs / v)}
+               "lr": base.train.lr, **_train(c, v, runs / v)}
         _atomic_json(_record_path(out, dataset, rec["setting"], v, seed), rec)
         # a measurement run keeps its results, logs and plots; its checkpoints (40-120 MB on the
         # suite's widest views, 19 GB over the full suite) go once the record is safe
@@ -254,8 +261,9 @@ def run_suite(cfg: Config, out: Path, *, plan: dict, jobs: int = 1, log=print) -
     lr_of: dict = {}
     tune = []
     main = plan["main"] or ["pmrl-drop"]          # a plan of extra variants only still needs the PMRL rate
-    fams = {f: [v for v in main if family(v) == f and not v.endswith(SHARED)] or
-            [v.removesuffix(SHARED) for v in main if family(v) == f] for f in dict.fromkeys(family(v) for v in main)}
+    # the rate of a family is tuned on its plain variants ('+shared' / '+cal' forms take their objective's rate)
+    fams = {f: list(dict.fromkeys(v.removesuffix(SHARED).removesuffix("+cal") for v in main if family(v) == f))
+            for f in dict.fromkeys(family(v) for v in main)}
     fams.setdefault("pmrl", ["pmrl-drop"])        # the extra variants (truefill, oracle, ablations) are PMRL's
     for d in plan["datasets"]:
         for f, tuners in fams.items():
@@ -434,6 +442,7 @@ def write_suite_report(records: list[dict], out: Path, plan: dict, *, command: s
     shared_cands = tuple(v + SHARED for v in AUTO_CANDIDATES)
     recs += derive_auto(recs, shared_cands, "auto" + SHARED)
     recs += derive_auto(recs, AUTO_CANDIDATES + shared_cands, "auto-both")
+    recs += derive_auto(recs, ("calmrl", "pairwise-infonce+cal", "anchor-infonce+cal"), "auto+cal")
     seen = list(dict.fromkeys(r["dataset"] for r in recs))
     datasets = [d for d in plan["datasets"] if d in seen] + [d for d in seen if d not in plan["datasets"]]
     settings = [s for s in SETTINGS if any(r["setting"] == s for r in recs)]
@@ -448,27 +457,33 @@ def write_suite_report(records: list[dict], out: Path, plan: dict, *, command: s
          "whose interval contains 0 is a tie.", ""]
     L += _which_method(recs, datasets, settings)
     L += _shared_section(recs, datasets, settings)
-    # across datasets
-    L += ["## calmrl - pmrl-drop, every dataset x setting", "",
-          "| dataset | " + " | ".join(settings) + " |", "|---|" + "---|" * len(settings)]
-    verdicts = []
-    for d in datasets:
-        row = []
-        for s in settings:
-            c = cell_stats(recs, d, s)
-            if c["n"] == 0:
-                row.append("-")
-                continue
-            row.append(f"{_fmt(c['mean'])} [{_fmt(c['lo'])}, {_fmt(c['hi'])}] {c['above']}/{c['n']}")
-            verdicts.append((d, s, c))
-        L.append(f"| {d} | " + " | ".join(row) + " |")
-    n_cells = len(verdicts)
-    below_half = [(d, s) for d, s, c in verdicts if np.isfinite(c["std_b"]) and c["mean"] < -0.5 * c["std_b"]]
-    above = [(d, s) for d, s, c in verdicts if c["n"] > 1 and c["lo"] > 0]
-    below = [(d, s) for d, s, c in verdicts if c["n"] > 1 and c["hi"] < 0]
-    L += ["", f"Cells: {n_cells}. calmrl above pmrl-drop with the interval excluding 0: {len(above)}; below with the "
-          f"interval excluding 0: {len(below)}; below by more than half of pmrl-drop's seed std: {len(below_half)}"
-          + (f" ({', '.join(f'{d}/{s}' for d, s in below_half)})" if below_half else "") + ".", ""]
+    # across datasets: each objective calibrated against itself plain
+    for cal, plain in (("calmrl", "pmrl-drop"), ("pairwise-infonce+cal", "pairwise-infonce"),
+                       ("anchor-infonce+cal", "anchor-infonce")):
+        if not any(r["variant"] == cal for r in recs):
+            continue
+        L += [f"## {cal} - {plain} (calibrated - plain), every dataset x setting", "",
+              "| dataset | " + " | ".join(settings) + " |", "|---|" + "---|" * len(settings)]
+        verdicts = []
+        for d in datasets:
+            row = []
+            for s in settings:
+                c = cell_stats(recs, d, s, cal, plain)
+                if c["n"] == 0:
+                    row.append("-")
+                    continue
+                row.append(f"{_fmt(c['mean'])} [{_fmt(c['lo'])}, {_fmt(c['hi'])}] {c['above']}/{c['n']}")
+                verdicts.append((d, s, c))
+            L.append(f"| {d} | " + " | ".join(row) + " |")
+        n_cells = len(verdicts)
+        below_half = [(d, s) for d, s, c in verdicts if np.isfinite(c["std_b"]) and c["mean"] < -0.5 * c["std_b"]]
+        above = [(d, s) for d, s, c in verdicts if c["n"] > 1 and c["lo"] > 0]
+        below = [(d, s) for d, s, c in verdicts if c["n"] > 1 and c["hi"] < 0]
+        L += ["", f"Cells: {n_cells}. {cal} above {plain} with the interval excluding 0: {len(above)}"
+              + (f" ({', '.join(f'{d}/{s}' for d, s in above)})" if above else "")
+              + f"; below with the interval excluding 0: {len(below)}; below by more than half of {plain}'s seed "
+              f"std: {len(below_half)}" + (f" ({', '.join(f'{d}/{s}' for d, s in below_half)})" if below_half else "")
+              + ".", ""]
     others = [v for v in VARIANTS if v.startswith("calmrl") and v != "calmrl" and any(r["variant"] == v for r in recs)]
     for other in others:
         L += [f"## {other} - pmrl-drop", "", "| dataset | " + " | ".join(settings) + " |",
