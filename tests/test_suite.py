@@ -276,16 +276,19 @@ def test_suite_report_composes_auto_on_validation_and_splits_hub_pairs(tmp_path)
     recs = []
     for seed in range(3):
         for v, test, val in (("pmrl-drop", 10.0, 5.0), ("calmrl", 10.0, 5.0), ("pairwise-infonce", 12.0 + seed, 9.0),
-                             ("anchor-infonce", 14.0 + seed, 8.0)):
+                             ("anchor-infonce", 14.0 + seed, 8.0), ("pairwise-infonce+cal", 12.0 + seed, 9.0),
+                             ("anchor-infonce+cal", 14.0 + seed, 8.0)):
             for shared in ("", "+shared"):
                 pairs = {"text->apple": test, "apple->google": test / 2 + (10 if shared else 0)}
                 recs.append({"dataset": "emoji", "setting": "never-complete", "variant": v + shared, "seed": seed,
                              "R@1": test + (1 if shared else 0), "val_R@1": val + (1 if shared else 0),
                              "pairs_R@1": pairs, "imputation_cosine": 0.5, "imputation_identification": 1.0,
                              "fallback_identification": 1.0, "gate_history": []})
-    auto = derive_auto(recs)
+    auto = derive_auto(recs, ("calmrl", "pairwise-infonce", "anchor-infonce"))
     assert {r["chosen"] for r in auto} == {"pairwise-infonce"} and [r["R@1"] for r in auto] == [12.0, 13.0, 14.0]
     rep = write_suite_report(recs, tmp_path, SUITE_FULL, command="t", commit="c", machine="m", seconds=1).read_text()
+    assert {r["chosen"] for r in derive_auto(recs, ("calmrl", "pairwise-infonce+cal", "anchor-infonce+cal"))} == \
+        {"pairwise-infonce+cal"}
     # auto 13.0 vs the best single (anchor-infonce 15.0, std 1.0): -2.00, beyond half a std: missed
     assert "| emoji | never-complete |" in rep and "| -2.00 [" in rep and "| missed |" in rep
     assert "auto below the best single method by more than half its seed std: 1 (emoji/never-complete)" in rep

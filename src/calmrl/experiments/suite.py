@@ -76,7 +76,8 @@ FAMILY = {"pairwise-infonce": "pairwise-infonce", "anchor-infonce": "anchor-info
           "pairwise-infonce+cal": "pairwise-infonce", "anchor-infonce+cal": "anchor-infonce"}
 # method.name=auto's default candidates; its suite record is composed from theirs (same seed, data and
 # config make the same runs: tests/test_auto.py), the one with the highest validation R@1 per seed
-AUTO_CANDIDATES = ("calmrl", "pairwise-infonce", "anchor-infonce")
+AUTO_CANDIDATES = ("calmrl", "pairwise-infonce+cal", "anchor-infonce+cal")
+AUTO_PLAIN = ("calmrl", "pairwise-infonce", "anchor-infonce")     # the candidates before calibration was plugged in
 
 
 SHARED = "+shared"    # a variant suffix: the dataset's view groups served by one encoder each (model.shared_encoders)
@@ -369,7 +370,7 @@ def _shared_section(recs: list[dict], datasets, settings) -> list[str]:
     for d in datasets:
         hub = SUITE[d].hub if d in SUITE else HUBS.get(d, "")
         for s in settings:
-            for v in [*AUTO_CANDIDATES, "pmrl-drop", "auto"]:
+            for v in [*AUTO_PLAIN, "pmrl-drop", "auto"]:
                 sv = v + SHARED
                 a = {r["seed"]: r for r in recs if r["dataset"] == d and r["setting"] == s and r["variant"] == v}
                 b = {r["seed"]: r for r in recs if r["dataset"] == d and r["setting"] == s and r["variant"] == sv}
@@ -395,12 +396,13 @@ def _shared_section(recs: list[dict], datasets, settings) -> list[str]:
 def _which_method(recs: list[dict], datasets, settings) -> list[str]:
     """The "which method when" table: per dataset x setting, each objective's test R@1 (mean ±
     std over seeds), auto's (chosen on validation) and auto minus the best single method, paired."""
-    singles = [v for v in ("pmrl-drop", *AUTO_CANDIDATES) if any(r["variant"] == v for r in recs)]
+    singles = [v for v in ("pmrl-drop", "calmrl", "pairwise-infonce", "pairwise-infonce+cal", "anchor-infonce",
+                           "anchor-infonce+cal") if any(r["variant"] == v for r in recs)]
     if "auto" not in {r["variant"] for r in recs}:
         return []
     L = ["## Which method when: every objective, and the default that chooses on validation", "",
-         "Test R@1, mean ± std over seeds (n). `auto`: per seed, the candidate (calmrl, pairwise-infonce, "
-         "anchor-infonce) with the highest validation R@1, as `calmrl train` does by default; `auto - best`: the paired "
+         "Test R@1, mean ± std over seeds (n). `auto`: per seed, the candidate (" + ", ".join(AUTO_CANDIDATES) +
+         ") with the highest validation R@1, as `calmrl train` does by default; `auto - best`: the paired "
          "difference to the single method with the highest mean test R@1 in that cell, 95% interval; `target`: "
          "auto not below that best method by more than half of its seed std.", "",
          "| dataset | setting | " + " | ".join(singles) + " | auto | chosen | auto - best | target |",
@@ -439,10 +441,10 @@ def write_suite_report(records: list[dict], out: Path, plan: dict, *, command: s
     """``suite_report.md``, ``suite_records.json`` and ``suite_differences.png`` in ``out``."""
     recs = [r for r in records if not r["setting"].startswith("tune")]
     recs += derive_auto(recs)
-    shared_cands = tuple(v + SHARED for v in AUTO_CANDIDATES)
+    shared_cands = tuple(v + SHARED for v in AUTO_PLAIN)
+    recs += derive_auto(recs, AUTO_PLAIN, "auto" if not any(r["variant"] == "auto" for r in recs) else "auto-plain")
     recs += derive_auto(recs, shared_cands, "auto" + SHARED)
-    recs += derive_auto(recs, AUTO_CANDIDATES + shared_cands, "auto-both")
-    recs += derive_auto(recs, ("calmrl", "pairwise-infonce+cal", "anchor-infonce+cal"), "auto+cal")
+    recs += derive_auto(recs, AUTO_PLAIN + shared_cands, "auto-both")
     seen = list(dict.fromkeys(r["dataset"] for r in recs))
     datasets = [d for d in plan["datasets"] if d in seen] + [d for d in seen if d not in plan["datasets"]]
     settings = [s for s in SETTINGS if any(r["setting"] == s for r in recs)]

@@ -1,8 +1,9 @@
 """``method.name=auto``: train every candidate objective and keep the best on validation.
 
 The objective moves retrieval more than calibration does (pairwise InfoNCE, hub InfoNCE and
-PMRL each win on some data of the suite), and the validation split picks the test-best one
-wherever it was measured. So the default trains each method of ``method.candidates`` (for
+PMRL each win on some data of the suite), and validation picks among them as well as test
+would on the suite (docs/results.md). The default candidates are calibrated (calmrl,
+``pairwise-infonce+cal``, ``anchor-infonce+cal``), each with its gate and guard. So the default trains each method of ``method.candidates`` (for
 each learning rate of ``method.auto_lrs``, or ``train.lr``) on the same splits, seed and
 encoders, and keeps the run with the highest validation R@1 (averaged over ordered view
 pairs; a tie keeps the earlier candidate). The test split is never looked at for the choice.

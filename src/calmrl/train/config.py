@@ -107,9 +107,11 @@ class MethodConfig:
     name: str = _f("auto", choices=METHODS,
                    help="the objective; auto (the default) trains each of method.candidates on the training split "
                         "and keeps the one with the highest validation R@1 (results.json 'auto')")
-    candidates: list = _f(["calmrl", "pairwise-infonce", "anchor-infonce"],
-                          help="auto: the methods tried (calmrl with its gate and guard; the InfoNCE objectives). "
-                               "Each costs one training run (calmrl two where its guard acts)")
+    candidates: list = _f(["calmrl", "pairwise-infonce+cal", "anchor-infonce+cal"],
+                          help="auto: the methods tried, each calibrated with the gate and guard (calmrl: PMRL; "
+                               "'X+cal': objective X with calibration plugged in; plain names train without). "
+                               "Each costs one training run, two where its guard acts. Chosen on the suite's "
+                               "validation splits over the plain InfoNCE candidates (docs/results.md)")
     calibrate: bool = _f(False, help="pairwise-infonce / anchor-infonce: calibration as a plug-in (imputed cells of "
                                      "the shared-latent calibrator as detached extra pair members, the imputed hub "
                                      "where the hub is missing; the same gate and guard as calmrl). In "
