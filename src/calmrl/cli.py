@@ -42,6 +42,14 @@ def _print_tables(results: list[dict], eval_only: bool = False):
                   f"{g['val_R@1']['observed-only']:.2f}: the {g['kept']} run is kept and shown "
                   f"(test R@1 {g['test_R@1']['calibrated']:.2f} vs {g['test_R@1']['observed-only']:.2f})"]
                  if g.get("alternative_trained") else [])
+        if r.get("gate") == "none" and r.get("guard") is not None:
+            guard.append("gate: imputed columns at weight 1 throughout (method.gate none, or auto continuing from a "
+                         "checkpoint calibrated on complete data)")
+        elif r.get("gate_history"):
+            last = r["gate_history"][-1]
+            names = r.get("names") or [str(i) for i in range(len(last["weights"]))]
+            guard.append(f"gate: weights of imputed columns at the last calibrated epoch {last['epoch']}: " + ", ".join(
+                f"{n} {w:.2f}" for n, w in zip(names, last["weights"])) + " (0 = left out)")
         a = r.get("auto")
         if a:
             guard.append("auto: candidates by validation R@1 " + ", ".join(

@@ -137,7 +137,7 @@ def _run_locked(cfg, method, run_dir, resume, splits, max_epochs, extra_callback
                     "loss_history": getattr(model, "loss_history", []),
                     "gate_history": getattr(model, "gate_history", []), "gate": cfg.method.gate,
                     "missing_fraction_train": float(1 - splits.train.mask.mean()),
-                    "simulated": splits.simulated, "classes": splits.classes,
+                    "simulated": splits.simulated, "classes": splits.classes, "names": splits.names,
                     "n_train": splits.train.n, "n_val": splits.val.n, "n_test": splits.test.n,
                     "data_notes": splits.notes})
     if trainer.is_global_zero:
