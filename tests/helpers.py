@@ -76,3 +76,11 @@ def assert_guard_kept_the_better_run(run_dir) -> str:
 # the bundled UCI demo's simulation (the code default simulates nothing: a user's data is used as given);
 # tests of calibration on UCI ask for it, and name the method they train (the default is auto)
 SIM = ["data.missing.kind=mcar", "data.missing.rate=0.5", "method.name=calmrl"]
+
+
+def cli_args(out, *sets) -> list[str]:
+    """``--set s`` for each setting, then ``--output-dir out``: the tail of a ``calmrl train`` command line."""
+    a = []
+    for s in sets:
+        a += ["--set", s]
+    return a + ["--output-dir", str(out)]

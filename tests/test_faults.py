@@ -4,7 +4,7 @@ evaluates; resume keeps logs; tables, partial views, in-memory API, input-space 
 
 from __future__ import annotations
 
-from helpers import SIM  # noqa: E402
+from helpers import cli_args, SIM  # noqa: E402
 import json
 import os
 import subprocess
@@ -25,10 +25,7 @@ VIEWS = ["fourier", "karhunen", "zernike"]
 
 
 def _args(out, *sets):
-    a = []
-    for s in TINY + list(sets):
-        a += ["--set", s]
-    return a + ["--output-dir", str(out)]
+    return cli_args(out, *TINY, *sets)
 
 
 def _snapshot(root: Path) -> dict:

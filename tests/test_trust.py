@@ -15,6 +15,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from helpers import cli_args
 from calmrl.cli import main
 from calmrl.core.metrics import retrieval_ranks
 from calmrl.data import FeatureStore, MultiViewData, load_tables, load_uci_mfeat
@@ -25,10 +26,7 @@ VIEWS = ["fourier", "karhunen", "zernike"]
 
 
 def _args(out, *sets):
-    a = []
-    for s in TINY + list(sets):
-        a += ["--set", s]
-    return a + ["--output-dir", str(out)]
+    return cli_args(out, *TINY, *sets)
 
 
 def _store(path, n=600, transform=None):
