@@ -1,0 +1,104 @@
+"""What the suite runs: settings, variants and their objective families, the plans, and the
+configuration of one (dataset, setting)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+from ...data.suite import SUITE
+from ...train import Config
+
+SETTINGS = ("mcar 0.3", "mcar 0.5", "mcar 0.7", "paired", "never-complete", "absorb")
+VARIANTS = {"calmrl": ("calmrl", []), "pmrl-drop": ("pmrl-drop", []),
+            "calmrl-ungated": ("calmrl", ["method.gate=none", "method.guard=none"]),
+            "calmrl-gated": ("calmrl", ["method.gate=identification"]),
+            "calmrl-mlp": ("calmrl", ["calibrator.backend=mlp"]),
+            "calmrl-mvae": ("calmrl", ["calibrator.backend=mvae"]),
+            "calmrl-mopoe": ("calmrl", ["calibrator.backend=mopoe"]), "pmrl-truefill": ("pmrl-truefill", []),
+            "oracle": ("oracle", []), "pairwise-infonce": ("pairwise-infonce", []),
+            "anchor-infonce": ("anchor-infonce", []),
+            "pairwise-infonce+cal": ("pairwise-infonce", ["method.calibrate=true"]),
+            "anchor-infonce+cal": ("anchor-infonce", ["method.calibrate=true"])}
+# the objective family of a variant: its learning rate is tuned, and its absorb pretraining run, per family
+FAMILY = {"pairwise-infonce": "pairwise-infonce", "anchor-infonce": "anchor-infonce",   # every other: "pmrl"
+          "pairwise-infonce+cal": "pairwise-infonce", "anchor-infonce+cal": "anchor-infonce"}
+# method.name=auto's default candidates; its suite record is composed from theirs (same seed, data and
+# config make the same runs: tests/test_auto.py), the one with the highest validation R@1 per seed
+AUTO_CANDIDATES = ("calmrl", "pairwise-infonce+cal", "anchor-infonce+cal")
+AUTO_PLAIN = ("calmrl", "pairwise-infonce", "anchor-infonce")     # the candidates before calibration was plugged in
+
+
+SHARED = "+shared"    # a variant suffix: the dataset's view groups served by one encoder each (model.shared_encoders)
+
+
+def family(variant: str) -> str:
+    return FAMILY.get(variant.removesuffix(SHARED), "pmrl")
+
+
+def _unit_key(variant: str) -> tuple[str, bool]:
+    """Variants that can share one unit of work: one learning rate and one absorb pretraining."""
+    return family(variant), variant.endswith(SHARED)
+
+
+def _variant_overrides(variant: str, dataset: str) -> tuple[str, list[str]]:
+    """``(method, overrides)`` of a variant on a dataset."""
+    base = variant.removesuffix(SHARED)
+    method, sets = VARIANTS[base]
+    if variant.endswith(SHARED):
+        groups = [list(g) for g in SUITE[dataset].groups] if dataset in SUITE else []
+        if not groups:
+            raise ValueError(f"variant {variant}: dataset {dataset} declares no view groups")
+        sets = sets + [f"model.shared_encoders={json.dumps(groups)}"]
+    return method, sets
+HUBS = {"uci_mfeat": "pixel"}
+
+SUITE_FULL = {"datasets": [*SUITE, "uci_mfeat"], "settings": list(SETTINGS),
+              "main": ["calmrl", "pmrl-drop", "pairwise-infonce", "anchor-infonce"],
+              "main_seeds": [0, 1, 2, 3, 4], "extra": ["calmrl-ungated", "pmrl-truefill", "oracle"],
+              "extra_seeds": [0, 1, 2], "epochs": 20, "lrs": [5e-4, 2e-3]}
+SUITE_QUICK = {"datasets": ["cells"], "settings": ["mcar 0.5", "never-complete"], "main": ["calmrl", "pmrl-drop"],
+               "main_seeds": [0, 1], "extra": [], "extra_seeds": [], "epochs": 3, "lrs": [2e-3]}
+
+
+def _hub(cfg: Config) -> str:
+    return HUBS.get(cfg.data.dataset) or SUITE[cfg.data.dataset].hub
+
+
+def _setting_cfg(cfg: Config, setting: str, names: list[str]) -> Config:
+    d = cfg.data
+    if setting.startswith("mcar"):
+        miss = dataclasses.replace(d.missing, kind="mcar", rate=float(setting.split()[1]))
+    elif setting in ("paired", "never-complete"):
+        hub = _hub(cfg)
+        miss = dataclasses.replace(d.missing, kind="paired", subsets=[[hub, n] for n in names if n != hub],
+                                   complete_fraction=0.1 if setting == "paired" else 0.0)
+    else:
+        raise ValueError(f"unknown setting '{setting}'")
+    # the hub is the anchor of the hub objectives (anchor-infonce, gram, triangle) in every setting
+    return dataclasses.replace(cfg, data=dataclasses.replace(d, missing=miss),
+                               method=dataclasses.replace(cfg.method, anchor=_hub(cfg)))
+
+
+def _plan(plan: dict) -> list[tuple[str, str, list[str], int]]:
+    """(dataset, setting, variants, seed) units, most important first: the main pair on every
+    cell, seed by seed, then the extra variants; the oracle once per dataset and seed."""
+    units = []
+    keys = list(dict.fromkeys(_unit_key(v) for v in plan["main"]))
+    for seed in plan["main_seeds"]:
+        for d in plan["datasets"]:
+            for s in plan["settings"]:
+                for k in keys:          # one unit per objective family: its own learning rate and pretraining
+                    vs = [v for v in plan["main"] if _unit_key(v) == k and (not k[1] or (d in SUITE and SUITE[d].groups))]
+                    if vs:
+                        units.append((d, s, vs, seed))
+    for seed in plan["extra_seeds"]:
+        for d in plan["datasets"]:
+            extra = [v for v in plan["extra"] if v != "oracle"]
+            for s in plan["settings"]:
+                ex = [v for v in extra if not (s == "absorb" and v == "pmrl-truefill")]
+                if ex:
+                    units.append((d, s, ex, seed))
+            if "oracle" in plan["extra"]:
+                units.append((d, "mcar 0.5", ["oracle"], seed))
+    return units
