@@ -114,11 +114,8 @@ def cmd_train(args) -> int:
     if bad:
         print(f"error: unknown method(s) {bad}; valid: {list(METHODS)}", file=sys.stderr)
         return 2
-    if cfg.train.accelerator in ("gpu", "cuda"):
-        import torch
-        if not torch.cuda.is_available():
-            raise ValueError(f"train.accelerator={cfg.train.accelerator} but no GPU is visible to torch; use "
-                             "train.accelerator=cpu (or auto)")
+    from .train.trainer import check_accelerator
+    check_accelerator(cfg)                     # before any data is read
     results = []
     first = prepare_data(cfg, methods[0])      # every data check before anything is written
     done, current = [], None

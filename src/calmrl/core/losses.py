@@ -218,7 +218,7 @@ def anchor_infonce_loss(A: Tensor, mask: Tensor | None = None, *, anchor: int = 
                                                                                         reduction="none"))
         total = total + (w * ce).sum()
         weight += float(w.sum())
-    return total / max(weight, 1e-12) if weight > 0 else total
+    return total / weight if weight > 0 else total
 
 
 class PMRLLoss(nn.Module):

@@ -21,14 +21,24 @@ from typing import Sequence
 import numpy as np
 import torch
 from torch import Tensor
+from torch.utils.data import Dataset
+
+__all__ = ["MultiViewData", "MultiViewDataset", "FeatureStore", "collate_views"]
 
 
 def _show(v) -> str:
     """An id or value as the user wrote it: ``img-00568``, not ``np.str_('img-00568')``."""
     return str(v.item() if hasattr(v, "item") else v)
-from torch.utils.data import Dataset
 
-__all__ = ["MultiViewData", "MultiViewDataset", "FeatureStore", "collate_views"]
+
+def first_repeat(ids: Sequence) -> tuple[object, int, int] | None:
+    """The first id listed twice, with the 0-based rows of its two entries, or ``None``."""
+    seen: dict = {}
+    for r, i in enumerate(ids):
+        if i in seen:
+            return i, seen[i], r
+        seen[i] = r
+    return None
 
 
 @dataclass
@@ -165,13 +175,10 @@ class MultiViewData:
             ids = [i.item() if hasattr(i, "item") else i for i in ids]
             if len(ids) != len(X):
                 raise ValueError(f"modality '{name}': {len(ids)} ids for {len(X)} rows")
-            if len(set(ids)) != len(ids):
-                seen: dict = {}
-                for r, i in enumerate(ids):
-                    if i in seen:
-                        raise ValueError(f"modality '{name}' lists id {_show(i)} more than once (rows {seen[i]} and "
-                                         f"{r}); ids must be unique within a modality")
-                    seen[i] = r
+            rep = first_repeat(ids)
+            if rep is not None:
+                raise ValueError(f"modality '{name}' lists id {_show(rep[0])} more than once (rows {rep[1]} and "
+                                 f"{rep[2]}); ids must be unique within a modality")
             for i in ids:
                 order.setdefault(i, len(order))
         all_ids = list(order)

@@ -18,7 +18,7 @@ from typing import Mapping
 
 import numpy as np
 
-from .dataset import MultiViewData
+from .dataset import MultiViewData, first_repeat
 
 __all__ = ["read_table", "load_tables"]
 
@@ -49,7 +49,8 @@ INDEX_LIKE = ("", "unnamed: 0", "index", "__index_level_0__")
 
 def read_table(path: str | Path, id_column: str = "id", label_column: str = "",
                notes: list | None = None) -> tuple[list, np.ndarray, dict]:
-    """``(ids, features (n, d) float32, labels {id: label} or {})`` of one CSV/Parquet file.
+    """``(ids, features (n, d) float32, labels)`` of one CSV/Parquet file; ``labels`` is
+    ``{id: label}``, or ``None`` when the table has no label column.
 
     Ids are strings exactly as written (``'007'`` and ``'7'`` are two instances). The label
     column is never a feature; a column *named* like a label (``label``, ``class``, ``target``,
@@ -96,30 +97,14 @@ def read_table(path: str | Path, id_column: str = "id", label_column: str = "",
             raise ValueError(f"{path}: column '{c}' holds a non-numeric value {bad!r}; only the id and label "
                              "columns may be non-numeric") from None
     ids = [_id(v) for v in cols[id_column]]
-    if len(set(ids)) != len(ids):
-        seen: dict = {}
-        for r, i in enumerate(ids):
-            if i in seen:
-                raise ValueError(f"{path} lists id {i} more than once (data rows {seen[i] + 1} and {r + 1}); ids "
-                                 "must be unique within a table")
-            seen[i] = r
-    labels = {}
+    rep = first_repeat(ids)
+    if rep is not None:
+        raise ValueError(f"{path} lists id {rep[0]} more than once (data rows {rep[1] + 1} and {rep[2] + 1}); ids "
+                         "must be unique within a table")
+    labels = None                       # no label column in this table
     if label_column and label_column in header:
         labels = {i: _label(y) for i, y in zip(ids, cols[label_column]) if y not in (None, "")}
     return ids, X, labels
-
-
-def _columns(path) -> list[str]:
-    path = Path(path)
-    if path.suffix.lower() in (".parquet", ".pq"):
-        import pyarrow.parquet as pq
-        return list(pq.read_schema(path).names)
-    return _read_csv_header(path)
-
-
-def _read_csv_header(path: Path) -> list[str]:
-    with open(path, newline="") as f:
-        return next(csv.reader(f, delimiter="\t" if path.suffix.lower() == ".tsv" else ","), [])
 
 
 def _is_number(v) -> bool:
@@ -158,16 +143,16 @@ def load_tables(tables: Mapping[str, str | Path], id_column: str = "id", label_c
         raise ValueError("no table given")
     notes: list = []
     read = {name: read_table(p, id_column, label_column, notes) for name, p in tables.items()}
-    if label_column and not any(label_column in _columns(p) for p in tables.values()):
+    if label_column and all(lab is None for _, _, lab in read.values()):
         raise ValueError(f"data.label_column '{label_column}' is not a column of any table "
                          f"({', '.join(str(p) for p in tables.values())})")
     labels: dict = {}
     for name, (_, _, lab) in read.items():
-        for i, y in lab.items():
+        for i, y in (lab or {}).items():
             if labels.setdefault(i, y) != y:
                 raise ValueError(f"id {i!r} has label {labels[i]!r} in one table and {y!r} in '{name}'")
     if label_column and not labels:
-        raise ValueError(f"no table has the label column '{label_column}'")
+        raise ValueError(f"the label column '{label_column}' is empty in every table")
     data = MultiViewData.from_tables({name: (ids, X) for name, (ids, X, _) in read.items()},
                                      labels=labels or None, validate=False)
     data.meta.update({"source": "tables", "tables": {k: str(v) for k, v in tables.items()}, "notes": notes})

@@ -1,10 +1,11 @@
 """``method.name=auto``: train every candidate objective and keep the best on validation.
 
 The objective moves retrieval more than calibration does (pairwise InfoNCE, hub InfoNCE and
-PMRL each win on some data of the suite), and validation picks among them as well as test
-would on the suite (docs/results.md). The default candidates are calibrated (calmrl,
-``pairwise-infonce+cal``, ``anchor-infonce+cal``), each with its gate and guard. So the default trains each method of ``method.candidates`` (for
-each learning rate of ``method.auto_lrs``, or ``train.lr``) on the same splits, seed and
+PMRL each win on some data of the suite), and the suite's validation splits choose among
+them without ever leaving auto below a single method (docs/results.md). So the default
+trains each method of ``method.candidates`` (by default the calibrated forms: calmrl,
+``pairwise-infonce+cal``, ``anchor-infonce+cal``, each with its gate and guard), for each
+learning rate of ``method.auto_lrs`` (or ``train.lr``), on the same splits, seed and
 encoders, and keeps the run with the highest validation R@1 (averaged over ordered view
 pairs; a tie keeps the earlier candidate). The test split is never looked at for the choice.
 
@@ -17,12 +18,9 @@ test R@1 and the choice).
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 from dataclasses import replace
 from pathlib import Path
 
-from ..core.distributed import rank as process_rank
 
 __all__ = ["run_auto", "kept_checkpoint"]
 
@@ -42,7 +40,7 @@ def _label(method: str, lr: float | None) -> str:
 
 def run_auto(cfg, *, resume: bool = False, splits=None, max_epochs=None, extra_callbacks=(), return_model=False):
     """Train the candidates and keep the best on validation (module docstring)."""
-    from .outdir import move_aside, output_lock
+    from .outdir import copy_kept, move_aside, output_lock
     from .results import write_results
     from .runner import run
     from .splits import prepare_data
@@ -78,12 +76,7 @@ def run_auto(cfg, *, resume: bool = False, splits=None, max_epochs=None, extra_c
                   "kept_by_guard": {k: v[0]["guard"]["kept"] for k, v in cands.items() if v[0].get("guard")},
                   "checkpoint": str(run_dir / "checkpoints" / "kept.ckpt"),
                   "source_checkpoint": str(kept_checkpoint(sub))}
-        if process_rank() == 0:
-            ck = run_dir / "checkpoints"
-            ck.mkdir(parents=True, exist_ok=True)
-            tmp = ck / "kept.ckpt.tmp"
-            shutil.copyfile(kept_checkpoint(sub), tmp)
-            os.replace(tmp, ck / "kept.ckpt")
+        copy_kept(kept_checkpoint(sub), run_dir)
         results = {**res, "method": "auto", "chosen_method": res["method"], "auto": choice}
         write_results(run_dir, results)
     log.warning("auto: kept %s (validation R@1 %s)", best,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
 
@@ -10,8 +9,6 @@ from .checkpoints import AtomicCheckpointIO, load_checkpoint, model_from_loaded
 from .splits import prepare_data
 
 __all__ = ['calibrate_checkpoint']
-
-log = logging.getLogger("calmrl")
 
 
 def calibrate_checkpoint(path: str | os.PathLike, out: str | os.PathLike | None = None, *, em_iters: int = 200,

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
 
 
 __all__ = ['keeping_csv_logger']
-
-log = logging.getLogger("calmrl")
 
 
 def keeping_csv_logger(run_dir: Path, keep_before_epoch: int | None):

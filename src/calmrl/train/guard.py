@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import logging
-import os
-import shutil
 from dataclasses import replace
 from pathlib import Path
 
-from ..core.distributed import rank as process_rank
+from .outdir import copy_kept
 from .results import write_results
 
 __all__ = ['imputations_took_part', 'guard']
-
-log = logging.getLogger("calmrl")
 
 
 def imputations_took_part(results: dict) -> bool:
@@ -26,8 +21,9 @@ def imputations_took_part(results: dict) -> bool:
 
 def guard(cfg, results, model, run_dir: Path, resume, splits, max_epochs, extra_callbacks):
     """``method.guard=validation``: calibration must not cost what the validation split can
-    see. If imputed columns took part, train the observed-only path (``pmrl-drop`` with the
-    same data, seed and start) under ``run_dir/guard`` and keep the run with the higher
+    see. If imputed columns took part, train the observed-only path (the objective without
+    imputations: ``pmrl-drop`` for calmrl, the plain InfoNCE objective for ``X+cal``; the same
+    data, seed and start) under ``run_dir/guard`` and keep the run with the higher
     validation R@1 (ties keep the calibrated run). The kept model's checkpoint is copied to
     ``checkpoints/kept.ckpt`` and the kept run's figures become the results; the comparison is
     recorded in ``results["guard"]``."""
@@ -45,20 +41,18 @@ def guard(cfg, results, model, run_dir: Path, resume, splits, max_epochs, extra_
                                  extra_callbacks, role="the guard's observed-only run")
     val = {"calibrated": results["val_average"]["R@1"], "observed-only": alt["val_average"]["R@1"]}
     kept = "observed-only" if val["observed-only"] > val["calibrated"] else "calibrated"
-    guard = {"kept": kept, "alternative_trained": True, "val_R@1": val,
+    record = {"kept": kept, "alternative_trained": True, "val_R@1": val,
              "test_R@1": {"calibrated": results["pairs"]["average"]["R@1"],
                           "observed-only": alt["pairs"]["average"]["R@1"]},
              "checkpoint": str(run_dir / "checkpoints" / "kept.ckpt")}
     src = (run_dir if kept == "calibrated" else alt_dir / plain) / "checkpoints" / "last.ckpt"
-    if src.exists() and process_rank() == 0:
-        tmp = run_dir / "checkpoints" / "kept.ckpt.tmp"
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, run_dir / "checkpoints" / "kept.ckpt")
+    if src.exists():
+        copy_kept(src, run_dir)
     if kept == "observed-only":
         results = {**alt, "method": results["method"], "gate": results.get("gate"), "gate_history": results["gate_history"],
                    "calibrated": {k: results[k] for k in ("pairs", "val_average", "anchor", "em_history")
                                   if k in results}}
         model = alt_model
-    results["guard"] = guard
+    results["guard"] = record
     write_results(run_dir, results)
     return results, model

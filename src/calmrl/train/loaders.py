@@ -3,7 +3,6 @@ the order of an uninterrupted one."""
 
 from __future__ import annotations
 
-import logging
 
 import numpy as np
 import torch
@@ -13,8 +12,6 @@ from ..data import MultiViewData, MultiViewDataset, collate_views
 from .config import Config
 
 __all__ = ['EpochShuffleSampler', 'make_loader']
-
-log = logging.getLogger("calmrl")
 
 
 class EpochShuffleSampler(torch.utils.data.Sampler):

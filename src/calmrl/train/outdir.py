@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -16,7 +17,7 @@ except ImportError:  # not on POSIX: no lock
 
 from ..core.distributed import rank as process_rank
 
-__all__ = ['RunLockedError', 'output_lock', 'check_writable', 'earlier_run', 'move_aside']
+__all__ = ["copy_kept", 'RunLockedError', 'output_lock', 'check_writable', 'earlier_run', 'move_aside']
 
 log = logging.getLogger("calmrl")
 
@@ -116,3 +117,15 @@ def move_aside(run_dir: Path) -> Path | None:
     log.warning("note: %s held an earlier %s run; moved it to %s so that the new run does not mix with it "
                 "(use --resume to continue a run instead)", run_dir, state, dest)
     return dest
+
+
+def copy_kept(src: Path, run_dir: Path) -> Path:
+    """Copy the checkpoint of the model a run keeps to ``run_dir/checkpoints/kept.ckpt``
+    atomically (a temporary file, then a rename); only rank 0 writes. Returns the target."""
+    dst = Path(run_dir) / "checkpoints" / "kept.ckpt"
+    if process_rank() == 0:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dst.with_name(dst.name + ".tmp")
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+    return dst

@@ -4,15 +4,12 @@ summary table."""
 from __future__ import annotations
 
 import json
-import logging
 import os
 from pathlib import Path
 
 from ..core.distributed import rank as process_rank
 
 __all__ = ['write_results', 'plot_gate', 'to_yaml', 'format_table']
-
-log = logging.getLogger("calmrl")
 
 
 def write_results(run_dir: Path, results: dict):

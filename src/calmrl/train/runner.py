@@ -30,7 +30,7 @@ from .outdir import RunLockedError, check_writable, move_aside, output_lock
 from .results import format_table, plot_gate, to_yaml, write_results
 from .splits import Splits, describe_simulation, prepare_data
 from .threads import choose_threads
-from .trainer import build_trainer, quiet_lightning
+from .trainer import build_trainer, check_accelerator, quiet_lightning
 
 # the public names this module has always offered, wherever they live now
 __all__ = ["run", "Splits", "prepare_data", "describe_simulation", "AtomicCheckpointIO", "CheckpointError",
@@ -48,6 +48,7 @@ def run(cfg: Config, *, method: str | None = None, resume: bool = False, splits:
     the checkpoint to resume from, a writable checkpoint directory, no other run in
     ``output_dir``), so that a bad input changes nothing on disk."""
     quiet_lightning()
+    check_accelerator(cfg)
     method = method or cfg.method.name
     cfg = replace(cfg, method=replace(cfg.method, name=method), output_dir=cfg.output_dir or default_output_dir(cfg))
     if method == "auto":
@@ -108,10 +109,8 @@ def _run_locked(cfg, method, run_dir, resume, splits, max_epochs, extra_callback
     check_writable(run_dir / "checkpoints")
     trainer = build_trainer(cfg, run_dir, max_epochs=max_epochs, extra_callbacks=extra_callbacks,
                             keep_logs_before_epoch=start_epoch if resume_path is not None else None)
-    if trainer.is_global_zero:
+    if trainer.is_global_zero:    # (a new run's directory holds no earlier results: move_aside above)
         (run_dir / "config.yaml").write_text(to_yaml(config_to_dict(cfg)))
-        if not resume_path:
-            (run_dir / "results.json").unlink(missing_ok=True)   # no stale results beside a new run
     t0 = time.time()
     known = splits.train_full.mask if cfg.method.name == "pmrl-truefill" else None
     try:

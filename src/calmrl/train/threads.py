@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import time
 
 from .config import Config
 
 __all__ = ['busy_cores', 'choose_threads']
-
-log = logging.getLogger("calmrl")
 
 
 def busy_cores(window: float = 0.25) -> float:

@@ -7,15 +7,14 @@ import warnings
 from pathlib import Path
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from .checkpoints import AtomicCheckpointIO
 from .config import Config
 from .csv_logger import keeping_csv_logger
 
-__all__ = ['quiet_lightning', 'build_trainer']
-
-log = logging.getLogger("calmrl")
+__all__ = ['quiet_lightning', 'check_accelerator', 'build_trainer']
 
 
 def quiet_lightning():
@@ -26,6 +25,13 @@ def quiet_lightning():
     warnings.filterwarnings("ignore", message=".*is deprecated.*")
     warnings.filterwarnings("ignore", message=".*tensorboardX.*")
     warnings.filterwarnings("ignore", message=".*exists and is not empty.*")
+
+
+def check_accelerator(cfg: Config) -> None:
+    """Refuse a GPU accelerator that torch cannot see, in one line, before any data is read."""
+    if cfg.train.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ValueError(f"train.accelerator={cfg.train.accelerator} but no GPU is visible to torch; use "
+                         "train.accelerator=cpu (or auto)")
 
 
 def build_trainer(cfg: Config, run_dir: Path, *, max_epochs: int | None = None, extra_callbacks=(),
