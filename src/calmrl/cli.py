@@ -335,17 +335,15 @@ def cmd_export(args) -> int:
 
 
 def cmd_calibrate(args) -> int:
-    from .train.calibrate import calibrate_checkpoint
-
     import yaml
 
-    from .train.checkpoints import load_checkpoint
+    from .train.calibrate import calibrate_checkpoint
 
     out, summary = calibrate_checkpoint(_resolve_checkpoint(args.checkpoint), args.out, em_iters=args.em_iters)
     print(f"fitted the calibrator on {summary['instances']} training embeddings ({summary['used']}) in "
           f"{summary['em_iterations']} EM iterations (mean log-likelihood {summary['final_loglik']:.2f}); "
           f"parameters and running statistics written to {out}")
-    cfg = load_checkpoint(out)["calmrl_config"]
+    cfg = summary["config"]
     conf = out.with_suffix(".yaml")           # the pretrained run's settings (its data among them)
     conf.write_text(yaml.safe_dump(cfg, sort_keys=False))
     root = Path(cfg.get("output_dir") or "runs")

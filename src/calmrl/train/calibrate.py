@@ -18,7 +18,7 @@ def calibrate_checkpoint(path: str | os.PathLike, out: str | os.PathLike | None 
     there are enough of them), fit the calibrator by EM to convergence and seed the step
     schedule's running statistics (:meth:`CalMRLModule.seed_calibrator`). Writes a new
     checkpoint (default: ``calibrated.ckpt`` beside the input) for ``train.init_from``;
-    returns its path and a summary."""
+    returns its path and a summary (with the run's ``config``, as a dict)."""
     from .evaluate import embed_data
 
     path = Path(path)
@@ -42,4 +42,4 @@ def calibrate_checkpoint(path: str | os.PathLike, out: str | os.PathLike | None 
     ckpt["calmrl_calibrated"] = summary
     out = Path(out) if out else path.with_name("calibrated.ckpt")
     AtomicCheckpointIO().save_checkpoint(ckpt, out)
-    return out, summary
+    return out, {**summary, "config": ckpt["calmrl_config"]}
