@@ -10,7 +10,7 @@ import torch
 
 from calmrl.cli import main
 from calmrl.data import split_parts
-from calmrl.train import load_checkpoint, load_config, run
+from calmrl.train import AtomicCheckpointIO, load_checkpoint, load_config, run
 
 BASE = ["model.embed_dim=16", "model.hidden_dim=32", "train.progress=false", "train.check_val_every=50",
         "train.threads=1", "train.batch_size=128", "data.views=[fourier, karhunen, zernike]"]
@@ -70,7 +70,7 @@ def _continue(root, ck, name, schedule, seeded=True, lr="5e-4"):
         c = load_checkpoint(ck)
         c["state_dict"]["running_valid"] = torch.tensor(False)
         ck = root / f"unseeded-{name}.ckpt"
-        torch.save(c, ck)
+        AtomicCheckpointIO().save_checkpoint(c, ck)     # re-sealed: a deliberate change
     _run_cont(root, ck, name, schedule, lr)
     return load_checkpoint(root / name / "calmrl" / "checkpoints" / "last.ckpt")["state_dict"]
 

@@ -59,10 +59,12 @@ def test_feature_store_roundtrip_and_errors(tmp_path):
     np.testing.assert_allclose(np.asarray(back.views[0]), data.views[0])
     assert isinstance(back.views[0], np.memmap)
     np.save(tmp_path / "s" / "view1.npy", np.zeros((49, 3), np.float32))
-    with pytest.raises(ValueError, match="view1.npy has shape"):
+    with pytest.raises(ValueError, match="view1.npy is damaged: checksum mismatch"):
         FeatureStore(tmp_path / "s").read()
+    with pytest.raises(ValueError, match="view1.npy has shape"):       # a store written without checksums
+        FeatureStore(tmp_path / "s").read(verify=False)
     (tmp_path / "s" / "meta.json").write_text("{not json")
-    with pytest.raises(ValueError, match="corrupt"):
+    with pytest.raises(ValueError, match="meta.json is damaged"):
         FeatureStore(tmp_path / "s").read()
     with pytest.raises(ValueError, match="not a feature store"):
         FeatureStore(tmp_path / "nothing").read()
@@ -134,7 +136,7 @@ def test_atomic_checkpoint_and_corrupt_file(tmp_path):
     assert load_checkpoint(path)["state_dict"]["w"].sum() == 3
     good = path.read_bytes()
     path.write_bytes(good[: len(good) // 2])
-    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+    with pytest.raises(CheckpointError, match="is damaged"):
         load_checkpoint(path)
     # a failed write leaves the previous checkpoint intact
     path.write_bytes(good)

@@ -145,7 +145,7 @@ def test_resume_from_truncated_checkpoint_is_a_clear_error(tmp_path):
         ckpt = tmp_path / "calmrl" / "checkpoints" / name
         data = ckpt.read_bytes()
         ckpt.write_bytes(data[: len(data) // 2])
-    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+    with pytest.raises(CheckpointError, match="is damaged"):
         run(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=4)), resume=True)
 
 

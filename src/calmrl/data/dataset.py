@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,8 @@ import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
+
+from ..integrity import DamagedFileError, check_store, store_checksums
 
 __all__ = ["MultiViewData", "MultiViewDataset", "FeatureStore", "collate_views"]
 
@@ -325,38 +328,52 @@ class FeatureStore:
         """Write atomically: files go to a temporary directory that is renamed into place."""
         path = Path(path)
         tmp = path.with_name(path.name + ".tmp")
-        tmp.mkdir(parents=True, exist_ok=True)
-        for name, v in zip(data.names, data.views):
-            np.save(tmp / f"{name}.npy", np.asarray(v, dtype=np.float32))
-        np.save(tmp / "mask.npy", data.mask)
-        np.save(tmp / "ids.npy", np.asarray(data.ids))
-        if data.labels is not None:   # object arrays would need pickle to load: store strings
-            labels = np.asarray(data.labels)
-            np.save(tmp / "labels.npy", labels.astype(str) if labels.dtype == object else labels)
-        meta = {"format_version": cls.FORMAT_VERSION, "names": data.names, "dims": data.dims, "n": data.n,
-                **{k: v for k, v in data.meta.items() if isinstance(v, (str, int, float, list, dict))}}
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+        shutil.rmtree(tmp, ignore_errors=True)     # a partial store left by an earlier failure
+        try:
+            tmp.mkdir(parents=True, exist_ok=True)
+            for name, v in zip(data.names, data.views):
+                np.save(tmp / f"{name}.npy", np.asarray(v, dtype=np.float32))
+            np.save(tmp / "mask.npy", data.mask)
+            np.save(tmp / "ids.npy", np.asarray(data.ids))
+            if data.labels is not None:   # object arrays would need pickle to load: store strings
+                labels = np.asarray(data.labels)
+                np.save(tmp / "labels.npy", labels.astype(str) if labels.dtype == object else labels)
+            meta = {"format_version": cls.FORMAT_VERSION, "names": data.names, "dims": data.dims, "n": data.n,
+                    **{k: v for k, v in data.meta.items() if isinstance(v, (str, int, float, list, dict))
+                       and k != "sha256"}}
+            # a SHA-256 per file, checked on every read (calmrl.integrity)
+            meta["sha256"] = store_checksums(tmp, sorted(f.name for f in tmp.glob("*.npy")))
+            (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+        except BaseException as e:
+            shutil.rmtree(tmp, ignore_errors=True)      # nothing partial is left behind
+            if isinstance(e, OSError) and getattr(e, "errno", None) == 28:
+                raise OSError(f"no space left on device while writing the feature store {path}; nothing was "
+                              "written there") from None
+            raise
         if path.exists():
             old = path.with_name(path.name + ".old")
             os.replace(path, old)
             os.replace(tmp, path)
-            import shutil
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, path)
         return cls(path)
 
-    def read(self, *, mmap: bool = True, validate: bool = True) -> MultiViewData:
+    def read(self, *, mmap: bool = True, validate: bool = True, verify: bool = True) -> MultiViewData:
+        """The store's data (memory-mapped by default). ``verify``: check every file against the
+        SHA-256 in ``meta.json`` first (a damaged file is refused, naming it)."""
         p = self.path
         if not (p / "meta.json").exists():
             raise ValueError(f"{p} is not a feature store (no meta.json)")
         try:
             meta = json.loads((p / "meta.json").read_text())
         except json.JSONDecodeError as e:
-            raise ValueError(f"{p / 'meta.json'} is corrupt: {e}") from None
+            raise DamagedFileError(f"{p / 'meta.json'} is damaged: not valid JSON ({e})") from None
         for key in ("names", "dims", "n"):
             if key not in meta:
                 raise ValueError(f"{p / 'meta.json'} lacks the key '{key}'")
+        if verify:
+            check_store(p, meta)
         mode = "r" if mmap else None
 
         def load(name):
@@ -376,7 +393,7 @@ class FeatureStore:
         labels = np.asarray(load("labels")) if (p / "labels.npy").exists() else None
         data = MultiViewData.__new__(MultiViewData)
         data.views, data.names, data.mask, data.ids, data.labels = views, list(meta["names"]), mask.astype(bool), ids, labels
-        data.meta = {k: v for k, v in meta.items() if k not in ("names", "dims", "n", "format_version")}
+        data.meta = {k: v for k, v in meta.items() if k not in ("names", "dims", "n", "format_version", "sha256")}
         if validate:
             data.validate()
         return data

@@ -68,6 +68,14 @@ def read_table(path: str | Path, id_column: str = "id", label_column: str = "",
         cols = {c: [r[j] if j < len(r) else "" for r in rows] for j, c in enumerate(header)}
     else:
         raise ValueError(f"{path}: unknown table format '{suffix}' (use .csv or .parquet)")
+    seen, dup = set(), []
+    for c in header:
+        if c in seen and c not in dup:
+            dup.append(c)
+        seen.add(c)
+    if dup:     # a dict of columns would keep one of them silently
+        raise ValueError(f"{path} has duplicate column name(s) {dup}: each column must be named once (which one "
+                         "is meant cannot be told)")
     if id_column not in header:
         raise ValueError(f"{path} has no id column '{id_column}' (columns: {header[:8]}...); set data.id_column")
     dropped = [c for c in header if c.strip().lower() in INDEX_LIKE and c not in (id_column, label_column)]
@@ -97,6 +105,10 @@ def read_table(path: str | Path, id_column: str = "id", label_column: str = "",
             raise ValueError(f"{path}: column '{c}' holds a non-numeric value {bad!r}; only the id and label "
                              "columns may be non-numeric") from None
     ids = [_id(v) for v in cols[id_column]]
+    padded = sum(isinstance(v, str) and v != v.strip() for v in cols[id_column])
+    if padded and notes is not None:
+        notes.append(f"{path.name}: {padded} id(s) had spaces around them, stripped (' x ' and 'x' are one "
+                     "instance)")
     rep = first_repeat(ids)
     if rep is not None:
         raise ValueError(f"{path} lists id {rep[0]} more than once (data rows {rep[1] + 1} and {rep[2] + 1}); ids "

@@ -11,6 +11,7 @@ import torch
 from lightning.fabric.plugins import TorchCheckpointIO
 
 from ..data.fingerprint import compare as compare_fingerprints
+from ..integrity import DamagedFileError, check_sealed, seal
 from .config import Config, config_to_dict
 from .module import CalMRLModule
 
@@ -34,6 +35,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
+        seal(checkpoint)      # a SHA-256 of its content, checked on every load
         try:
             with open(tmp, "wb") as f:
                 torch.save(checkpoint, f)
@@ -65,11 +67,21 @@ def load_checkpoint(path, map_location="cpu") -> dict:
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=False)
     except Exception as e:  # truncated zip, pickle errors, ...
-        raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({type(e).__name__}: {e}); "
-                              "use an earlier checkpoint") from None
+        raise CheckpointError(f"checkpoint {path} is damaged: it cannot be read ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0][:120] if str(e) else ''}){_earlier(path)}") from None
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise CheckpointError(f"checkpoint {path} holds no model state (not a calmrl checkpoint)")
+    try:
+        check_sealed(ckpt, path)
+    except DamagedFileError as e:
+        raise CheckpointError(f"{e}{_earlier(path)}") from None
     return ckpt
+
+
+def _earlier(path: Path) -> str:
+    """The other checkpoints beside ``path``, for the message that refuses it."""
+    others = sorted(p.name for p in Path(path).parent.glob("*.ckpt") if p.name != Path(path).name)
+    return f"; other checkpoints there: {', '.join(others)}" if others else "; no other checkpoint there"
 
 
 def resume_checkpoint(run_dir: str | os.PathLike) -> tuple[Path | None, dict | None, list[str]]:

@@ -13,32 +13,58 @@ from typing import Any, get_origin, get_type_hints
 
 import yaml
 
+from .. import objectives
 from ..data.suite import SUITE
 
 __all__ = ["CALIBRATABLE", "calibrates", "ConfigError", "Config", "DataConfig", "MissingConfig", "ModelConfig", "MethodConfig",
            "CalibratorConfig", "TrainConfig", "EvalConfig", "load_config", "apply_overrides", "config_to_dict", "METHODS",
            "LEARNED_TEMPERATURE", "OWN_SIMILARITY"]
 
-METHODS = ("auto", "calmrl", "pmrl-drop", "pmrl-meanfill", "pmrl-zerofill", "gram", "triangle", "pairwise-infonce",
-           "anchor-infonce", "oracle", "pmrl-truefill")
+# every choice below is read from the objective registry (calmrl.objectives): an objective is declared once
+METHODS = ("auto", *objectives.names())
 # the similarity each method is trained with (and scored with under results.json "pairs_own")
-OWN_SIMILARITY = {"gram": "volume", "triangle": "area"}   # every other method: cosine
-# objectives that take calibration as a plug-in (method.calibrate); calmrl is PMRL with it always on
-CALIBRATABLE = ("pairwise-infonce", "anchor-infonce")
+OWN_SIMILARITY = {o.name: o.similarity for o in objectives.REGISTRY.values() if o.similarity != "cosine"}
+# objectives that take calibration as a plug-in (method.calibrate, or 'X+cal' in method.candidates)
+CALIBRATABLE = tuple(o.name for o in objectives.REGISTRY.values() if o.calibratable)
+# objectives whose loss has a learned temperature
+LEARNED_TEMPERATURE = tuple(o.name for o in objectives.REGISTRY.values() if o.temperature == "learned")
 
 
 def calibrates(method) -> bool:
-    """Whether a method config trains with imputed cells: calmrl, or a calibratable objective
-    with ``calibrate`` set."""
-    return method.name == "calmrl" or (method.calibrate and method.name in CALIBRATABLE)
-
-
-# methods whose contrast has a learnable temperature (initialised at method.tau_init), as in their authors' code
-LEARNED_TEMPERATURE = ("gram", "triangle", "pairwise-infonce")
+    """Whether a method config trains with imputed cells: an objective that always calibrates
+    (calmrl), or a calibratable one with ``calibrate`` set."""
+    if method.name not in objectives.REGISTRY:
+        return False
+    o = objectives.get(method.name)
+    return o.calibration == "always" or (bool(method.calibrate) and o.calibratable)
 
 
 class ConfigError(ValueError):
     """A configuration value or key is invalid."""
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """YAML's safe loader that refuses a key given twice in one mapping (PyYAML keeps the last
+    one silently: two ``train:`` sections would drop the first)."""
+
+
+def _strict_mapping(loader, node, deep=False):
+    seen = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if key in seen:
+            raise ConfigError(f"key '{key}' appears twice in one section (lines {seen[key] + 1} and "
+                              f"{key_node.start_mark.line + 1}); give each key once")
+        seen[key] = key_node.start_mark.line
+    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _strict_mapping)
+
+
+def strict_yaml(text: str):
+    """``yaml.safe_load`` that refuses duplicate keys at any level."""
+    return yaml.load(text, Loader=_StrictLoader)
 
 
 def _f(default, *, choices=None, lo=None, hi=None, help=""):
@@ -305,7 +331,7 @@ def _apply(raw: dict, overrides: list[str] | None) -> dict:
         if "=" not in ov:
             raise ConfigError(f"override '{ov}' must look like key.sub=value")
         k, v = ov.split("=", 1)
-        _set_dotted(raw, k.strip(), yaml.safe_load(v))
+        _set_dotted(raw, k.strip(), strict_yaml(v))
     return raw
 
 
@@ -324,9 +350,16 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not p.exists():
             raise ConfigError(f"config file {p} does not exist")
         try:
-            raw = yaml.safe_load(p.read_text()) or {}
+            raw = strict_yaml(p.read_text())
         except yaml.YAMLError as e:
-            raise ConfigError(f"config file {p} is not valid YAML: {e}") from None
+            raise ConfigError(f"config file {p} is not valid YAML: {' '.join(str(e).split())}") from None
+        except ConfigError as e:
+            raise ConfigError(f"config file {p}: {e}") from None
+        if raw is None:
+            raw = {}
+        if not isinstance(raw, dict):
+            raise ConfigError(f"config file {p} must hold a mapping of sections (data:, model:, method:, train:, "
+                              f"...) at its top level, not a {type(raw).__name__}")
     cfg = _build(Config, _apply(raw, overrides))
     _cross_checks(cfg)
     return cfg
@@ -344,11 +377,11 @@ def _cross_checks(cfg: Config):
         raise ConfigError(f"data.train_part must be [i, n] with 0 <= i < n, got {tp}")
     if cfg.data.dataset == "tables" and not cfg.data.tables:
         raise ConfigError("data.dataset = 'tables' needs data.tables, e.g. {image: img.parquet, text: txt.csv}")
-    ok = [m for m in METHODS if m not in ("auto", "oracle", "pmrl-truefill")] + [f"{m}+cal" for m in CALIBRATABLE]
+    ok = objectives.candidate_names()
     bad = [m for m in cfg.method.candidates if m not in ok]
     if bad or not cfg.method.candidates:
         raise ConfigError(f"method.candidates {bad or '[]'} not valid; choose from {ok}")
-    if cfg.method.calibrate and cfg.method.name not in (*CALIBRATABLE, "auto", "calmrl"):
+    if cfg.method.calibrate and cfg.method.name not in (*CALIBRATABLE, "auto") and not calibrates(cfg.method):
         raise ConfigError(f"method.calibrate applies to {list(CALIBRATABLE)} (calmrl always calibrates), not to "
                           f"'{cfg.method.name}'")
     try:      # YAML 1.1 reads 1e-4 (no dot) as a string
@@ -356,8 +389,12 @@ def _cross_checks(cfg: Config):
             if len([x for x in cfg.method.auto_lrs if isinstance(x, bool)]) == 0 else None
     except (TypeError, ValueError):
         cfg.method.auto_lrs = None
-    if cfg.method.auto_lrs is None or any(not x > 0 or x != x for x in cfg.method.auto_lrs):
-        raise ConfigError("method.auto_lrs must be a list of positive learning rates, e.g. [5e-4, 2e-3]")
+    if cfg.method.auto_lrs is None or any(not 0 < x < float("inf") for x in cfg.method.auto_lrs):
+        raise ConfigError("method.auto_lrs must be a list of finite positive learning rates, e.g. [5e-4, 2e-3]")
+    for key, values in (("method.auto_lrs", cfg.method.auto_lrs), ("method.candidates", cfg.method.candidates)):
+        twice = sorted({str(v) for v in values if values.count(v) > 1})
+        if twice:
+            raise ConfigError(f"{key} lists {', '.join(twice)} more than once; each would be trained twice")
     _check_devices(cfg.train.devices)
     _check_strategy(cfg.train.strategy)
     if not cfg.output_dir:

@@ -12,10 +12,11 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..core import SharedLatentCalibrator
+from ..integrity import CHECKSUM_KEY, DamagedFileError, digest
 from .config import Config, _build, config_to_dict
 from .encoders import MultiModalEncoder
 
-__all__ = ["export_model", "load_exported"]
+__all__ = ["export_model", "load_exported", "verify_exported"]
 
 
 def export_model(encoder: MultiModalEncoder, calibrator: SharedLatentCalibrator, cfg: Config, dims: list[int],
@@ -30,12 +31,25 @@ def export_model(encoder: MultiModalEncoder, calibrator: SharedLatentCalibrator,
     for name, (mean, std) in zip(encoder.names, standardization or []):
         tensors[f"standardize.{name}.mean"] = torch.as_tensor(np.asarray(mean, np.float64))
         tensors[f"standardize.{name}.std"] = torch.as_tensor(np.asarray(std, np.float64))
-    tmp = out / "model.safetensors.tmp"
-    save_file(tensors, str(tmp))
-    os.replace(tmp, out / "model.safetensors")
     meta = {"names": encoder.names, "dims": list(dims), "config": config_to_dict(cfg), "format_version": 2,
             "standardized": bool(standardization)}
-    (out / "config.json").write_text(json.dumps(meta, indent=2))
+    # the SHA-256 of the tensors in the header, checked by load_exported; both files written
+    # under temporary names first and renamed only once both are whole
+    tmp, tmp_meta = out / "model.safetensors.tmp", out / "config.json.tmp"
+    try:
+        save_file(tensors, str(tmp), metadata={CHECKSUM_KEY: digest(tensors)})
+        tmp_meta.write_text(json.dumps(meta, indent=2))
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)
+        tmp_meta.unlink(missing_ok=True)
+        if isinstance(e, Exception) and not isinstance(e, OSError):
+            full = "No space" in str(e) or "problem writing" in str(e) or "os error 28" in str(e)
+            raise OSError(f"cannot write the exported model to {out}: "
+                          + ("no space left on device" if full else str(e).splitlines()[0][:120])
+                          + "; nothing was left there") from None
+        raise
+    os.replace(tmp, out / "model.safetensors")
+    os.replace(tmp_meta, out / "config.json")
     return out
 
 
@@ -44,11 +58,11 @@ def load_exported(path: str | os.PathLike, device="cpu") -> tuple[MultiModalEnco
     path = Path(path)
     try:
         meta = json.loads((path / "config.json").read_text())
-        tensors = load_file(str(path / "model.safetensors"), device=str(device))
     except FileNotFoundError as e:
         raise ValueError(f"{path} is not an exported calmrl model: {e}") from None
-    except Exception as e:
-        raise ValueError(f"exported model in {path} is corrupt: {e}") from None
+    except json.JSONDecodeError as e:
+        raise DamagedFileError(f"{path / 'config.json'} is damaged: not valid JSON ({e})") from None
+    tensors = verify_exported(path, device)
     cfg = _build(Config, meta["config"])
     m = cfg.model
     enc = MultiModalEncoder.mlp(meta["dims"], meta["names"], m.embed_dim, m.hidden_dim, m.layers, m.dropout,
@@ -66,3 +80,23 @@ def load_exported(path: str | os.PathLike, device="cpu") -> tuple[MultiModalEnco
                       "the caller with the training split's statistics", stacklevel=2)
     meta["standardization"] = std
     return enc.eval(), cal, meta
+
+
+def verify_exported(path: str | os.PathLike, device="cpu") -> dict:
+    """The tensors of ``path/model.safetensors``, checked against the SHA-256 in its header;
+    :class:`~calmrl.integrity.DamagedFileError` naming the file when they differ."""
+    from safetensors import safe_open
+
+    f = Path(path) / "model.safetensors"
+    if not f.exists():
+        raise ValueError(f"{path} is not an exported calmrl model: no model.safetensors")
+    try:
+        tensors = load_file(str(f), device=str(device))
+        with safe_open(str(f), framework="pt") as h:
+            want = (h.metadata() or {}).get(CHECKSUM_KEY)
+    except Exception as e:
+        raise DamagedFileError(f"{f} is damaged: it cannot be read ({str(e).splitlines()[0][:120]})") from None
+    if want is not None and digest({k: v.cpu() for k, v in tensors.items()}) != want:
+        raise DamagedFileError(f"{f} is damaged: checksum mismatch (its content changed after it was exported); "
+                               "export it again")
+    return tensors

@@ -1,36 +1,17 @@
-"""The training objectives selectable by name (``method.name``).
-
-=================  ===========================================================================
-``calmrl``         PMRL over observed + imputed columns; imputations
-                   :math:`W_m\\mathbb E[\\beta]+\\mu_m` from the shared-latent calibrator
-                   (observed-only PMRL during the warm-up epochs)
-``pmrl-drop``      PMRL over the observed columns only (the uncalibrated baseline)
-``pmrl-meanfill``  missing columns filled with the batch mean direction of that modality
-``pmrl-zerofill``  missing columns left as zero vectors (zero singular values enter the softmax)
-``gram``           GRAM (authors' form): volume contrast of the anchor modality against the other
-                   observed modalities, both directions, learnable temperature, label smoothing
-``triangle``       TRIANGLE: the same with the area spanned by the tips of the vectors
-``pairwise-infonce`` symmetric InfoNCE over every co-observed pair of modalities (CLIP / VAST); with
-                   ``method.calibrate`` imputed cells join as detached extra pair members
-``anchor-infonce`` pairwise InfoNCE of each modality against the anchor modality (ImageBind); with
-                   ``method.calibrate`` the same, the imputed hub where the hub is missing
-``oracle``         PMRL with no missingness in training (upper bound; set by the data layer)
-``pmrl-truefill``  PMRL with the simulator's hidden cells filled by the true embeddings of their
-                   inputs, detached (the upper bound of any imputation: instance information
-                   the observed cells lack, without gradients into the hidden encoders)
-=================  ===========================================================================
-"""
+"""Objectives by name, for the trainer: :func:`alignment_loss` looks the objective up in the
+registry (:mod:`calmrl.objectives`, where each is declared and documented once) and
+:func:`fill_missing` builds CalMRL's calibrated matrix (observed cells, imputed ones)."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
-from ..core import (SharedLatentCalibrator, anchor_infonce_loss, gram_loss, pairwise_infonce_loss, pmrl_loss,
-                    triangle_loss)
+from .. import objectives
+from ..core import SharedLatentCalibrator
 from ..core.calibrator import Posterior
-from .config import CALIBRATABLE, MethodConfig
+from .config import MethodConfig, calibrates
 
 __all__ = ["alignment_loss", "fill_missing"]
 
@@ -61,47 +42,25 @@ def fill_missing(A: Tensor, mask: Tensor, calibrator: SharedLatentCalibrator, cf
     return filled, weights
 
 
-def alignment_loss(A: Tensor, mask: Tensor, cfg: MethodConfig, *, anchor: int = 0,
-                   calibrator: SharedLatentCalibrator | None = None, calibrated: bool = False,
-                   column_weights: Tensor | None = None, tau: Tensor | float | None = None
-                   ) -> tuple[Tensor, dict[str, Tensor]]:
-    """Loss of one batch for method ``cfg.name``; returns ``(loss, logs)``.
+def alignment_loss(A: Tensor, mask: Tensor, cfg: MethodConfig, *, anchor: int = 0, calibrated: bool = False,
+                   column_weights: Tensor | None = None, params: nn.Module | None = None,
+                   tau: Tensor | float | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+    """Loss of one batch for objective ``cfg.name`` (:mod:`calmrl.objectives`); returns ``(loss, logs)``.
 
-    For ``calmrl`` with ``calibrated=True``: given a ``calibrator``, the missing columns of
-    ``A`` are imputed here; without one, ``A`` is taken as already filled (as the trainer
-    does, per process before the all-gather) and ``column_weights`` are optional. ``tau``:
-    the (learnable) temperature of gram / triangle / pairwise-infonce (default ``cfg.tau_init``)."""
-    name = cfg.name
+    ``calibrated=True``: ``A`` already holds the imputed cells (as the trainer fills them, per
+    process before the all-gather; :func:`fill_missing`), ``mask`` marks the observed ones and
+    ``column_weights`` the gate's weights. ``params``: the objective's own parameters
+    (:meth:`~calmrl.objectives.Objective.make_parameters`: a learned temperature, SigLIP's bias);
+    ``tau`` a fixed temperature instead (default ``cfg.tau_init``)."""
+    obj = objectives.get(cfg.name)
+    if params is None and tau is not None:
+        params = _Fixed(tau)
+    ctx = objectives.LossContext(cfg, anchor=anchor, calibrated=calibrated and calibrates(cfg),
+                                 column_weights=column_weights, params=params)
+    return obj.loss(A, mask, ctx)
 
-    def pmrl(cols: Tensor, cols_mask: Tensor | None, weights: Tensor | None = None):
-        out = pmrl_loss(cols, cols_mask, tau1=cfg.tau1, tau2=cfg.tau2, inter_weight=cfg.inter_weight,
-                        inter=cfg.inter, column_weights=weights)
-        return out.loss, {"intra": out.intra.detach(), "inter": out.inter.detach()}
 
-    plugged = calibrated and name in CALIBRATABLE and cfg.calibrate
-    if (name == "calmrl" and calibrated or plugged) and calibrator is not None:
-        A, column_weights = fill_missing(A, mask, calibrator, cfg)
-    if name in ("pmrl-drop", "oracle", "pmrl-truefill") or (name == "calmrl" and not calibrated):
-        return pmrl(A, mask)
-    if name == "calmrl":
-        return pmrl(A, None, column_weights)
-    if name == "pmrl-meanfill":
-        w = mask.to(A.dtype)[..., None]
-        mean_dir = F.normalize((A.detach() * w).sum(0) / w.sum(0).clamp_min(1), dim=-1)   # (M, d)
-        return pmrl(torch.where(mask[..., None], A, mean_dir.expand_as(A)), None)
-    if name == "pmrl-zerofill":
-        return pmrl(A * mask[..., None], None)
-    tau = cfg.tau_init if tau is None else tau
-    if name == "gram":
-        return gram_loss(A, mask, anchor=anchor, tau=tau, label_smoothing=cfg.label_smoothing), {}
-    if name == "triangle":
-        return triangle_loss(A, mask, anchor=anchor, tau=tau, label_smoothing=cfg.label_smoothing), {}
-    if plugged:    # imputed cells as extra pair members (A already filled, imputations detached)
-        kw = {"mask": None, "cell_weights": column_weights, "observed": mask}
-    else:
-        kw = {"mask": mask}
-    if name == "pairwise-infonce":
-        return pairwise_infonce_loss(A, tau=tau, **kw), {}
-    if name == "anchor-infonce":
-        return anchor_infonce_loss(A, anchor=anchor, tau=cfg.tau2, **kw), {}
-    raise ValueError(f"unknown method '{name}'")
+class _Fixed(nn.Module):
+    def __init__(self, tau):
+        super().__init__()
+        self.tau = tau

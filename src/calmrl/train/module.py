@@ -18,9 +18,10 @@ import lightning as L
 import torch
 import torch.distributed as dist
 
-from ..core import LearnableTemperature, MaskedCompleter, MultimodalVAE, SharedLatentCalibrator
+from ..core import MaskedCompleter, MultimodalVAE, SharedLatentCalibrator
 from ..core.distributed import all_reduce_stats, gather_nograd, gather_with_grad, global_loss_scale, is_distributed
-from .config import LEARNED_TEMPERATURE, Config, calibrates
+from .. import objectives
+from .config import Config, calibrates
 from .encoders import MultiModalEncoder
 from .evaluate import retrieval_table
 from .methods import alignment_loss, fill_missing
@@ -70,9 +71,8 @@ class CalMRLModule(L.LightningModule):
         self.gate = resolve_gate(cfg.method.gate, None)
         self.gate_loader = None   # a DataLoader over the validation split for the gate
         self.anchor_index = names.index(cfg.method.anchor) if cfg.method.anchor else 0
-        self.temperature = None
-        if cfg.method.name in LEARNED_TEMPERATURE:   # tau = exp(log_tau), kept >= 0.01
-            self.temperature = LearnableTemperature(cfg.method.tau_init, learnable=cfg.method.learn_temperature)
+        # the objective's own parameters (a learned temperature tau = exp(log_tau) >= 0.01; SigLIP's bias)
+        self.temperature = objectives.get(cfg.method.name).make_parameters(cfg.method)
         self._val_A: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.standardization = None   # [(mean, std)] per modality, set by the runner; saved in checkpoints
         self._batch_ll = None   # step schedule: (sum, count) of this epoch's batch log-likelihoods
@@ -317,11 +317,10 @@ class CalMRLModule(L.LightningModule):
         # loss is scaled by the world size so that DDP's gradient average is the global gradient
         A_all, mask_all = gather_with_grad(A), gather_nograd(mask)
         weights_all = gather_nograd(weights) if weights is not None else None
-        tau = self.temperature.tau if self.temperature is not None else None
         loss, logs = alignment_loss(A_all, mask_all, self.cfg.method, anchor=self.anchor_index,
-                                    calibrated=calibrated, column_weights=weights_all, tau=tau)
-        if tau is not None:
-            logs["tau"] = tau.detach()
+                                    calibrated=calibrated, column_weights=weights_all, params=self.temperature)
+        if self.temperature is not None:
+            logs["tau"] = self.temperature.tau.detach()
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite training loss at epoch {self.current_epoch}, step {batch_idx}")
         bs = mask_all.shape[0]
@@ -371,8 +370,10 @@ class CalMRLModule(L.LightningModule):
     def configure_optimizers(self):
         t = self.cfg.train
         groups = [{"params": list(self.encoder.parameters())}]
-        if self.temperature is not None and self.temperature.log_tau.requires_grad:
-            groups.append({"params": [self.temperature.log_tau], "weight_decay": 0.0})   # no decay on it
+        if self.temperature is not None:        # the loss's own parameters: no weight decay on them
+            own = [p for p in self.temperature.parameters() if p.requires_grad]
+            if own:
+                groups.append({"params": own, "weight_decay": 0.0})
         opt = torch.optim.AdamW(groups, lr=t.lr, weight_decay=t.weight_decay)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, t.epochs))
         return {"optimizer": opt, "lr_scheduler": sched}

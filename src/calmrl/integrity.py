@@ -1,0 +1,122 @@
+"""Checksums of everything calmrl writes and later reads back.
+
+A file that was damaged after it was written (a bad disk sector, a partial copy, a stray
+``dd``) must be refused when it is read, naming the file, and never evaluated or blamed on
+the user's data. Every artefact carries a SHA-256 of its content, computed when it is
+written and checked on every load:
+
+- checkpoints (``*.ckpt``: Lightning's torch.save of a dict): ``ckpt["calmrl_sha256"]``, the
+  digest of every tensor (name, dtype, shape, bytes) and every other value of the dict,
+  walked in a fixed order (:func:`digest`);
+- exported models (``model.safetensors``): the digest of its tensors in the safetensors
+  header's metadata (``calmrl_sha256``);
+- feature stores (imported, embedded or imputed): ``meta.json``'s ``sha256``, one SHA-256
+  per ``.npy`` file.
+
+This module imports neither Lightning nor the trainer; ``calmrl verify PATH`` uses it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["DamagedFileError", "digest", "seal", "check_sealed", "file_sha256", "CHECKSUM_KEY"]
+
+CHECKSUM_KEY = "calmrl_sha256"
+
+
+class DamagedFileError(ValueError):
+    """A file calmrl wrote no longer holds what it wrote (checksum mismatch or unreadable)."""
+
+
+def _feed(h, obj, path: str) -> None:
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach().cpu().contiguous()
+        h.update(f"T{path}|{t.dtype}|{tuple(t.shape)}|".encode())
+        if t.numel():
+            h.update(t.reshape(-1).view(torch.uint8).numpy())    # the bytes, without a copy
+    elif isinstance(obj, np.ndarray):
+        a = np.ascontiguousarray(obj)
+        h.update(f"A{path}|{a.dtype.str}|{a.shape}|".encode())
+        h.update(a.reshape(-1).view(np.uint8) if a.dtype != object else repr(a.tolist()).encode())
+    elif isinstance(obj, dict):
+        h.update(f"D{path}|{len(obj)}|".encode())
+        for k in sorted(obj, key=lambda x: (type(x).__name__, str(x))):
+            _feed(h, obj[k], f"{path}/{k!s}")
+    elif isinstance(obj, (list, tuple)):
+        h.update(f"L{path}|{len(obj)}|".encode())
+        for i, v in enumerate(obj):
+            _feed(h, v, f"{path}/{i}")
+    elif obj is None or isinstance(obj, (bool, int, float, complex, str, bytes)):
+        h.update(f"V{path}|{type(obj).__name__}|{obj!r}|".encode())
+    else:      # another object (its repr may name a memory address): its type only
+        h.update(f"O{path}|{type(obj).__module__}.{type(obj).__qualname__}|".encode())
+
+
+def digest(obj) -> str:
+    """SHA-256 (hex) of a nested structure of tensors, arrays, dicts, lists and plain values."""
+    h = hashlib.sha256()
+    _feed(h, obj, "")
+    return h.hexdigest()
+
+
+def seal(ckpt: dict) -> dict:
+    """Set ``ckpt[CHECKSUM_KEY]`` to the digest of everything else in the dict (in place)."""
+    ckpt.pop(CHECKSUM_KEY, None)
+    ckpt[CHECKSUM_KEY] = digest(ckpt)
+    return ckpt
+
+
+def check_sealed(ckpt: dict, path, *, hint: str = "") -> bool:
+    """Raise :class:`DamagedFileError` when the stored digest does not match the content.
+    Returns False when the dict carries no digest (written before checksums existed)."""
+    want = ckpt.get(CHECKSUM_KEY)
+    if want is None:
+        return False
+    rest = {k: v for k, v in ckpt.items() if k != CHECKSUM_KEY}
+    if digest(rest) != want:
+        raise DamagedFileError(f"{path} is damaged: checksum mismatch (its content changed after it was written)"
+                               + (f"; {hint}" if hint else ""))
+    return True
+
+
+def file_sha256(path: str | os.PathLike, block: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for b in iter(lambda: f.read(block), b""):
+            h.update(b)
+    return h.hexdigest()
+
+
+def store_checksums(directory: Path, names) -> dict:
+    """``{file name: sha256}`` of a store's ``.npy`` files."""
+    return {n: file_sha256(Path(directory) / n) for n in names}
+
+
+def check_store(directory: Path, meta: dict) -> bool:
+    """Verify a feature store's files against ``meta['sha256']``; False when it has none."""
+    sums = meta.get("sha256")
+    if not sums:
+        return False
+    for name, want in sums.items():
+        f = Path(directory) / name
+        if not f.exists():
+            raise DamagedFileError(f"feature store {directory} is damaged: {name} is missing")
+        if file_sha256(f) != want:
+            raise DamagedFileError(f"{f} is damaged: checksum mismatch (its content changed after the store was "
+                                   "written); write the store again")
+    return True
+
+
+def read_json(path: Path) -> dict:
+    try:
+        return json.loads(Path(path).read_text())
+    except json.JSONDecodeError as e:
+        raise DamagedFileError(f"{path} is damaged: not valid JSON ({e})") from None

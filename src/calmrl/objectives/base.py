@@ -1,0 +1,132 @@
+"""The objective registry: every training objective is one :class:`Objective`, declared once.
+
+An objective says, in one place, everything the rest of calmrl needs to know about it:
+
+- ``name`` (``method.name``) and ``family`` (objectives whose learning rate the suite tunes together);
+- ``loss(A, mask, ctx)``: the batch loss (formula in the subclass's docstring), on embeddings
+  ``A`` ``(B, M, d)`` and the observation ``mask`` ``(B, M)``;
+- its temperature: ``temperature`` = ``"learned"`` (a parameter trained with the encoders,
+  initialised from ``method.tau_init``) or ``"fixed"``; ``make_parameters`` builds the module
+  holding it (and e.g. SigLIP's bias);
+- ``similarity``: the score it is evaluated with besides cosine (``results["pairs_own"]``);
+- ``calibration``: ``"never"``, ``"always"`` (calmrl) or ``"plug-in"`` (``"X+cal"``: imputed
+  cells of the calibrator enter the loss as detached, gated extra members);
+- ``observed_only``: the objective the guard trains in its place without imputations;
+- ``needs``: what it takes from the data besides the observed cells: ``"true_hidden"`` (the
+  simulator's hidden cells, ``pmrl-truefill``), ``"no_missing"`` (``oracle``: nothing hidden);
+- ``candidate``: whether auto may train it (objectives that need the simulator's truth may not).
+
+``parse_method("X+cal")`` splits a candidate name into ``(objective, calibrate)`` once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["Objective", "LossContext", "REGISTRY", "register", "get", "names", "parse_method", "method_label",
+           "CAL_SUFFIX", "candidate_names"]
+
+CAL_SUFFIX = "+cal"
+
+
+@dataclass
+class LossContext:
+    """What a loss may use besides ``A`` and ``mask``, filled by the trainer (or by a user's loop).
+
+    ``calibrated``: imputed cells are present in ``A`` (``mask`` then marks observed cells and
+    ``column_weights`` ``(B, M)`` the weights: 1 observed, the gate's weight for imputed);
+    ``params``: the module of :meth:`Objective.make_parameters` (learned temperature, bias)."""
+    method: object                      # a MethodConfig (tau1, tau2, tau_init, label_smoothing, ...)
+    anchor: int = 0
+    calibrated: bool = False
+    column_weights: Tensor | None = None
+    params: nn.Module | None = None
+
+    @property
+    def tau(self):
+        p = self.params
+        return p.tau if p is not None and hasattr(p, "tau") else self.method.tau_init
+
+
+@dataclass(frozen=True)
+class Objective:
+    name: str
+    family: str
+    summary: str
+    similarity: str = "cosine"
+    temperature: str = "fixed"                 # fixed | learned
+    calibration: str = "never"                 # never | always | plug-in
+    observed_only: str | None = None           # the guard's objective without imputations
+    needs: str = ""                            # "" | true_hidden | no_missing
+    candidate: bool = True
+    anchored: bool = False                     # uses method.anchor (a hub modality)
+    fn: Callable | None = field(default=None, compare=False, repr=False)
+
+    def loss(self, A: Tensor, mask: Tensor, ctx: LossContext) -> tuple[Tensor, dict[str, Tensor]]:
+        return self.fn(A, mask, ctx)
+
+    def make_parameters(self, method) -> nn.Module | None:
+        """The loss's own trained parameters (``None``: it has none)."""
+        if self.temperature != "learned":
+            return None
+        from ..core import LearnableTemperature
+        return LearnableTemperature(method.tau_init, learnable=method.learn_temperature)
+
+    @property
+    def calibratable(self) -> bool:
+        return self.calibration == "plug-in"
+
+
+REGISTRY: dict[str, Objective] = {}
+
+
+def register(obj: Objective) -> Objective:
+    if obj.name in REGISTRY:
+        raise ValueError(f"objective '{obj.name}' is registered twice")
+    REGISTRY[obj.name] = obj
+    return obj
+
+
+def get(name: str) -> Objective:
+    base, _ = parse_method(name)
+    try:
+        return REGISTRY[base]
+    except KeyError:
+        raise ValueError(f"unknown objective '{name}'; choose one of {names()}") from None
+
+
+def names() -> list[str]:
+    return list(REGISTRY)
+
+
+def parse_method(name: str) -> tuple[str, bool]:
+    """``"pairwise-infonce+cal"`` -> ``("pairwise-infonce", True)``; ``"calmrl"`` -> ``("calmrl", False)``."""
+    if name.endswith(CAL_SUFFIX):
+        return name[: -len(CAL_SUFFIX)], True
+    return name, False
+
+
+def method_label(name: str, calibrate: bool) -> str:
+    """The inverse of :func:`parse_method` for a calibratable objective."""
+    obj = REGISTRY.get(name)
+    return f"{name}{CAL_SUFFIX}" if calibrate and obj is not None and obj.calibratable else name
+
+
+def candidate_names() -> list[str]:
+    """Every name auto may train: each candidate objective, and ``X+cal`` for those calibration plugs into."""
+    out = []
+    for o in REGISTRY.values():
+        if o.candidate:
+            out.append(o.name)
+            if o.calibratable:
+                out.append(o.name + CAL_SUFFIX)
+    return out
+
+
+def zero(A: Tensor) -> Tensor:
+    return A.sum() * 0.0
+
