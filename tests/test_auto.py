@@ -19,7 +19,8 @@ BASE = SIM + ["model.embed_dim=16", "model.hidden_dim=32", "train.epochs=3", "tr
 
 def test_auto_keeps_the_candidate_best_on_validation_and_equals_its_separate_run(tmp_path, caplog):
     torch.set_num_threads(1)
-    cfg = load_config(None, BASE + ["method.candidates=[pmrl-drop, pairwise-infonce]", f"output_dir={tmp_path / 'a'}"])
+    cfg = load_config(None, BASE + ["method.candidates=[pmrl-drop, pairwise-infonce]", f"output_dir={tmp_path / 'a'}",
+                                    "method.search=exhaustive", "method.lr_factors=[1]"])
     res = run(cfg, method="auto")
     a = res["auto"]
     assert set(a["val_R@1"]) == {"pmrl-drop", "pairwise-infonce"}
@@ -40,11 +41,51 @@ def test_auto_keeps_the_candidate_best_on_validation_and_equals_its_separate_run
 def test_auto_with_learning_rates_tries_each_candidate_at_each(tmp_path):
     torch.set_num_threads(1)
     cfg = load_config(None, BASE + ["train.epochs=1", "method.candidates=[pmrl-drop]", "method.auto_lrs=[1e-4, 2e-3]",
-                                    f"output_dir={tmp_path}"])
+                                    f"output_dir={tmp_path}", "method.search=exhaustive"])
     res = run(cfg, method="auto")
     assert set(res["auto"]["val_R@1"]) == {"pmrl-drop-lr0.0001", "pmrl-drop-lr0.002"}
     lr = load_checkpoint(tmp_path / "auto" / "checkpoints" / "kept.ckpt")["calmrl_config"]["train"]["lr"]
     assert f"lr{lr:g}" in res["auto"]["chosen"]
+
+
+def test_halving_keeps_the_best_at_the_last_rung_and_its_model_is_the_straight_run(tmp_path, caplog):
+    """Successive halving: 4 candidates, rungs of 2 and 6 epochs; the survivor continues from its own
+    checkpoint, so the kept model is bit for bit the candidate trained alone for 6 epochs."""
+    torch.set_num_threads(1)
+    over = BASE + ["train.epochs=6", "method.candidates=[pmrl-drop, pairwise-infonce]", "method.auto_lrs=[2e-3, 5e-4]",
+                   "method.halving_min_epochs=2"]
+    res = run(load_config(None, over + [f"output_dir={tmp_path / 'h'}"]), method="auto")
+    a = res["auto"]
+    assert a["search"] == "halving" and a["rungs"] == [2, 6]
+    first = {k: v["rungs"][0]["val_R@1"] for k, v in a["candidates"].items()}
+    assert all(len(v["rungs"]) >= 1 and v["rungs"][0]["epochs"] == 2 for v in a["candidates"].values())
+    assert a["chosen"] == max(first, key=first.get)               # the best at the rung is the one that went on
+    assert [len(v["rungs"]) for v in a["candidates"].values()].count(2) == 1
+    assert a["candidate_epochs"] == 4 * 2 + 4 and a["cost_ratio"] == 2.0
+    assert "auto: rung 1 of 2 (2 epochs)" in caplog.text and "1 continue" in caplog.text
+    assert set(a["test_R@1"]) == {a["chosen"]}                     # the losers never see the test split
+    base, lr = a["chosen"].rsplit("-lr", 1)
+    alone = run(load_config(None, over + ["train.lr=" + lr, f"output_dir={tmp_path / 's'}"]), method=base)
+    assert alone["val_average"]["R@1"] == res["val_average"]["R@1"]
+    kept = load_checkpoint(tmp_path / "h" / "auto" / "checkpoints" / "kept.ckpt")["state_dict"]
+    straight = load_checkpoint(tmp_path / "s" / base / "checkpoints" / "last.ckpt")["state_dict"]
+    for k in straight:
+        torch.testing.assert_close(kept[k], straight[k], rtol=0, atol=0)
+
+
+def test_a_failing_candidate_is_recorded_and_resume_reuses_the_finished_ones(tmp_path, caplog):
+    torch.set_num_threads(1)
+    over = BASE + ["train.epochs=2", "method.candidates=[pmrl-drop]", "method.search=exhaustive",
+                   f"output_dir={tmp_path}"]
+    res = run(load_config(None, over + ["method.auto_lrs=[2e-3, 1e6]"]), method="auto")
+    a = res["auto"]
+    assert "pmrl-drop-lr1e+06" in a["failed"] and a["chosen"] == "pmrl-drop-lr0.002"
+    assert "candidate pmrl-drop-lr1e+06 failed" in caplog.text
+    caplog.clear()
+    again = run(load_config(None, over + ["method.auto_lrs=[2e-3, 1e-3]"]), method="auto", resume=True)
+    assert again["auto"]["val_R@1"]["pmrl-drop-lr0.002"] == a["val_R@1"]["pmrl-drop-lr0.002"]
+    assert "resuming" not in caplog.text or "epoch 2 of 2" in caplog.text
+    assert set(again["auto"]["val_R@1"]) == {"pmrl-drop-lr0.002", "pmrl-drop-lr0.001"} and not again["auto"]["failed"]
 
 
 def test_init_from_works_across_objectives_sharing_encoders(tmp_path, caplog):

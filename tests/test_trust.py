@@ -273,7 +273,7 @@ def test_newcomer_path_from_csv_tables_to_retrieval_with_an_incomplete_query(tmp
     assert main(["data", "import", *tables, "--label-column", "label", "--out", str(store)]) == 2   # never over a store
     assert main(["train"] + _args(run_dir, "data.dataset=store", f"data.path={store}", "train.epochs=10")) == 0  # auto
     out = capsys.readouterr().out
-    assert "no cell hidden" in out and "auto: candidates by validation R@1" in out
+    assert "no cell hidden" in out and "auto: successive halving over" in out and "auto: kept" in out
     assert main(["export", "--checkpoint", str(run_dir / "auto"), "--out", str(tmp_path / "model")]) == 0
     # queries that carry only one of the two modalities, from a table of their own
     q = tmp_path / "q.csv"

@@ -1,4 +1,4 @@
-"""Command line: ``calmrl train | eval | calibrate | impute | export | bench | embed | retrieve``.
+"""Command line: ``calmrl train | eval | calibrate | impute | export | bench | embed | retrieve | verify``.
 
 Library errors (bad data, config, checkpoints, a locked output directory) print one line
 ``error: ...`` and exit with status 2; ``--debug`` shows the traceback.
@@ -52,9 +52,19 @@ def _print_tables(results: list[dict], eval_only: bool = False):
                 f"{n} {w:.2f}" for n, w in zip(names, last["weights"])) + " (0 = left out)")
         a = r.get("auto")
         if a:
-            guard.append("auto: candidates by validation R@1 " + ", ".join(
-                f"{k} {v:.2f} (test {a['test_R@1'][k]:.2f})" for k, v in a["val_R@1"].items())
-                + f"; kept {a['chosen']} ({a['checkpoint']})")
+            if a.get("search") == "halving":
+                guard.append(f"auto: successive halving over {len(a['candidates'])} candidates, rungs of "
+                             f"{a['rungs']} epochs; validation R@1 at each candidate's last rung " + ", ".join(
+                                 f"{k} {v:.2f} ({a['candidates'][k]['rungs'][-1]['epochs']} ep)"
+                                 for k, v in a["val_R@1"].items())
+                             + f"; {a['candidate_epochs']} candidate-epochs for a {a['kept_epochs']}-epoch model "
+                               f"({a['cost_ratio']:.2f}x)")
+            else:
+                guard.append("auto: candidates by validation R@1 " + ", ".join(
+                    f"{k} {v:.2f} (test {a['test_R@1'][k]:.2f})" for k, v in a["val_R@1"].items() if k in a["test_R@1"]))
+            for k, err in (a.get("failed") or {}).items():
+                guard.append(f"auto: candidate {k} failed: {err}")
+            guard.append(f"auto: kept {a['chosen']} ({a['checkpoint']})")
         for note in r.get("notes", []) + r.get("data_notes", []) + guard:
             if note not in seen:
                 seen.add(note)
@@ -131,6 +141,9 @@ def cmd_train(args) -> int:
                 done.append(m)
     except Interrupted as e:
         left = methods[methods.index(current) + 1:] if current in methods else []
+        current = current or "?"
+        if getattr(e, "candidate", None):
+            current = f"{current} (candidate {e.candidate})"
         print(f"interrupted by {e} while training {current} at epoch {getattr(e, 'epoch', '?')}; the checkpoint of "
               f"each finished epoch is kept under {Path(cfg.output_dir)}; resume with --resume"
               + (f" (not yet run: {', '.join(left)})" if left else ""), file=sys.stderr)
@@ -385,8 +398,7 @@ def _bench_suite(args, cfg, seeds) -> int:
         plan["settings"] = split(args.settings)
     if args.variants:
         chosen = split(args.variants)
-        main = ("calmrl", "pmrl-drop", "pairwise-infonce", "anchor-infonce", "pairwise-infonce+cal",
-                "anchor-infonce+cal")
+        from .experiments.suite.plan import MAIN as main
         plan["main"] = [v for v in chosen if v.removesuffix("+shared") in main]
         plan["extra"] = [v for v in chosen if v.removesuffix("+shared") not in main]
     if seeds:
@@ -522,6 +534,18 @@ def cmd_retrieve(args) -> int:
     return 0
 
 
+def cmd_verify(args) -> int:
+    """Check the checksums of what calmrl wrote; exit 2 if anything is damaged."""
+    from .integrity import verify_path
+
+    rows = verify_path(args.path)
+    for f, status in rows:
+        print(status if status.startswith("damaged") else f"{status}: {f}")
+    bad = sum(s.startswith("damaged") for _, s in rows)
+    print(f"{len(rows) - bad} of {len(rows)} file(s) verified" + (f"; {bad} damaged" if bad else ""))
+    return 2 if bad else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     from . import __version__
 
@@ -618,6 +642,10 @@ def main(argv: list[str] | None = None) -> int:
     x.add_argument("--checkpoint", required=True)
     x.add_argument("--out", required=True)
     x.set_defaults(fn=cmd_export)
+    v = sub.add_parser("verify", help="check the SHA-256 checksums of a run directory, checkpoint, feature store "
+                       "or exported model", parents=[common])
+    v.add_argument("path", help="a run or output directory, a .ckpt file, a feature store or an exported model")
+    v.set_defaults(fn=cmd_verify)
     args = p.parse_args(argv)
     import logging
 
@@ -644,6 +672,8 @@ def _is_library_error(err: BaseException) -> bool:
     """Errors the library raises on purpose, with a message meant for the user."""
     from .train.checkpoints import CheckpointError
     from .train.outdir import RunLockedError
+    if isinstance(err, RuntimeError) and str(err).startswith("auto: every candidate failed"):
+        return True
     return isinstance(err, (ValueError, OSError, CheckpointError, RunLockedError, FloatingPointError))
 
 

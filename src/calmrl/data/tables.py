@@ -37,10 +37,27 @@ def _read_parquet(path: Path) -> tuple[list[str], dict]:
     except ModuleNotFoundError:
         raise ValueError(f"reading {path} needs pyarrow: pip install 'calmrl[tables]'") from None
     try:
+        _refuse_duplicates(path, pq.read_schema(path).names)    # (read_table fails on them, cryptically)
         t = pq.read_table(path)
+    except ValueError as e:
+        if "duplicate column" in str(e):
+            raise
+        raise ValueError(f"{path} is not a readable Parquet file: {str(e).splitlines()[0]}") from None
     except Exception as e:  # ArrowInvalid etc.
         raise ValueError(f"{path} is not a readable Parquet file: {e}") from None
     return t.column_names, {c: t.column(c).to_pylist() for c in t.column_names}
+
+
+def _refuse_duplicates(path: Path, header: list[str]) -> None:
+    """A column name given twice: a dict of columns would keep one of them silently."""
+    seen, dup = set(), []
+    for c in header:
+        if c in seen and c not in dup:
+            dup.append(c)
+        seen.add(c)
+    if dup:
+        raise ValueError(f"{path} has duplicate column name(s) {dup}: each column must be named once (which one "
+                         "is meant cannot be told)")
 
 
 LABEL_LIKE = ("label", "labels", "class", "classes", "target", "y", "category")
@@ -68,14 +85,7 @@ def read_table(path: str | Path, id_column: str = "id", label_column: str = "",
         cols = {c: [r[j] if j < len(r) else "" for r in rows] for j, c in enumerate(header)}
     else:
         raise ValueError(f"{path}: unknown table format '{suffix}' (use .csv or .parquet)")
-    seen, dup = set(), []
-    for c in header:
-        if c in seen and c not in dup:
-            dup.append(c)
-        seen.add(c)
-    if dup:     # a dict of columns would keep one of them silently
-        raise ValueError(f"{path} has duplicate column name(s) {dup}: each column must be named once (which one "
-                         "is meant cannot be told)")
+    _refuse_duplicates(path, header)
     if id_column not in header:
         raise ValueError(f"{path} has no id column '{id_column}' (columns: {header[:8]}...); set data.id_column")
     dropped = [c for c in header if c.strip().lower() in INDEX_LIKE and c not in (id_column, label_column)]

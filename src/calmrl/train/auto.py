@@ -1,28 +1,56 @@
-"""``method.name=auto``: train every candidate objective and keep the best on validation.
+"""``method.name=auto``: a search over candidate objectives, the best on validation kept.
 
-The objective moves retrieval more than calibration does (pairwise InfoNCE, hub InfoNCE and
-PMRL each win on some data of the suite), and the suite's validation splits choose among
-them without ever leaving auto below a single method (docs/results.md). So the default
-trains each method of ``method.candidates`` (by default the calibrated forms: calmrl,
-``pairwise-infonce+cal``, ``anchor-infonce+cal``, each with its gate and guard), for each
-learning rate of ``method.auto_lrs`` (or ``train.lr``), on the same splits, seed and
-encoders, and keeps the run with the highest validation R@1 (averaged over ordered view
-pairs; a tie keeps the earlier candidate). The test split is never looked at for the choice.
+The objective moves retrieval more than anything else (pairwise InfoNCE, hub InfoNCE and PMRL
+each win on some data of the suite), so the default trains candidates on the same splits,
+seed and encoders and keeps the one with the highest validation R@1 (averaged over ordered
+view pairs; a tie keeps the earlier candidate). The test split is never looked at for the choice.
 
-Layout under ``<output_dir>/auto/``: ``candidates/<method>[-lr<rate>]/`` (each a full run,
-calmrl with its guard), ``checkpoints/kept.ckpt`` (a copy of the chosen run's kept model) and
-``results.json`` (the chosen run's figures, with ``auto``: every candidate's validation and
-test R@1 and the choice).
+**The space.** Each name of ``method.candidates`` (``X+cal``: objective X with calibration
+plugged in, :func:`calmrl.objectives.parse_method`) x each learning rate (``train.lr`` times
+each of ``method.lr_factors``, or ``method.auto_lrs`` when set) x the encoders: as declared
+(``model.shared_encoders``), and, with ``method.auto_shared``, also with every group of
+undeclared views of one input width sharing an encoder (validation decides).
+
+**The search** (``method.search``):
+
+- ``halving`` (successive halving, Jamieson & Talwalkar 2016): every candidate trains
+  ``r_0`` epochs; the best ``ceil(n / eta)`` on validation continue from their own
+  checkpoint (no epoch is trained twice) to ``eta`` times the budget, and so on; the last
+  survivor trains to ``train.epochs`` and alone is evaluated on test. The learning-rate
+  schedule is always the full run's, so the kept model is exactly the model a single run
+  of its candidate gives. Rungs: ``r_k = r_0 eta^k`` with ``r_0 = max(method.halving_min_epochs,
+  train.epochs / eta^s)``, ``s = ceil(log_eta n)`` rungs before the last, which only the best
+  candidate trains. A calibrated candidate's observed-only path (the guard's) is a candidate
+  of the same search, not a second full training.
+- ``exhaustive``: every candidate to the end, each calibrated one with its guard (the
+  behaviour before halving; to compare the two).
+
+A candidate that fails (diverges, a setting met only in training) is recorded with its error
+and the others go on; ``--resume`` reuses every candidate whose settings are unchanged and
+trains only what is new or unfinished.
+
+Layout under ``<output_dir>/auto/``: ``candidates/<label>/`` (each a run directory),
+``checkpoints/kept.ckpt`` (a copy of the kept model) and ``results.json`` (the kept run's
+figures, with ``auto``: every candidate's budget and validation R@1 at each rung, failures,
+and the choice).
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
+import math
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from .. import objectives
+from .config import calibrates
+from .encoders import equal_width_groups
+from .guard import guard
+from .outdir import copy_kept, replacing
+from .results import write_results
+from .single import train_one
 
-__all__ = ["run_auto", "kept_checkpoint"]
+__all__ = ["run_auto", "kept_checkpoint", "candidate_space", "halving_rungs"]
 
 log = logging.getLogger("calmrl")
 
@@ -34,51 +62,148 @@ def kept_checkpoint(run_dir: Path) -> Path:
     return ck / "kept.ckpt" if (ck / "kept.ckpt").exists() else ck / "last.ckpt"
 
 
-def _label(method: str, lr: float | None) -> str:
-    return method if lr is None else f"{method}-lr{lr:g}"
+@dataclass
+class Candidate:
+    label: str
+    cfg: object
+    rungs: list = field(default_factory=list)        # [{"epochs", "val_R@1"}]
+    error: str | None = None
+    results: dict | None = None
+    model: object = None
 
 
-def run_auto(cfg, *, resume: bool = False, splits=None, max_epochs=None, extra_callbacks=(), return_model=False):
-    """Train the candidates and keep the best on validation (module docstring)."""
-    from .outdir import copy_kept, move_aside, output_lock
-    from .results import write_results
-    from .runner import run
-    from .splits import prepare_data
+def _label(method: str, lr, shared: bool, n_lrs: int) -> str:
+    return method + (f"-lr{lr:g}" if n_lrs > 1 else "") + ("+shared" if shared else "")
 
+
+def candidate_space(cfg, splits, search: str | None = None) -> list[Candidate]:
+    """The candidates of the module docstring, in a fixed order (ties keep the earlier one)."""
+    search = search or cfg.method.search
+    names = list(cfg.method.candidates)
+    if search == "halving":      # the guard folded in: each calibrated candidate's observed-only path
+        for m in list(names):
+            base, cal = objectives.parse_method(m)
+            obj = objectives.get(base)
+            if (cal or obj.calibration == "always") and obj.observed_only not in names:
+                names.insert(names.index(m) + 1, obj.observed_only)
+    lrs = list(cfg.method.auto_lrs) or [cfg.train.lr * f for f in cfg.method.lr_factors]
+    declared = [list(g) for g in cfg.model.shared_encoders]
+    options = [(declared, False)]
+    extra = equal_width_groups(splits.names, splits.dims, declared) if cfg.method.auto_shared else []
+    if extra:
+        options.append((declared + extra, True))
+    out = []
+    for m in names:
+        base, cal = objectives.parse_method(m)
+        for lr in lrs:
+            for groups, shared in options:
+                c = replace(cfg, method=replace(cfg.method, name=base, calibrate=cal,
+                                                guard=cfg.method.guard if search == "exhaustive" else "none"),
+                            train=replace(cfg.train, lr=float(lr)),
+                            model=replace(cfg.model, shared_encoders=groups))
+                out.append(Candidate(_label(m, lr, shared, len(lrs) if not cfg.method.auto_lrs else 2), c))
+    return out
+
+
+def halving_rungs(n: int, epochs: int, eta: int, min_epochs: int) -> list[int]:
+    """Epoch budgets of the rungs for ``n`` candidates (module docstring); the last is ``epochs``."""
+    if n <= 1:
+        return [epochs]
+    s = max(1, math.ceil(math.log(n) / math.log(eta) - 1e-9))   # rungs before the last
+    r0 = max(min_epochs, math.ceil(epochs / eta ** s))
+    rungs = []
+    r = r0
+    while r < epochs and len(rungs) < s:
+        rungs.append(r)
+        r *= eta
+    return rungs + [epochs]
+
+
+def _val(c: Candidate) -> float:
+    return c.rungs[-1]["val_R@1"] if c.rungs else float("-inf")
+
+
+def _train(c: Candidate, splits, run_dir: Path, *, resume, max_epochs, final, extra_callbacks):
+    """One candidate up to ``max_epochs``; a failure is recorded, not raised (signals are)."""
+    try:
+        res, model = train_one(c.cfg, splits, run_dir / "candidates" / c.label, resume=resume,
+                               max_epochs=max_epochs, extra_callbacks=extra_callbacks, final=final,
+                               role=f"candidate {c.label}")
+        if final and calibrates(c.cfg.method) and c.cfg.method.guard == "validation":
+            res, model = guard(c.cfg, res, model, run_dir / "candidates" / c.label, resume, splits, max_epochs,
+                               extra_callbacks)
+    except Exception as e:        # KeyboardInterrupt and the CLI's signals are not Exceptions of this kind
+        if hasattr(e, "signum"):
+            e.candidate = c.label
+            raise
+        c.error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
+        log.warning("auto: candidate %s failed (%s); the others go on", c.label, c.error)
+        return False
+    epochs = int(max_epochs or c.cfg.train.epochs)
+    g = res.get("guard") or {}
+    c.rungs.append({"epochs": epochs, "val_R@1": float(res["val_average"]["R@1"]),
+                    **({"guard_epochs": epochs} if g.get("alternative_trained") else {})})
+    if final:
+        c.results, c.model = res, model
+    return True
+
+
+def run_auto(cfg, splits, *, resume: bool = False, max_epochs=None, extra_callbacks=()):
+    """The search of the module docstring on prepared ``splits``; returns ``(results, model)``."""
     run_dir = Path(cfg.output_dir) / "auto"
-    lrs = list(cfg.method.auto_lrs) or [None]
-    grid = [(m, lr) for m in cfg.method.candidates for lr in lrs]
-    with output_lock(cfg.output_dir):
-        if not resume:
-            move_aside(run_dir)          # a finished auto run there is moved aside, never mixed
-        splits = splits or prepare_data(cfg, "calmrl")
-        cands = {}
-        for m, lr in grid:
-            base = m.removesuffix("+cal")       # 'pairwise-infonce+cal': the objective with calibration plugged in
-            c = replace(cfg, output_dir=str(run_dir / "candidates"),
-                        method=replace(cfg.method, name=base, calibrate=m.endswith("+cal")))
-            if lr is not None:
-                c = replace(c, train=replace(c.train, lr=float(lr)))
-            sub = run_dir / "candidates" / _label(m, lr)
-            log.warning("auto: training candidate %s", _label(m, lr))
-            res, model = run(c, method=base, resume=resume, splits=splits,
-                             max_epochs=max_epochs, extra_callbacks=extra_callbacks, return_model=True,
-                             run_name=sub.name)
-            cands[_label(m, lr)] = (res, model, sub)
-        best = None
-        for name, (res, _, _) in cands.items():       # strict: a tie keeps the earlier candidate
-            if best is None or res["val_average"]["R@1"] > cands[best][0]["val_average"]["R@1"]:
-                best = name
-        res, model, sub = cands[best]
-        choice = {"chosen": best, "rule": "highest validation R@1 (average over ordered view pairs)",
-                  "val_R@1": {k: v[0]["val_average"]["R@1"] for k, v in cands.items()},
-                  "test_R@1": {k: v[0]["pairs"]["average"]["R@1"] for k, v in cands.items()},
-                  "kept_by_guard": {k: v[0]["guard"]["kept"] for k, v in cands.items() if v[0].get("guard")},
+    search = cfg.method.search
+    cands = candidate_space(cfg, splits, search)
+    epochs = max_epochs or cfg.train.epochs
+    with replacing(run_dir, keep=resume):
+        if search == "exhaustive":
+            rungs = [epochs]
+            for c in cands:
+                log.warning("auto: training candidate %s", c.label)
+                _train(c, splits, run_dir, resume=resume, max_epochs=max_epochs, final=True,
+                       extra_callbacks=extra_callbacks)
+            alive = [c for c in cands if c.error is None]
+        else:
+            rungs = halving_rungs(len(cands), epochs, cfg.method.halving_eta,
+                                  cfg.method.halving_min_epochs or cfg.calibrator.warmup_epochs + 1)
+            alive = list(cands)
+            for k, budget in enumerate(rungs):
+                final = k == len(rungs) - 1
+                for c in alive:
+                    _train(c, splits, run_dir, resume=resume or k > 0, max_epochs=budget, final=final,
+                           extra_callbacks=extra_callbacks)
+                alive = sorted([c for c in alive if c.error is None], key=lambda c: -_val(c))   # stable: ties keep order
+                if not final:
+                    keep = 1 if k == len(rungs) - 2 else max(1, math.ceil(len(alive) / cfg.method.halving_eta))
+                    log.warning("auto: rung %d of %d (%d epochs): %s; %d continue", k + 1, len(rungs), budget,
+                                ", ".join(f"{c.label} {_val(c):.2f}" for c in alive), keep)
+                    alive = alive[:keep]
+                if not alive:
+                    break
+        if not alive:
+            raise RuntimeError("auto: every candidate failed: " + "; ".join(f"{c.label}: {c.error}" for c in cands))
+        best = max(alive, key=_val)           # the first of the highest: a tie keeps the earlier candidate
+        sub = run_dir / "candidates" / best.label
+        res = best.results
+        n_train = splits.train.n
+        # epochs trained by every candidate (a guard's observed-only run counted too)
+        cost = sum(max((r["epochs"] for r in c.rungs), default=0) + sum(r.get("guard_epochs", 0) for r in c.rungs)
+                   for c in cands)
+        choice = {"chosen": best.label, "search": search,
+                  "rule": "highest validation R@1 (average over ordered view pairs)",
+                  "rungs": rungs, "eta": cfg.method.halving_eta if search == "halving" else None,
+                  "candidates": {c.label: {"rungs": c.rungs, "error": c.error} for c in cands},
+                  "val_R@1": {c.label: _val(c) for c in cands if c.rungs},
+                  "test_R@1": {c.label: c.results["pairs"]["average"]["R@1"] for c in cands if c.results},
+                  "failed": {c.label: c.error for c in cands if c.error},
+                  "kept_by_guard": {c.label: c.results["guard"]["kept"] for c in cands
+                                    if c.results and c.results.get("guard")},
+                  "candidate_epochs": cost, "kept_epochs": epochs,
+                  "cost_ratio": cost / epochs, "instance_epochs": cost * n_train,
                   "checkpoint": str(run_dir / "checkpoints" / "kept.ckpt"),
                   "source_checkpoint": str(kept_checkpoint(sub))}
         copy_kept(kept_checkpoint(sub), run_dir)
         results = {**res, "method": "auto", "chosen_method": res["method"], "auto": choice}
         write_results(run_dir, results)
-    log.warning("auto: kept %s (validation R@1 %s)", best,
-                ", ".join(f"{k} {v:.2f}" for k, v in choice["val_R@1"].items()))
-    return (results, model) if return_model else results
+    log.warning("auto: kept %s (validation R@1 %s; %d candidate-epochs for a %d-epoch model, %.2fx)", best.label,
+                ", ".join(f"{k} {v:.2f}" for k, v in choice["val_R@1"].items()), cost, epochs, cost / epochs)
+    return results, best.model

@@ -138,6 +138,18 @@ class MethodConfig:
                                "'X+cal': objective X with calibration plugged in; plain names train without). "
                                "Each costs one training run, two where its guard acts. Chosen on the suite's "
                                "validation splits over the plain InfoNCE candidates (docs/results.md)")
+    search: str = _f("halving", choices=("halving", "exhaustive"),
+                     help="auto: successive halving (every candidate a few epochs, the best third on validation "
+                          "continue from their checkpoints, one to the end; calibrated candidates' observed-only "
+                          "paths are candidates too) or exhaustive (every candidate to the end, each with its guard)")
+    halving_eta: int = _f(3, lo=2, help="auto, halving: the reduction factor (1/eta of the candidates continue "
+                                        "at each rung, with eta times the epochs)")
+    halving_min_epochs: int = _f(0, lo=0, help="auto, halving: epochs of the first rung at least (0 = "
+                                               "calibrator.warmup_epochs + 1, so that calibration has begun)")
+    lr_factors: list = _f([1.0, 0.25], help="auto: learning rates tried, as factors of train.lr (2e-3 and 5e-4 "
+                                            "by default: the suite's grid); method.auto_lrs, when set, replaces them")
+    auto_shared: bool = _f(True, help="auto: also try every group of undeclared views of one input width served "
+                                      "by one encoder (views of one kind; validation decides)")
     calibrate: bool = _f(False, help="pairwise-infonce / anchor-infonce: calibration as a plug-in (imputed cells of "
                                      "the shared-latent calibrator as detached extra pair members, the imputed hub "
                                      "where the hub is missing; the same gate and guard as calmrl). In "
@@ -391,7 +403,11 @@ def _cross_checks(cfg: Config):
         cfg.method.auto_lrs = None
     if cfg.method.auto_lrs is None or any(not 0 < x < float("inf") for x in cfg.method.auto_lrs):
         raise ConfigError("method.auto_lrs must be a list of finite positive learning rates, e.g. [5e-4, 2e-3]")
-    for key, values in (("method.auto_lrs", cfg.method.auto_lrs), ("method.candidates", cfg.method.candidates)):
+    if not cfg.method.lr_factors or any(isinstance(x, bool) or not isinstance(x, (int, float)) or not 0 < x < 1e6
+                                        for x in cfg.method.lr_factors):
+        raise ConfigError("method.lr_factors must be a non-empty list of finite positive factors, e.g. [1, 0.25]")
+    for key, values in (("method.auto_lrs", cfg.method.auto_lrs), ("method.candidates", cfg.method.candidates),
+                        ("method.lr_factors", cfg.method.lr_factors)):
         twice = sorted({str(v) for v in values if values.count(v) > 1})
         if twice:
             raise ConfigError(f"{key} lists {', '.join(twice)} more than once; each would be trained twice")

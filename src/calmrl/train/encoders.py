@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["MLPHead", "MultiModalEncoder"]
+__all__ = ["MLPHead", "MultiModalEncoder", "check_shared_groups", "equal_width_groups"]
 
 
 class MLPHead(nn.Module):
@@ -31,6 +31,37 @@ class MLPHead(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
+
+
+def check_shared_groups(shared, names, dims) -> dict:
+    """``model.shared_encoders`` checked against the data: known modalities, one width per
+    group, each modality in one group. Returns ``{modality: the group's first modality}``."""
+    names = list(names)
+    owner = {}
+    for group in shared:
+        unknown = [n for n in group if n not in names]
+        if unknown:
+            raise ValueError(f"model.shared_encoders: unknown modality(ies) {unknown}; the data has {names}")
+        widths = {dims[names.index(n)] for n in group}
+        if len(widths) > 1:
+            raise ValueError(f"model.shared_encoders: {list(group)} have different widths "
+                             f"{[dims[names.index(n)] for n in group]}; a shared encoder needs one input width")
+        for n in group:
+            if n in owner:
+                raise ValueError(f"model.shared_encoders: '{n}' is in two groups")
+            owner[n] = group[0]
+    return owner
+
+
+def equal_width_groups(names, dims, declared=()) -> list[list[str]]:
+    """Groups (two or more) of modalities of one input width that no declared group holds:
+    views that may be of one kind, offered by auto as a shared-encoder candidate."""
+    taken = {n for g in declared for n in g}
+    by_width: dict[int, list[str]] = {}
+    for n, d in zip(names, dims):
+        if n not in taken:
+            by_width.setdefault(int(d), []).append(n)
+    return [g for g in by_width.values() if len(g) >= 2]
 
 
 class MultiModalEncoder(nn.Module):
@@ -53,19 +84,7 @@ class MultiModalEncoder(nn.Module):
         image tower serves every image: views that never occur together then agree before any
         pair of them is seen."""
         names = list(names)
-        owner = {}
-        for group in shared:
-            unknown = [n for n in group if n not in names]
-            if unknown:
-                raise ValueError(f"model.shared_encoders: unknown modality(ies) {unknown}; the data has {names}")
-            widths = {dims[names.index(n)] for n in group}
-            if len(widths) > 1:
-                raise ValueError(f"model.shared_encoders: {list(group)} have different widths "
-                                 f"{[dims[names.index(n)] for n in group]}; a shared encoder needs one input width")
-            for n in group:
-                if n in owner:
-                    raise ValueError(f"model.shared_encoders: '{n}' is in two groups")
-                owner[n] = group[0]
+        owner = check_shared_groups(shared, names, dims)
         heads: dict[str, nn.Module] = {}
         for n, d in zip(names, dims):
             key = owner.get(n, n)

@@ -13,6 +13,7 @@ from torch import Tensor
 
 from ..core import (SharedLatentCalibrator, anchor_shift, fuse_observed, imputation_quality, retrieval_ranks,
                     summarize_ranks)
+from .. import objectives
 from ..data import MultiViewData
 from .config import OWN_SIMILARITY
 
@@ -21,7 +22,7 @@ if TYPE_CHECKING:      # the module imports this one: types only
     from .module import CalMRLModule
     from .splits import Splits
 
-__all__ = ["embed_data", "retrieval_table", "fused_retrieval", "knn_accuracy", "anchor_report", "evaluate_embeddings",
+__all__ = ["validation_score", "embed_data", "retrieval_table", "fused_retrieval", "knn_accuracy", "anchor_report", "evaluate_embeddings",
            "instance_identification"]
 
 
@@ -190,6 +191,16 @@ def evaluate_embeddings(test_A: Tensor, names: Sequence[str], mask: Tensor | Non
     return out
 
 
+def validation_score(model: CalMRLModule, splits: Splits, cfg: Config) -> dict[str, float]:
+    """The average over ordered view pairs of validation retrieval (cosine), as
+    :func:`evaluate_model` reports it under ``val_average``: what a search ranks candidates by,
+    without touching the test split."""
+    e = cfg.eval
+    val_A, val_mask = embed_data(model.encoder, splits.val)
+    return retrieval_table(val_A, splits.names, val_mask, ks=tuple(e.ks), chunk_size=e.chunk_size,
+                           backend=e.backend)["average"]
+
+
 def fit_unused_calibrator(model: CalMRLModule, splits: Splits, cfg: Config) -> bool:
     """A method that trained without the calibrator (pmrl-drop, the InfoNCE objectives, ...)
     still leaves one fitted by EM on its final training embeddings, so that its checkpoint and
@@ -237,7 +248,7 @@ def evaluate_model(model: CalMRLModule, splits: Splits, cfg: Config) -> dict:
         notes.append(f"anchor shift and imputation quality need hidden cells whose true embeddings are known: {why}")
         out["anchor"] = {"shift_observed_deg": nan, "shift_calibrated_deg": nan, "shift_calibrated_unit_deg": nan,
                          "imputation_cosine": nan, "imputation_r2": nan}
-        if cfg.method.name == "oracle" or cfg.data.missing.kind == "none":
+        if objectives.get(cfg.method.name).needs == "no_missing" or cfg.data.missing.kind == "none":
             out["anchor"].update(shift_observed_deg=0.0, shift_calibrated_deg=0.0, shift_calibrated_unit_deg=0.0)
     else:
         comp = model.completer

@@ -5,8 +5,10 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+from .. import objectives
 from .outdir import copy_kept
 from .results import write_results
+from .single import train_one
 
 __all__ = ['imputations_took_part', 'guard']
 
@@ -22,7 +24,7 @@ def imputations_took_part(results: dict) -> bool:
 def guard(cfg, results, model, run_dir: Path, resume, splits, max_epochs, extra_callbacks):
     """``method.guard=validation``: calibration must not cost what the validation split can
     see. If imputed columns took part, train the observed-only path (the objective without
-    imputations: ``pmrl-drop`` for calmrl, the plain InfoNCE objective for ``X+cal``; the same
+    imputations, the registry's ``observed_only``: ``pmrl-drop`` for calmrl, X for ``X+cal``; the same
     data, seed and start) under ``run_dir/guard`` and keep the run with the higher
     validation R@1 (ties keep the calibrated run). The kept model's checkpoint is copied to
     ``checkpoints/kept.ckpt`` and the kept run's figures become the results; the comparison is
@@ -32,13 +34,11 @@ def guard(cfg, results, model, run_dir: Path, resume, splits, max_epochs, extra_
                             "why": "no imputed column took part (gate 0 throughout): the run is the observed-only run"}
         write_results(run_dir, results)
         return results, model
-    from .runner import _run_locked      # the guard trains a second run: the runner's own step
-
     alt_dir = run_dir / "guard"
-    plain = "pmrl-drop" if cfg.method.name == "calmrl" else cfg.method.name     # the objective without imputations
+    plain = objectives.get(cfg.method.name).observed_only      # the objective without imputations
     alt_cfg = replace(cfg, output_dir=str(alt_dir), method=replace(cfg.method, name=plain, calibrate=False))
-    alt, alt_model = _run_locked(alt_cfg, plain, alt_dir / plain, resume, splits, max_epochs,
-                                 extra_callbacks, role="the guard's observed-only run")
+    alt, alt_model = train_one(alt_cfg, splits, alt_dir / plain, resume=resume, max_epochs=max_epochs,
+                               extra_callbacks=extra_callbacks, role="the guard's observed-only run")
     val = {"calibrated": results["val_average"]["R@1"], "observed-only": alt["val_average"]["R@1"]}
     kept = "observed-only" if val["observed-only"] > val["calibrated"] else "calibrated"
     record = {"kept": kept, "alternative_trained": True, "val_R@1": val,

@@ -17,7 +17,7 @@ except ImportError:  # not on POSIX: no lock
 
 from ..core.distributed import rank as process_rank
 
-__all__ = ["copy_kept", 'RunLockedError', 'output_lock', 'check_writable', 'earlier_run', 'move_aside']
+__all__ = ["copy_kept", "replacing", 'RunLockedError', 'output_lock', 'check_writable', 'earlier_run', 'move_aside']
 
 log = logging.getLogger("calmrl")
 
@@ -117,6 +117,28 @@ def move_aside(run_dir: Path) -> Path | None:
     log.warning("note: %s held an earlier %s run; moved it to %s so that the new run does not mix with it "
                 "(use --resume to continue a run instead)", run_dir, state, dest)
     return dest
+
+
+@contextlib.contextmanager
+def replacing(run_dir: Path, keep: bool = False):
+    """A new run in ``run_dir``: an earlier run there is moved aside (:func:`move_aside`) as the
+    new one starts, and moved back if the new one fails (an error, not an interruption: an
+    interrupted run is resumable and stays), the failed run's files kept beside it as
+    ``<run_dir>.failed-<time>``. ``keep``: a resumed run, nothing is moved."""
+    moved = None if keep else move_aside(run_dir)
+    try:
+        yield moved
+    except BaseException as e:
+        interrupted = hasattr(e, "signum") or isinstance(e, KeyboardInterrupt)
+        if moved is not None and not interrupted and process_rank() == 0:
+            failed = None
+            if run_dir.exists():
+                failed = run_dir.with_name(f"{run_dir.name}.failed-{time.strftime('%Y%m%d-%H%M%S')}")
+                os.replace(run_dir, failed)
+            os.replace(moved, run_dir)
+            log.warning("note: the new run failed; the earlier run is back in %s%s", run_dir,
+                        f" (the failed run's files: {failed})" if failed else "")
+        raise
 
 
 def copy_kept(src: Path, run_dir: Path) -> Path:

@@ -8,6 +8,7 @@ import logging
 from dataclasses import dataclass, field
 
 import numpy as np
+from .. import objectives
 from ..data import (FeatureStore, MultiViewData, load_tables, load_uci_mfeat, mcar_mask, paired_subsets_mask,
                     split_parts, stratified_split, suite, synthetic_multiview)
 from ..data.fingerprint import fingerprint, split_fingerprint
@@ -116,7 +117,8 @@ def prepare_data(cfg: Config, method: str | None = None, data: MultiViewData | N
     M = len(data.names)
     miss = cfg.data.missing
     train_full = train
-    if method != "oracle" and miss.kind != "none":
+    hides = method == "auto" or objectives.get(method).needs != "no_missing"     # oracle: nothing hidden
+    if hides and miss.kind != "none":
         if miss.kind == "mcar":
             sim = mcar_mask(train.n, M, miss.rate, min_observed=min(miss.min_observed, M), seed=seed + 1,
                              observed=train.mask)
@@ -131,6 +133,12 @@ def prepare_data(cfg: Config, method: str | None = None, data: MultiViewData | N
     else:
         simulated = None
     notes += _constant_features(train)
+    if M < 2:
+        raise ValueError(f"the data has one modality ({data.names[0]}); aligning modalities needs at least two "
+                         "(data.views selects them)")
+    if not has_scorable_pair(train.mask):
+        raise ValueError("no two modalities are observed together in 2 or more training instances; nothing can "
+                         "be aligned")
     never = [data.names[m] for m in range(M) if not train.mask[:, m].any()]
     if never:
         raise ValueError(f"modality(ies) {never} are never observed in the training split")

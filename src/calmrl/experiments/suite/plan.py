@@ -6,23 +6,25 @@ from __future__ import annotations
 import dataclasses
 import json
 
+from ... import objectives
 from ...data.suite import SUITE
 from ...train import Config
+from ...train.config import CALIBRATABLE
 
 SETTINGS = ("mcar 0.3", "mcar 0.5", "mcar 0.7", "paired", "never-complete", "absorb")
-VARIANTS = {"calmrl": ("calmrl", []), "pmrl-drop": ("pmrl-drop", []),
-            "calmrl-ungated": ("calmrl", ["method.gate=none", "method.guard=none"]),
-            "calmrl-gated": ("calmrl", ["method.gate=identification"]),
-            "calmrl-mlp": ("calmrl", ["calibrator.backend=mlp"]),
-            "calmrl-mvae": ("calmrl", ["calibrator.backend=mvae"]),
-            "calmrl-mopoe": ("calmrl", ["calibrator.backend=mopoe"]), "pmrl-truefill": ("pmrl-truefill", []),
-            "oracle": ("oracle", []), "pairwise-infonce": ("pairwise-infonce", []),
-            "anchor-infonce": ("anchor-infonce", []),
-            "pairwise-infonce+cal": ("pairwise-infonce", ["method.calibrate=true"]),
-            "anchor-infonce+cal": ("anchor-infonce", ["method.calibrate=true"])}
-# the objective family of a variant: its learning rate is tuned, and its absorb pretraining run, per family
-FAMILY = {"pairwise-infonce": "pairwise-infonce", "anchor-infonce": "anchor-infonce",   # every other: "pmrl"
-          "pairwise-infonce+cal": "pairwise-infonce", "anchor-infonce+cal": "anchor-infonce"}
+# every objective of the registry, and 'X+cal' for those calibration plugs into; then the ablations
+VARIANTS = {name: (objectives.parse_method(name)[0], ["method.calibrate=true"] if objectives.parse_method(name)[1]
+                   else []) for name in [*objectives.names(), *(f"{o}+cal" for o in CALIBRATABLE)]}
+VARIANTS.update({"calmrl-ungated": ("calmrl", ["method.gate=none", "method.guard=none"]),
+                 "calmrl-gated": ("calmrl", ["method.gate=identification"]),
+                 "calmrl-mlp": ("calmrl", ["calibrator.backend=mlp"]),
+                 "calmrl-mvae": ("calmrl", ["calibrator.backend=mvae"]),
+                 "calmrl-mopoe": ("calmrl", ["calibrator.backend=mopoe"])})
+# the objective family of a variant (the registry's): its learning rate is tuned, and its absorb
+# pretraining run, per family; the PMRL family pretrains as oracle
+FAMILY = {v: objectives.get(base).family for v, (base, _) in VARIANTS.items()}
+# the variants of the main table (every registered candidate objective, plain and calibrated)
+MAIN = tuple(objectives.candidate_names())
 # method.name=auto's default candidates; its suite record is composed from theirs (same seed, data and
 # config make the same runs: tests/test_auto.py), the one with the highest validation R@1 per seed
 AUTO_CANDIDATES = ("calmrl", "pairwise-infonce+cal", "anchor-infonce+cal")
@@ -33,7 +35,7 @@ SHARED = "+shared"    # a variant suffix: the dataset's view groups served by on
 
 
 def family(variant: str) -> str:
-    return FAMILY.get(variant.removesuffix(SHARED), "pmrl")
+    return FAMILY.get(variant.removesuffix(SHARED), "pmrl")    # (unknown names are PMRL ablations)
 
 
 def _unit_key(variant: str) -> tuple[str, bool]:
