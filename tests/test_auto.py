@@ -73,6 +73,21 @@ def test_halving_keeps_the_best_at_the_last_rung_and_its_model_is_the_straight_r
         torch.testing.assert_close(kept[k], straight[k], rtol=0, atol=0)
 
 
+def test_halving_folds_the_guard_in_the_observed_only_twin_trains_only_where_imputations_took_part(tmp_path):
+    torch.set_num_threads(1)
+    over = BASE + ["train.epochs=3", "method.candidates=[calmrl]", "method.lr_factors=[1]"]
+    # a gate that never opens: the calibrated run is the observed-only run, so the twin is not trained
+    shut = run(load_config(None, over + ["method.gate_alpha=1e-9", f"output_dir={tmp_path / 'g'}"]), method="auto")
+    c = shut["auto"]["candidates"]
+    assert set(c) == {"calmrl", "pmrl-drop"} and c["pmrl-drop"]["rungs"][-1]["same_run_as"] == "calmrl"
+    assert shut["auto"]["candidate_epochs"] == 3 and not (tmp_path / "g" / "auto" / "candidates" / "pmrl-drop").exists()
+    # imputations at weight 1 from the first calibrated epoch: the twin trains, validation decides
+    opened = run(load_config(None, over + ["method.gate=none", f"output_dir={tmp_path / 'n'}"]), method="auto")
+    a = opened["auto"]
+    assert "same_run_as" not in a["candidates"]["pmrl-drop"]["rungs"][-1] and a["candidate_epochs"] == 6
+    assert a["chosen"] == max(a["val_R@1"], key=a["val_R@1"].get)
+
+
 def test_a_failing_candidate_is_recorded_and_resume_reuses_the_finished_ones(tmp_path, caplog):
     torch.set_num_threads(1)
     over = BASE + ["train.epochs=2", "method.candidates=[pmrl-drop]", "method.search=exhaustive",

@@ -9,7 +9,14 @@ from .core import *  # noqa: F401,F403
 from .core import __all__ as _core_all
 
 __version__ = "0.3.0"
-__all__ = list(_core_all) + ["__version__", "fit"]
+__all__ = list(_core_all) + ["__version__", "fit", "CalMRL"]
+
+
+def __getattr__(name: str):
+    if name == "CalMRL":      # imported on first use: `import calmrl` stays light
+        from .estimator import CalMRL
+        return CalMRL
+    raise AttributeError(f"module 'calmrl' has no attribute '{name}'")
 
 
 def fit(data, config=None, **kwargs):

@@ -50,8 +50,11 @@ class CalMRLModel:
         enc, cal, meta = load_exported(path)
         return cls(enc, cal, meta["names"], meta.get("standardization"))
 
-    def _prepare(self, m: int, v) -> Tensor:
-        """numpy or torch input -> float32 tensor, standardised as in training."""
+    def _prepare(self, m: int, v) -> tuple[Tensor, Tensor]:
+        """numpy, pandas or torch input -> (float32 tensor standardised as in training, rows observed).
+
+        A row that is entirely NaN marks the modality missing for that instance (as in
+        :func:`calmrl.fit`); a row with some NaN features, or any inf, is refused naming it."""
         name = self.names[m]
         if not isinstance(v, Tensor):
             try:
@@ -60,14 +63,20 @@ class CalMRLModel:
                 raise ValueError(f"modality '{name}' must be a numeric (n, d) array") from None
         if v.dim() != 2:
             raise ValueError(f"modality '{name}' must be a 2-D (instances, features) array, got shape {tuple(v.shape)}")
-        if not bool(torch.isfinite(v).all()):
-            raise ValueError(f"modality '{name}' holds NaN/inf values")
+        nan_rows = torch.isnan(v).all(1) if v.shape[1] else torch.zeros(v.shape[0], dtype=torch.bool)
+        rows = ~nan_rows
+        bad = ~torch.isfinite(v[rows]).all(1) if bool(rows.any()) else torch.zeros(0, dtype=torch.bool)
+        if bool(bad.any()):
+            first = int(rows.nonzero().flatten()[bad.nonzero().flatten()[0]])
+            raise ValueError(f"modality '{name}' row {first} holds NaN/inf in some features (a row entirely NaN "
+                             "marks the modality missing; a partly NaN row cannot be encoded)")
+        v = torch.where(rows[:, None], v, torch.zeros_like(v))
         if self.standardization is not None:
             mean, std = self.standardization[m]
             if v.shape[1] != mean.shape[0]:
                 raise ValueError(f"modality '{name}' has {v.shape[1]} features, the model was trained on {mean.shape[0]}")
             v = (v.to(torch.float64) - mean) / std
-        return v.to(torch.float32)
+        return v.to(torch.float32), rows
 
     def _views(self, inputs: Mapping[str, object]) -> tuple[list, Tensor]:
         unknown = [k for k in inputs if k not in self.names]
@@ -76,7 +85,7 @@ class CalMRLModel:
         present = {k: v for k, v in inputs.items() if v is not None}
         if not present:
             raise ValueError("the query has no observed modality")
-        n = {len(v) for v in present.values()}
+        n = {len(np.asarray(v)) if not isinstance(v, Tensor) else len(v) for v in present.values()}
         if len(n) != 1:
             raise ValueError(f"modalities disagree on the number of instances: { {k: len(v) for k, v in present.items()} }")
         n = n.pop()
@@ -86,13 +95,18 @@ class CalMRLModel:
             if v is None:
                 views.append(torch.zeros(n, 1))  # placeholder: encoders never run on missing rows
                 continue
-            views.append(self._prepare(m, v))
-            mask[:, m] = True
+            x, rows = self._prepare(m, v)
+            views.append(x)
+            mask[:, m] = rows
+        if not bool(mask.any(1).all()):
+            raise ValueError(f"instance(s) {mask.any(1).logical_not().nonzero().flatten()[:5].tolist()} have no "
+                             "observed modality (every given row is NaN)")
         return views, mask
 
     @torch.no_grad()
     def embed(self, inputs: Mapping[str, object]) -> Embedded:
-        """Encode the given modalities (name -> batch; missing: absent or ``None``) and impute the rest."""
+        """Encode the given modalities (name -> batch of raw features: numpy, pandas or torch;
+        missing: absent, ``None``, or a row of NaN) and impute the rest."""
         views, mask = self._views(inputs)
         A = self.encoder(views, mask)
         cal = self.calibrator
@@ -103,8 +117,17 @@ class CalMRLModel:
         return Embedded(A, mask, filled, conf, fused)
 
     @torch.no_grad()
-    def retrieve(self, query: Mapping[str, object], gallery: Tensor, k: int = 10) -> tuple[Tensor, Tensor]:
-        """Top-``k`` gallery items (cosine) for queries with any subset of modalities."""
+    def retrieve(self, query: Mapping[str, object], gallery, k: int = 10) -> tuple[Tensor, Tensor]:
+        """Top-``k`` gallery items (cosine) for queries with any subset of modalities.
+
+        ``gallery``: embeddings ``(n, d)`` (torch or numpy), or raw inputs as for :meth:`embed`
+        (a mapping; each gallery item is then its fused embedding). Returns ``(scores, indices)``."""
         q = self.embed(query).fused
+        if isinstance(gallery, Mapping):
+            gallery = self.embed(gallery).fused
+        gallery = torch.as_tensor(np.asarray(gallery) if not isinstance(gallery, Tensor) else gallery)
+        if gallery.dim() != 2 or gallery.shape[1] != q.shape[1]:
+            raise ValueError(f"gallery must be (n, {q.shape[1]}) embeddings or raw inputs by modality name, got "
+                             f"shape {tuple(gallery.shape)}")
         scores = q @ F.normalize(gallery.to(q.dtype), dim=-1).T
         return scores.topk(min(k, gallery.shape[0]), dim=1)

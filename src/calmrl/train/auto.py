@@ -45,7 +45,7 @@ from pathlib import Path
 from .. import objectives
 from .config import calibrates
 from .encoders import equal_width_groups
-from .guard import guard
+from .guard import guard, imputations_took_part
 from .outdir import copy_kept, replacing
 from .results import write_results
 from .single import train_one
@@ -70,6 +70,10 @@ class Candidate:
     error: str | None = None
     results: dict | None = None
     model: object = None
+    twin_of: "Candidate | None" = None     # halving: the calibrated candidate whose observed-only path this is
+    took_part: bool = False                 # halving: imputed columns took part in its training so far
+    trained: int = 0                        # epochs trained (its last checkpoint)
+    last: dict | None = None                # the results of its last rung
 
 
 def _label(method: str, lr, shared: bool, n_lrs: int) -> str:
@@ -92,7 +96,7 @@ def candidate_space(cfg, splits, search: str | None = None) -> list[Candidate]:
     extra = equal_width_groups(splits.names, splits.dims, declared) if cfg.method.auto_shared else []
     if extra:
         options.append((declared + extra, True))
-    out = []
+    out, by_key = [], {}
     for m in names:
         base, cal = objectives.parse_method(m)
         for lr in lrs:
@@ -101,7 +105,16 @@ def candidate_space(cfg, splits, search: str | None = None) -> list[Candidate]:
                                                 guard=cfg.method.guard if search == "exhaustive" else "none"),
                             train=replace(cfg.train, lr=float(lr)),
                             model=replace(cfg.model, shared_encoders=groups))
-                out.append(Candidate(_label(m, lr, shared, len(lrs) if not cfg.method.auto_lrs else 2), c))
+                cand = Candidate(_label(m, lr, shared, len(lrs) if not cfg.method.auto_lrs else 2), c)
+                by_key[(base, cal, lr, shared)] = cand
+                out.append(cand)
+    if search == "halving":       # each observed-only path knows its calibrated twin
+        for (base, cal, lr, shared), cand in by_key.items():
+            obj = objectives.get(base)
+            if cal or obj.calibration == "always":
+                twin = by_key.get((obj.observed_only, False, lr, shared))
+                if twin is not None and twin is not cand:
+                    twin.twin_of = cand
     return out
 
 
@@ -117,6 +130,11 @@ def halving_rungs(n: int, epochs: int, eta: int, min_epochs: int) -> list[int]:
         rungs.append(r)
         r *= eta
     return rungs + [epochs]
+
+
+def _virtual(c: Candidate) -> bool:
+    """An observed-only path not trained so far: its calibrated twin's run stands for it."""
+    return bool(c.rungs) and "same_run_as" in c.rungs[-1]
 
 
 def _val(c: Candidate) -> float:
@@ -145,6 +163,7 @@ def _train(c: Candidate, splits, run_dir: Path, *, resume, max_epochs, final, ex
                     **({"guard_epochs": epochs} if g.get("alternative_trained") else {})})
     if final:
         c.results, c.model = res, model
+    c.last = res
     return True
 
 
@@ -163,22 +182,41 @@ def run_auto(cfg, splits, *, resume: bool = False, max_epochs=None, extra_callba
                        extra_callbacks=extra_callbacks)
             alive = [c for c in cands if c.error is None]
         else:
-            rungs = halving_rungs(len(cands), epochs, cfg.method.halving_eta,
-                                  cfg.method.halving_min_epochs or cfg.calibrator.warmup_epochs + 1)
+            arms = [c for c in cands if c.twin_of is None]
+            rungs = halving_rungs(len(arms), epochs, cfg.method.halving_eta, cfg.method.halving_min_epochs)
+            warmup = cfg.calibrator.warmup_epochs
             alive = list(cands)
             for k, budget in enumerate(rungs):
                 final = k == len(rungs) - 1
                 for c in alive:
-                    _train(c, splits, run_dir, resume=resume or k > 0, max_epochs=budget, final=final,
-                           extra_callbacks=extra_callbacks)
-                alive = sorted([c for c in alive if c.error is None], key=lambda c: -_val(c))   # stable: ties keep order
-                if not final:
-                    keep = 1 if k == len(rungs) - 2 else max(1, math.ceil(len(alive) / cfg.method.halving_eta))
-                    log.warning("auto: rung %d of %d (%d epochs): %s; %d continue", k + 1, len(rungs), budget,
-                                ", ".join(f"{c.label} {_val(c):.2f}" for c in alive), keep)
-                    alive = alive[:keep]
+                    parent = c.twin_of
+                    if parent is not None and parent in alive and not parent.error and not parent.took_part \
+                            and parent.rungs and parent.rungs[-1]["epochs"] == budget and not c.trained:
+                        # no imputed column has taken part in the calibrated twin: it is this run (the guard's rule)
+                        c.rungs.append({"epochs": budget, "val_R@1": parent.rungs[-1]["val_R@1"],
+                                        "same_run_as": parent.label})
+                        if final:
+                            c.results, c.model = parent.results, parent.model
+                        continue
+                    if _train(c, splits, run_dir, resume=resume or c.trained > 0, max_epochs=budget, final=final,
+                              extra_callbacks=extra_callbacks):
+                        c.trained = budget
+                        res = c.results if final else c.last
+                        c.took_part = budget > warmup and calibrates(c.cfg.method) and imputations_took_part(res)
+                ranked = sorted([c for c in alive if c.error is None], key=lambda c: -_val(c))   # stable on ties
+                if final:
+                    alive = ranked
+                    break
+                arms_alive = [c for c in ranked if not _virtual(c)]
+                keep = 1 if k == len(rungs) - 2 else max(1, math.ceil(len(arms_alive) / cfg.method.halving_eta))
+                kept = arms_alive[:keep]
+                alive = [c for c in ranked if c in kept or (_virtual(c) and c.twin_of in kept)]
+                log.warning("auto: rung %d of %d (%d epochs): %s; %d continue", k + 1, len(rungs), budget,
+                            ", ".join(f"{c.label} {_val(c):.2f}" + (" (=)" if _virtual(c) else "") for c in ranked),
+                            len(kept))
                 if not alive:
                     break
+            alive = [c for c in alive if not _virtual(c) or c.twin_of not in alive] if len(alive) > 1 else alive
         if not alive:
             raise RuntimeError("auto: every candidate failed: " + "; ".join(f"{c.label}: {c.error}" for c in cands))
         best = max(alive, key=_val)           # the first of the highest: a tie keeps the earlier candidate
@@ -186,8 +224,8 @@ def run_auto(cfg, splits, *, resume: bool = False, max_epochs=None, extra_callba
         res = best.results
         n_train = splits.train.n
         # epochs trained by every candidate (a guard's observed-only run counted too)
-        cost = sum(max((r["epochs"] for r in c.rungs), default=0) + sum(r.get("guard_epochs", 0) for r in c.rungs)
-                   for c in cands)
+        cost = sum(max((r["epochs"] for r in c.rungs if "same_run_as" not in r), default=0)
+                   + sum(r.get("guard_epochs", 0) for r in c.rungs) for c in cands)
         choice = {"chosen": best.label, "search": search,
                   "rule": "highest validation R@1 (average over ordered view pairs)",
                   "rungs": rungs, "eta": cfg.method.halving_eta if search == "halving" else None,

@@ -12,8 +12,9 @@ from lightning.fabric.plugins import TorchCheckpointIO
 
 from ..data.fingerprint import compare as compare_fingerprints
 from ..integrity import DamagedFileError, check_sealed, seal
-from .config import Config, config_to_dict
+from .config import Config, _build, config_to_dict
 from .module import CalMRLModule
+from .splits import prepare_data
 
 __all__ = ['CheckpointError', 'AtomicCheckpointIO', 'load_checkpoint', 'resume_checkpoint', 'config_differences', 'check_resumable', 'init_from_checkpoint', 'model_from_checkpoint', 'model_from_loaded']
 
@@ -187,9 +188,6 @@ def model_from_checkpoint(path: str | os.PathLike) -> tuple[Config, CalMRLModule
 
 def model_from_loaded(ckpt: dict, path) -> tuple[Config, CalMRLModule]:
     """:func:`model_from_checkpoint` on a checkpoint already read from ``path``."""
-    from .config import _build
-    from .splits import prepare_data
-
     if "calmrl_config" not in ckpt:
         raise CheckpointError(f"{path} has no calmrl configuration (not written by calmrl train)")
     cfg = _build(Config, ckpt["calmrl_config"])

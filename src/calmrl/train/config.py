@@ -144,8 +144,9 @@ class MethodConfig:
                           "paths are candidates too) or exhaustive (every candidate to the end, each with its guard)")
     halving_eta: int = _f(3, lo=2, help="auto, halving: the reduction factor (1/eta of the candidates continue "
                                         "at each rung, with eta times the epochs)")
-    halving_min_epochs: int = _f(0, lo=0, help="auto, halving: epochs of the first rung at least (0 = "
-                                               "calibrator.warmup_epochs + 1, so that calibration has begun)")
+    halving_min_epochs: int = _f(1, lo=1, help="auto, halving: epochs of the first rung at least (a calibrated "
+                                               "candidate and its observed-only twin are one run until "
+                                               "imputations take part, so early rungs need not wait for them)")
     lr_factors: list = _f([1.0, 0.25], help="auto: learning rates tried, as factors of train.lr (2e-3 and 5e-4 "
                                             "by default: the suite's grid); method.auto_lrs, when set, replaces them")
     auto_shared: bool = _f(True, help="auto: also try every group of undeclared views of one input width served "

@@ -17,9 +17,8 @@ from .. import objectives
 from ..data import MultiViewData
 from .config import OWN_SIMILARITY
 
-if TYPE_CHECKING:      # the module imports this one: types only
+if TYPE_CHECKING:
     from .config import Config
-    from .module import CalMRLModule
     from .splits import Splits
 
 __all__ = ["validation_score", "embed_data", "retrieval_table", "fused_retrieval", "knn_accuracy", "anchor_report", "evaluate_embeddings",
@@ -191,7 +190,7 @@ def evaluate_embeddings(test_A: Tensor, names: Sequence[str], mask: Tensor | Non
     return out
 
 
-def validation_score(model: CalMRLModule, splits: Splits, cfg: Config) -> dict[str, float]:
+def validation_score(model: torch.nn.Module, splits: Splits, cfg: Config) -> dict[str, float]:
     """The average over ordered view pairs of validation retrieval (cosine), as
     :func:`evaluate_model` reports it under ``val_average``: what a search ranks candidates by,
     without touching the test split."""
@@ -201,7 +200,7 @@ def validation_score(model: CalMRLModule, splits: Splits, cfg: Config) -> dict[s
                            backend=e.backend)["average"]
 
 
-def fit_unused_calibrator(model: CalMRLModule, splits: Splits, cfg: Config) -> bool:
+def fit_unused_calibrator(model: torch.nn.Module, splits: Splits, cfg: Config) -> bool:
     """A method that trained without the calibrator (pmrl-drop, the InfoNCE objectives, ...)
     still leaves one fitted by EM on its final training embeddings, so that its checkpoint and
     export impute missing modalities (``impute``, ``retrieve`` with incomplete queries) like a
@@ -214,7 +213,7 @@ def fit_unused_calibrator(model: CalMRLModule, splits: Splits, cfg: Config) -> b
     return True
 
 
-def evaluate_model(model: CalMRLModule, splits: Splits, cfg: Config) -> dict:
+def evaluate_model(model: torch.nn.Module, splits: Splits, cfg: Config) -> dict:
     """Test retrieval (each pair over the instances that observe both), fused queries over what
     is observed, kNN, and the anchor diagnostics on the training split (where the simulator
     hid cells whose true embeddings are known); ``notes`` say why a diagnostic is absent."""

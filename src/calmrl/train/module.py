@@ -18,10 +18,10 @@ import lightning as L
 import torch
 import torch.distributed as dist
 
-from ..core import MaskedCompleter, MultimodalVAE, SharedLatentCalibrator
-from ..core.distributed import all_reduce_stats, gather_nograd, gather_with_grad, global_loss_scale, is_distributed
 from .. import objectives
-from .config import Config, calibrates
+from ..core import MaskedCompleter, MultimodalVAE, SharedLatentCalibrator, family_z, gate_weights, imputation_gain
+from ..core.distributed import all_reduce_stats, gather_nograd, gather_with_grad, global_loss_scale, is_distributed
+from .config import Config, calibrates, config_to_dict
 from .encoders import MultiModalEncoder
 from .evaluate import retrieval_table
 from .methods import alignment_loss, fill_missing
@@ -215,7 +215,6 @@ class CalMRLModule(L.LightningModule):
         of imputed columns; rank 0's measurement is broadcast."""
         if self.gate != "identification" or not self.calibrated:
             return
-        from ..core import family_z, gate_weights, imputation_gain
         loader = self.gate_loader         # the validation split, set by the runner
         if loader is None:
             loaders = self.trainer.val_dataloaders
@@ -379,7 +378,6 @@ class CalMRLModule(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": sched}
 
     def on_save_checkpoint(self, checkpoint):
-        from .config import config_to_dict
         checkpoint["calmrl_config"] = config_to_dict(self.cfg)
         checkpoint["calmrl_names"] = self.names
         checkpoint["calmrl_dims"] = self.dims

@@ -105,7 +105,8 @@ def train_one(cfg: Config, splits: Splits, run_dir: Path, *, resume: bool = Fals
         train_time = time.time() - t0
         if not final:
             val = validation_score(model, splits, cfg)
-            return {"val_average": val, "epochs": trainer.current_epoch, "train_seconds": train_time}, model
+            return {"val_average": val, "epochs": trainer.current_epoch, "train_seconds": train_time,
+                    "gate": cfg.method.gate, "gate_history": list(model.gate_history)}, model
         if fit_unused_calibrator(model, splits, cfg):
             trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt")
         t1 = time.time()

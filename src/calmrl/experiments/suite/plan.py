@@ -19,10 +19,13 @@ VARIANTS.update({"calmrl-ungated": ("calmrl", ["method.gate=none", "method.guard
                  "calmrl-gated": ("calmrl", ["method.gate=identification"]),
                  "calmrl-mlp": ("calmrl", ["calibrator.backend=mlp"]),
                  "calmrl-mvae": ("calmrl", ["calibrator.backend=mvae"]),
-                 "calmrl-mopoe": ("calmrl", ["calibrator.backend=mopoe"])})
+                 "calmrl-mopoe": ("calmrl", ["calibrator.backend=mopoe"]),
+                 # the default as a user runs it: successive halving over its default space (both of the
+                 # suite's learning rates: train.lr 2e-3 x method.lr_factors [1, 0.25])
+                 "auto-halving": ("auto", ["method.search=halving", "train.lr=0.002"])})
 # the objective family of a variant (the registry's): its learning rate is tuned, and its absorb
 # pretraining run, per family; the PMRL family pretrains as oracle
-FAMILY = {v: objectives.get(base).family for v, (base, _) in VARIANTS.items()}
+FAMILY = {v: objectives.get(base).family for v, (base, _) in VARIANTS.items() if base in objectives.REGISTRY}
 # the variants of the main table (every registered candidate objective, plain and calibrated)
 MAIN = tuple(objectives.candidate_names())
 # method.name=auto's default candidates; its suite record is composed from theirs (same seed, data and

@@ -34,7 +34,14 @@ def _train(cfg: Config, variant: str, out_dir: Path) -> dict:
     c = apply_overrides(cfg, sets + [f"output_dir={out_dir}"])
     t0 = time.time()
     res = run(c, method=method)
-    return {**result_record(res), "guard": res.get("guard", {}).get("kept"), "seconds": time.time() - t0}
+    g = res.get("guard") or {}
+    rec = {**result_record(res), "guard": g.get("kept"), "guard_trained": bool(g.get("alternative_trained")),
+           "seconds": time.time() - t0}
+    if "auto" in res:      # a real auto run: its search, cost and choice
+        a = res["auto"]
+        rec["auto"] = {k: a.get(k) for k in ("chosen", "search", "rungs", "candidate_epochs", "kept_epochs",
+                                             "cost_ratio", "val_R@1", "failed")}
+    return rec
 
 
 def _job(cfg: Config, dataset: str, setting: str, variants: list[str], seed: int, out: Path, names: list[str],

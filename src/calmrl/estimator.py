@@ -1,0 +1,185 @@
+"""``calmrl.CalMRL``: the trainer as an estimator, in scikit-learn's conventions.
+
+>>> from calmrl import CalMRL
+>>> est = CalMRL(epochs=20).fit({"image": X_img, "text": X_txt}, y)   # a row of NaN = that modality missing
+>>> Z = est.transform({"image": X_img_new, "text": None})               # (n, d) numpy, fused embeddings
+>>> scores, idx = est.retrieve({"text": X_txt_q}, gallery={"image": X_img_g}, k=10)
+>>> est.score({"image": X_img_test, "text": X_txt_test})                # cross-modal R@1 (%)
+>>> est.save("model_dir"); est2 = CalMRL.load("model_dir")
+
+Keyword hyperparameters map onto the configuration keys (``get_params`` / ``set_params``;
+``overrides`` takes any other ``key=value``); fitted attributes end in ``_`` (``model_``,
+``results_``, ``names_``, ``config_``). Nothing is written to the working directory: runs go
+to a temporary directory, removed after ``fit``, unless ``output_dir`` is given. Numpy (or
+pandas) in, numpy out.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+import torch
+
+__all__ = ["CalMRL", "PARAMS"]
+
+# estimator keyword -> configuration key
+PARAMS = {"method": "method.name", "epochs": "train.epochs", "lr": "train.lr", "batch_size": "train.batch_size",
+          "weight_decay": "train.weight_decay", "seed": "train.seed", "embed_dim": "model.embed_dim",
+          "hidden_dim": "model.hidden_dim", "layers": "model.layers", "dropout": "model.dropout",
+          "shared_encoders": "model.shared_encoders", "candidates": "method.candidates", "search": "method.search",
+          "latent_dim": "calibrator.latent_dim", "partial_views": "data.partial_views",
+          "val_fraction": "data.val_fraction", "test_fraction": "data.test_fraction",
+          "accelerator": "train.accelerator", "threads": "train.threads", "progress": "train.progress"}
+
+
+def overrides_of(params: Mapping[str, object]) -> list[str]:
+    """``key=value`` overrides for estimator keywords (``None``: the configuration's default)."""
+    unknown = [k for k in params if k not in PARAMS]
+    if unknown:
+        raise TypeError(f"unknown parameter(s) {unknown}; valid: {sorted(PARAMS)} (any other configuration key: "
+                        "overrides=['section.key=value'])")
+    return [f"{PARAMS[k]}={json.dumps(v)}" for k, v in params.items() if v is not None]
+
+
+class CalMRL:
+    """Multimodal representation learning with missing modalities (module docstring)."""
+
+    def __init__(self, method: str | None = None, *, epochs: int | None = None, lr: float | None = None,
+                 batch_size: int | None = None, weight_decay: float | None = None, seed: int | None = None,
+                 embed_dim: int | None = None, hidden_dim: int | None = None, layers: int | None = None,
+                 dropout: float | None = None, shared_encoders: list | None = None, candidates: list | None = None,
+                 search: str | None = None, latent_dim: int | None = None, partial_views: str | None = None,
+                 val_fraction: float | None = None, test_fraction: float | None = None,
+                 accelerator: str | None = None, threads: int | None = None, progress: bool | None = False,
+                 config=None, overrides=(), output_dir: str | None = None):
+        self.method, self.epochs, self.lr, self.batch_size = method, epochs, lr, batch_size
+        self.weight_decay, self.seed, self.embed_dim, self.hidden_dim = weight_decay, seed, embed_dim, hidden_dim
+        self.layers, self.dropout, self.shared_encoders, self.candidates = layers, dropout, shared_encoders, candidates
+        self.search, self.latent_dim, self.partial_views = search, latent_dim, partial_views
+        self.val_fraction, self.test_fraction, self.accelerator = val_fraction, test_fraction, accelerator
+        self.threads, self.progress = threads, progress
+        self.config, self.overrides, self.output_dir = config, overrides, output_dir
+
+    # -- scikit-learn's parameter protocol
+    def get_params(self, deep: bool = True) -> dict:
+        return {k: getattr(self, k) for k in [*PARAMS, "config", "overrides", "output_dir"]}
+
+    def set_params(self, **params) -> "CalMRL":
+        valid = self.get_params()
+        for k, v in params.items():
+            if k not in valid:
+                raise ValueError(f"invalid parameter {k!r} for CalMRL; valid: {sorted(valid)}")
+            setattr(self, k, v)
+        return self
+
+    def __repr__(self) -> str:
+        set_ = {k: v for k, v in self.get_params().items() if v not in (None, (), False) or k == "progress" and v}
+        return "CalMRL(" + ", ".join(f"{k}={v!r}" for k, v in set_.items()) + ")"
+
+    def _config(self):
+        from .train import Config, load_config
+        from .train.config import apply_overrides
+
+        sets = overrides_of({k: getattr(self, k) for k in PARAMS}) + list(self.overrides)
+        if isinstance(self.config, Config):
+            return apply_overrides(self.config, sets)
+        return load_config(self.config, sets)
+
+    # -- fitting
+    def fit(self, X, y=None, *, ids=None) -> "CalMRL":
+        """Train on ``X`` (``{modality: (n, d) array or DataFrame}``, a row of NaN = that modality
+        missing) with optional labels ``y`` (used to stratify the split and for kNN accuracy)."""
+        from .api import as_multiview
+        from .inference import CalMRLModel
+        from .train.runner import run
+        from .train.splits import prepare_data
+
+        cfg = self._config()
+        mv = as_multiview(_as_arrays(X), y, ids)
+        with tempfile.TemporaryDirectory(prefix="calmrl-") as tmp:
+            from dataclasses import replace
+            cfg = replace(cfg, output_dir=str(self.output_dir or tmp))
+            splits = prepare_data(cfg, data=mv)
+            results, module = run(cfg, splits=splits, return_model=True)
+        self.model_ = CalMRLModel(module.encoder, module.calibrator, splits.names, splits.standardization)
+        self.results_, self.names_, self.dims_, self.config_ = results, list(splits.names), list(splits.dims), module.cfg
+        return self
+
+    def _check_fitted(self):
+        if not hasattr(self, "model_"):
+            raise RuntimeError("this CalMRL is not fitted yet: call fit(X) first, or CalMRL.load(path)")
+
+    # -- using
+    def embed(self, X) -> dict[str, np.ndarray]:
+        """``{"embeddings", "mask", "imputed", "confidence", "fused"}`` as numpy arrays (see
+        :class:`calmrl.inference.Embedded`)."""
+        self._check_fitted()
+        out = self.model_.embed(_as_arrays(X))
+        return {k: getattr(out, k).numpy() for k in ("embeddings", "mask", "imputed", "confidence", "fused")}
+
+    def transform(self, X) -> np.ndarray:
+        """The fused embedding of each instance, ``(n, d)``: its observed modalities and its imputed
+        ones weighted by confidence, on the unit sphere."""
+        self._check_fitted()
+        return self.model_.embed(_as_arrays(X)).fused.numpy()
+
+    def fit_transform(self, X, y=None, **kw) -> np.ndarray:
+        return self.fit(X, y, **kw).transform(X)
+
+    def retrieve(self, query, gallery, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` gallery items for each query: ``(scores, indices)``, numpy. ``gallery``: raw
+        inputs by modality (each item its fused embedding) or embeddings ``(n, d)``."""
+        self._check_fitted()
+        g = _as_arrays(gallery) if isinstance(gallery, Mapping) else np.asarray(gallery)
+        s, i = self.model_.retrieve(_as_arrays(query), g, k=k)
+        return s.numpy(), i.numpy()
+
+    def score(self, X, y=None) -> float:
+        """Cross-modal retrieval R@1 (%) on ``X``: every ordered pair of modalities, each over the
+        instances that observe both, the query's own instance the one correct item; averaged."""
+        from .train.evaluate import retrieval_table
+
+        self._check_fitted()
+        out = self.model_.embed(_as_arrays(X))
+        return float(retrieval_table(out.embeddings, self.names_, out.mask)["average"]["R@1"])
+
+    # -- persistence
+    def save(self, path) -> Path:
+        """Write the exported format (``model.safetensors`` with its checksum, ``config.json``), as
+        ``calmrl export`` does; :meth:`load` and :meth:`calmrl.inference.CalMRLModel.load` read it."""
+        from .train.export import export_model
+
+        self._check_fitted()
+        return export_model(self.model_.encoder, self.model_.calibrator, self.config_, self.dims_, path,
+                            [(m.numpy(), s.numpy()) for m, s in self.model_.standardization]
+                            if self.model_.standardization is not None else None)
+
+    @classmethod
+    def load(cls, path) -> "CalMRL":
+        from .inference import CalMRLModel
+        from .train.export import load_exported
+        from .train.config import Config, _build
+
+        enc, cal, meta = load_exported(path)
+        est = cls()
+        est.model_ = CalMRLModel(enc, cal, meta["names"], meta.get("standardization"))
+        est.names_, est.dims_, est.config_ = list(meta["names"]), list(meta["dims"]), _build(Config, meta["config"])
+        est.results_ = None
+        return est
+
+
+def _as_arrays(X) -> dict:
+    """``{name: array}`` from a mapping of numpy arrays, pandas DataFrames or tensors (``None`` kept)."""
+    if not isinstance(X, Mapping):
+        raise ValueError("X must be a mapping {modality name: (n, d) array or DataFrame}")
+    out = {}
+    for k, v in X.items():
+        if v is None or isinstance(v, torch.Tensor):
+            out[k] = v
+        else:
+            out[k] = np.asarray(v.to_numpy() if hasattr(v, "to_numpy") else v, dtype=np.float64)
+    return out

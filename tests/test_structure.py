@@ -1,0 +1,82 @@
+"""The import structure: no cycle anywhere in calmrl, counting imports inside functions and
+type-only ones (each a module-to-module arrow); the objectives and the math never import the trainer."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import calmrl
+
+ROOT = Path(calmrl.__file__).parent
+
+
+def _module_name(path: Path) -> str:
+    rel = path.relative_to(ROOT.parent).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def _graph() -> dict[str, set[str]]:
+    mods = {_module_name(p): p for p in ROOT.rglob("*.py")}
+    graph = {m: set() for m in mods}
+    for m, p in mods.items():
+        pkg = m if p.name == "__init__.py" else m.rsplit(".", 1)[0]
+        for node in ast.walk(ast.parse(p.read_text())):
+            targets = []
+            if isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    up = pkg.split(".")[: len(pkg.split(".")) - node.level + 1]
+                    base = ".".join(up + ([base] if base else []))
+                targets = [f"{base}.{a.name}" for a in node.names] + [base]
+            elif isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            for t in targets:
+                while t and t not in mods:
+                    t = t.rsplit(".", 1)[0] if "." in t else ""
+                if t and t != m and not m.startswith(t + ".") :     # a package's own __init__ is not an arrow back
+                    graph[m].add(t)
+    return graph
+
+
+def _cycle(graph):
+    state, stack = {}, []
+
+    def visit(n):
+        state[n] = 1
+        stack.append(n)
+        for k in sorted(graph[n]):
+            if state.get(k) == 1:
+                return stack[stack.index(k):] + [k]
+            if not state.get(k):
+                c = visit(k)
+                if c:
+                    return c
+        state[n] = 2
+        stack.pop()
+        return None
+
+    for n in sorted(graph):
+        if not state.get(n):
+            c = visit(n)
+            if c:
+                return c
+    return None
+
+
+def test_no_import_cycle_in_calmrl():
+    g = _graph()
+    # packages re-export what they hold (calmrl.train's lazy names, calmrl.core's): arrows from a package
+    # to its own submodules are its contents, not a dependency back up
+    g = {m: {t for t in ts if not t.startswith(m + ".")} for m, ts in g.items()}
+    assert _cycle(g) is None, " -> ".join(_cycle(g))
+
+
+def test_the_math_and_the_objectives_never_import_the_trainer():
+    g = _graph()
+    for m, ts in g.items():
+        if m.startswith(("calmrl.core", "calmrl.objectives", "calmrl.integrity")):
+            assert not any(t.startswith(("calmrl.train", "calmrl.cli", "calmrl.experiments")) for t in ts), (m, ts)
