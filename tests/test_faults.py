@@ -272,9 +272,7 @@ def test_fit_in_memory_returns_a_model():
     d = load_uci_mfeat(views=["fourier", "karhunen"])
     X = {n: np.array(v) for n, v in zip(d.names, d.views)}
     X["karhunen"][::3] = np.nan                                   # a third of the rows lack karhunen
-    model = calmrl.fit(X, labels=d.labels, method="pmrl-drop",
-                       overrides=TINY + ["train.epochs=4", "output_dir=" + str(Path(os.environ.get("TMPDIR", "/tmp"))
-                                                                                  / f"calmrl-fit-{os.getpid()}")])
+    model = calmrl.fit(X, labels=d.labels, method="pmrl-drop", epochs=4, overrides=TINY)   # keywords, as a user types
     assert model.results["pairs"]["average"]["MedR"] < 0.3 * model.results["n_test"]    # chance: 0.5
     out = model.embed({"fourier": d.views[0][:5], "karhunen": None})
     assert out.fused.shape == (5, 16) and not out.mask[:, 1].any()

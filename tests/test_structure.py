@@ -80,3 +80,22 @@ def test_the_math_and_the_objectives_never_import_the_trainer():
     for m, ts in g.items():
         if m.startswith(("calmrl.core", "calmrl.objectives", "calmrl.integrity")):
             assert not any(t.startswith(("calmrl.train", "calmrl.cli", "calmrl.experiments")) for t in ts), (m, ts)
+
+
+def test_every_config_key_has_help_and_the_reference_page_is_current():
+    import dataclasses
+    from typing import get_type_hints
+
+    from calmrl.train.config import Config, config_reference
+
+    def walk(cls, prefix=""):
+        hints = get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if dataclasses.is_dataclass(hints[f.name]):
+                yield from walk(hints[f.name], prefix + f.name + ".")
+            else:
+                yield prefix + f.name, f.metadata.get("help")
+    missing = [k for k, h in walk(Config) if not h]
+    assert not missing, f"config keys without help: {missing}"
+    page = (ROOT.parents[1] / "docs" / "config.md").read_text()
+    assert config_reference() in page, "docs/config.md is out of date: regenerate it with calmrl config show --keys"

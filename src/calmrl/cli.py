@@ -116,7 +116,7 @@ def cmd_train(args) -> int:
     from .train.splits import describe_simulation, prepare_data
 
     extra = ([f"train.threads={args.threads}"] if args.threads else []) + \
-        ([f"output_dir={args.output_dir}"] if args.output_dir else [])
+        ([f"output_dir={args.output_dir}"] if args.output_dir else []) + _short_flags(args)
     cfg = _load_cfg(args.config, args.set + extra)
     methods = args.method.split(",") if args.method else [cfg.method.name]
     from .train.config import METHODS
@@ -152,6 +152,41 @@ def cmd_train(args) -> int:
     out = Path(cfg.output_dir)
     (out / "summary.json").write_text(json.dumps(results, indent=2))
     print(f"\nresults, logs (CSV, TensorBoard) and checkpoints under {out}/<method>/")
+    return 0
+
+
+def _short_flags(args) -> list[str]:
+    """``--epochs / --lr / --data`` as the config overrides they stand for."""
+    out = []
+    if getattr(args, "epochs", None) is not None:
+        out.append(f"train.epochs={args.epochs}")
+    if getattr(args, "lr", None) is not None:
+        out.append(f"train.lr={args.lr}")
+    data = getattr(args, "data", None)
+    if data:
+        from .data.suite import SUITE
+        if data == "uci_mfeat" or data in SUITE:
+            out.append(f"data.dataset={data}")
+        elif Path(data).is_dir():
+            out += ["data.dataset=store", f"data.path={data}"]
+        else:
+            raise ValueError(f"--data {data}: neither a feature-store directory nor a dataset (uci_mfeat, "
+                             f"{', '.join(SUITE)})")
+    return out
+
+
+def cmd_config(args) -> int:
+    """``calmrl config show``: the resolved configuration (defaults, --config, --set) as YAML; with
+    ``--keys`` every key with its default and help."""
+    from .train.config import config_reference
+    from .train.results import to_yaml
+
+    if args.keys:
+        print(config_reference())
+        return 0
+    cfg = _load_cfg(args.config, args.set)
+    from .train.config import config_to_dict
+    print(to_yaml(config_to_dict(cfg)), end="")
     return 0
 
 
@@ -546,32 +581,63 @@ def cmd_verify(args) -> int:
     return 2 if bad else 0
 
 
+class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a flag's default where it has one to show (not None / [] / False, not already said)."""
+
+    def _get_help_string(self, action):
+        h = action.help or ""
+        d = action.default
+        if d is None or d is False or d == [] or d is argparse.SUPPRESS or "default" in h:
+            return h
+        return super()._get_help_string(action)
+
+
 def main(argv: list[str] | None = None) -> int:
     from . import __version__
 
+    from . import objectives
+
+    fmt = _DefaultsFormatter
     p = argparse.ArgumentParser(prog="calmrl", description="Multimodal representation learning with missing "
-                                "modalities, calibrated by a shared-latent model (CalMRL).")
+                                "modalities, calibrated by a shared-latent model (CalMRL).", epilog=(
+                                    "start here: calmrl train (the bundled UCI demo); your own tables: calmrl data "
+                                    "import --table image=img.csv --table text=txt.csv --out store, then calmrl "
+                                    "train --data store. Each command has --help."))
     p.add_argument("--version", action="version", version=f"calmrl {__version__}")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", help="show the full traceback of an error")
-    sub = p.add_subparsers(dest="cmd", required=True)
-    t = sub.add_parser("train", help="train one or several methods and print the retrieval table", parents=[common])
+    sub = p.add_subparsers(dest="cmd", metavar="COMMAND")
+    t = sub.add_parser("train", help="train one or several methods and print the retrieval table", parents=[common],
+                       formatter_class=fmt, epilog=(
+                           "methods: auto (the default: a search over method.candidates, the best on validation "
+                           "kept), " + ", ".join(objectives.names()) + "; 'X+cal' in method.candidates plugs "
+                           "calibration into " + ", ".join(o for o in objectives.names() if objectives.get(o)
+                                                           .calibratable) + ". Most used keys (--set KEY=VALUE): "
+                           "train.epochs, train.lr, train.batch_size, train.seed, model.embed_dim, "
+                           "method.candidates, method.search (halving | exhaustive), model.shared_encoders, "
+                           "data.missing.kind; every key with its help and default: calmrl config show --keys "
+                           "(docs/config.md)"))
     t.add_argument("--output-dir", default=None, help="where to write (output_dir; default runs/<dataset>)")
     t.add_argument("--config", default=None, help="YAML config (default: the bundled UCI Multiple Features one)")
-    t.add_argument("--method", default=None, help="comma-separated methods, e.g. calmrl,pmrl-drop,oracle")
+    t.add_argument("--method", default=None, help="comma-separated methods, e.g. auto,calmrl,pmrl-drop,oracle "
+                   "(default: method.name, auto)")
+    t.add_argument("--data", default=None, metavar="STORE_OR_DATASET", help="a feature-store directory (from "
+                   "calmrl data import / embed) or a dataset name (uci_mfeat, a suite dataset); default: the config's")
+    t.add_argument("--epochs", type=int, default=None, help="train.epochs (default: the config's, 40)")
+    t.add_argument("--lr", type=float, default=None, help="train.lr (default: the config's, 2e-3)")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
     t.add_argument("--resume", action="store_true", help="continue from <output_dir>/<method>/checkpoints/last.ckpt")
     t.add_argument("--threads", type=int, default=0, help="intra-op CPU threads (train.threads; 0 = auto)")
     t.set_defaults(fn=cmd_train)
     e = sub.add_parser("eval", help="evaluate a checkpoint on its test split, or on a new feature store",
-                       parents=[common])
-    e.add_argument("--checkpoint", required=True)
+                       parents=[common], formatter_class=fmt)
+    e.add_argument("--checkpoint", required=True, help="a run directory (its kept model) or a .ckpt file")
     e.add_argument("--store", default=None, help="evaluate on every instance of this feature store instead "
                    "(standardised with the training split's statistics from the checkpoint)")
     e.add_argument("--out", default=None, help="write the metrics as JSON here")
     e.set_defaults(fn=cmd_eval)
     i = sub.add_parser("impute", help="fill the missing modalities of a feature store (embedding or input space)",
-                       parents=[common])
+                       parents=[common], formatter_class=fmt)
     i.add_argument("--checkpoint", default=None, help="a trained checkpoint (needed for --space embedding; for "
                    "--space input it supplies the training split's standardisation)")
     i.add_argument("--store", required=True, help="input feature-store directory")
@@ -587,7 +653,7 @@ def main(argv: list[str] | None = None) -> int:
     i.add_argument("--partial-views", choices=("error", "missing", "fill"), default="missing",
                    help="rows of a view with some NaN features: refuse, treat as missing (default), or mean-fill")
     i.set_defaults(fn=cmd_impute)
-    b = sub.add_parser("bench", help="sweep missing rates x methods x seeds; write report.md and plots", parents=[common])
+    b = sub.add_parser("bench", help="sweep missing rates x methods x seeds; write report.md and plots", parents=[common], formatter_class=fmt)
     b.add_argument("--config", default=None)
     b.add_argument("--quick", action="store_true", help="one setting, three methods, one seed (about 1 min on 2 cores)")
     b.add_argument("--seeds", default=None, help="comma-separated seeds (default 0,1,2; quick: 0)")
@@ -602,19 +668,24 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--epochs", type=int, default=0, help="--suite: epochs per run (default: the plan's)")
     b.add_argument("--jobs", type=int, default=1, help="--suite: runs in parallel, one thread each")
     b.set_defaults(fn=cmd_bench)
-    dt = sub.add_parser("data", help="the benchmark suite's datasets: list them or build their caches",
-                        parents=[common])
+    dt = sub.add_parser("data", help="import your tables into a feature store (data import), or list / fetch the "
+                        "benchmark suite's datasets", parents=[common], formatter_class=fmt,
+                        description="calmrl data import: per-modality CSV / Parquet tables joined on an id column "
+                                    "-> a feature store; calmrl data list / fetch: the benchmark suite's datasets",
+                        epilog="calmrl data import --table image=img.csv --table text=txt.parquet --label-column "
+                               "label --out my_store")
     dt.add_argument("action", choices=("list", "fetch", "import"),
                     help="list / fetch: the suite's datasets; import: per-modality tables -> a feature store")
     dt.add_argument("names", nargs="?", default="", help="comma-separated (default: all)")
     dt.add_argument("--rebuild", action="store_true", help="build again even if cached")
     dt.add_argument("--table", action="append", default=[], metavar="MODALITY=FILE",
                     help="import: a CSV / Parquet table of one modality (repeat per modality)")
-    dt.add_argument("--id-column", default="id", help="import: the id column of every table")
+    dt.add_argument("--id-column", default="id", help="import: the column holding each row's instance id, in every "
+                    "table (rows of different tables with one id are one instance)")
     dt.add_argument("--label-column", default="", help="import: a column holding class labels (never a feature)")
     dt.add_argument("--out", default=None, help="import: the feature-store directory to write (must not exist)")
     dt.set_defaults(fn=cmd_data)
-    em = sub.add_parser("embed", help="raw inputs (JSON lines) -> feature store; resumable", parents=[common])
+    em = sub.add_parser("embed", help="raw inputs (JSON lines) -> feature store; resumable", parents=[common], formatter_class=fmt)
     em.add_argument("--input", required=True, help="JSON lines, one instance per line")
     em.add_argument("--out", required=True, help="feature-store directory to write")
     em.add_argument("--text-fields", default="", help="comma-separated text fields (embedded by a sentence model)")
@@ -624,29 +695,39 @@ def main(argv: list[str] | None = None) -> int:
     em.add_argument("--batch-size", type=int, default=64)
     em.add_argument("--model", default=None, help="sentence-transformers model directory (default: bundled MiniLM)")
     em.set_defaults(fn=cmd_embed)
-    r = sub.add_parser("retrieve", help="top-k gallery items for queries with any subset of modalities", parents=[common])
+    r = sub.add_parser("retrieve", help="top-k gallery items for queries with any subset of modalities", parents=[common], formatter_class=fmt)
     r.add_argument("--model", required=True, help="directory written by calmrl export")
     r.add_argument("--query", required=True, help="feature store of queries (missing cells allowed)")
     r.add_argument("--gallery", required=True, help="feature store of the gallery")
-    r.add_argument("--gallery-modality", required=True)
-    r.add_argument("--k", type=int, default=10)
+    r.add_argument("--gallery-modality", required=True, help="the modality of the gallery items to rank")
+    r.add_argument("--k", type=int, default=10, help="items returned per query (capped at the gallery's size)")
     r.add_argument("--out", required=True, help="JSON lines: query_id, gallery_ids, scores")
     r.set_defaults(fn=cmd_retrieve)
     c = sub.add_parser("calibrate", help="fit the calibrator of a checkpoint by EM on its training embeddings "
-                       "(absorb workflow: pretrain complete, calibrate, continue incomplete)", parents=[common])
-    c.add_argument("--checkpoint", required=True)
+                       "(absorb workflow: pretrain complete, calibrate, continue incomplete)", parents=[common], formatter_class=fmt)
+    c.add_argument("--checkpoint", required=True, help="a run directory (its kept model) or a .ckpt file")
     c.add_argument("--out", default=None, help="checkpoint to write (default: calibrated.ckpt beside the input)")
     c.add_argument("--em-iters", type=int, default=200, help="EM iterations at most (stops at convergence)")
     c.set_defaults(fn=cmd_calibrate)
-    x = sub.add_parser("export", help="write model.safetensors + config.json for inference", parents=[common])
-    x.add_argument("--checkpoint", required=True)
-    x.add_argument("--out", required=True)
+    x = sub.add_parser("export", help="write model.safetensors + config.json for inference", parents=[common], formatter_class=fmt)
+    x.add_argument("--checkpoint", required=True, help="a run directory (its kept model) or a .ckpt file")
+    x.add_argument("--out", required=True, help="directory to write model.safetensors and config.json into")
     x.set_defaults(fn=cmd_export)
     v = sub.add_parser("verify", help="check the SHA-256 checksums of a run directory, checkpoint, feature store "
-                       "or exported model", parents=[common])
+                       "or exported model", parents=[common], formatter_class=fmt)
     v.add_argument("path", help="a run or output directory, a .ckpt file, a feature store or an exported model")
     v.set_defaults(fn=cmd_verify)
+    cf = sub.add_parser("config", help="print the resolved configuration (or every key with its help)",
+                        parents=[common], formatter_class=fmt)
+    cf.add_argument("action", choices=("show",), help="show: print it")
+    cf.add_argument("--config", default=None, help="YAML config (default: the bundled UCI demo's)")
+    cf.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
+    cf.add_argument("--keys", action="store_true", help="every key with its type, default and help instead")
+    cf.set_defaults(fn=cmd_config)
     args = p.parse_args(argv)
+    if getattr(args, "fn", None) is None:       # `calmrl` alone: the help, not an error
+        p.print_help()
+        return 0
     import logging
 
     logging.basicConfig(format="calmrl: %(message)s", stream=sys.stderr)

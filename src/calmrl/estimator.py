@@ -24,7 +24,9 @@ from typing import Mapping
 import numpy as np
 import torch
 
-__all__ = ["CalMRL", "PARAMS"]
+from .data import MultiViewData
+
+__all__ = ["CalMRL", "PARAMS", "as_multiview"]
 
 # estimator keyword -> configuration key
 PARAMS = {"method": "method.name", "epochs": "train.epochs", "lr": "train.lr", "batch_size": "train.batch_size",
@@ -93,7 +95,6 @@ class CalMRL:
     def fit(self, X, y=None, *, ids=None) -> "CalMRL":
         """Train on ``X`` (``{modality: (n, d) array or DataFrame}``, a row of NaN = that modality
         missing) with optional labels ``y`` (used to stratify the split and for kNN accuracy)."""
-        from .api import as_multiview
         from .inference import CalMRLModel
         from .train.runner import run
         from .train.splits import prepare_data
@@ -170,6 +171,35 @@ class CalMRL:
         est.names_, est.dims_, est.config_ = list(meta["names"]), list(meta["dims"]), _build(Config, meta["config"])
         est.results_ = None
         return est
+
+
+def as_multiview(data, labels=None, ids=None) -> MultiViewData:
+    """``MultiViewData`` as is, or ``{name: (N, d) array}`` where a row that is entirely NaN
+    marks the modality missing for that instance (partial NaN rows follow
+    ``data.partial_views``)."""
+    if isinstance(data, MultiViewData):
+        return data
+    if not isinstance(data, Mapping) or not data:
+        raise ValueError("data must be a MultiViewData or a non-empty {modality name: (N, d) array} mapping")
+    names = list(data)
+    views = []
+    for name in names:
+        v = np.asarray(data[name], dtype=np.float32)
+        if v.ndim != 2:
+            raise ValueError(f"modality '{name}' must be a 2-D (instances, features) array, got shape {v.shape}")
+        views.append(v)
+    n = {v.shape[0] for v in views}
+    if len(n) != 1:
+        raise ValueError(f"modalities disagree on the number of instances: { {k: v.shape[0] for k, v in zip(names, views)} }")
+    mask = np.stack([~np.isnan(v).all(1) for v in views], 1)
+    views = [np.where(mask[:, m:m + 1], v, 0.0).astype(np.float32) if not mask[:, m].all() else v
+             for m, v in enumerate(views)]
+    out = MultiViewData.unchecked(views, names, mask, ids, None if labels is None else np.asarray(labels),
+                                  {"source": "in-memory"})
+    if out.labels is not None and len(out.labels) != out.n:
+        raise ValueError(f"labels has {len(out.labels)} entries for {out.n} instances")
+    return out
+
 
 
 def _as_arrays(X) -> dict:

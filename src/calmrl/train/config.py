@@ -102,27 +102,30 @@ class DataConfig:
                                  "cells), missing (treat the view as missing in those rows) or fill (replace the "
                                  "NaN by the feature's mean over the training split); counts are reported")
     stratify: bool = _f(True, help="stratify the train/val/test split by label (when labels exist)")
-    val_fraction: float = _f(0.15, lo=0.01, hi=0.5)
-    test_fraction: float = _f(0.15, lo=0.01, hi=0.5)
-    standardize: bool = _f(True)
+    val_fraction: float = _f(0.15, lo=0.01, hi=0.5, help="share of instances held out for validation (choices: "
+                                                          "auto's candidate, the gate, the guard)")
+    test_fraction: float = _f(0.15, lo=0.01, hi=0.5, help="share of instances held out for the reported test "
+                                                           "figures (never used for a choice)")
+    standardize: bool = _f(True, help="standardise each feature with the training split's mean and std (saved "
+                                      "with the model and applied to raw inputs at inference)")
     missing: MissingConfig = field(default_factory=MissingConfig)
     train_part: list = _f([], help="[i, n]: train on part i (0-based) of n parts of the training split "
                                    "(e.g. to add data in stages); see train_part_order")
     train_part_order: str = _f("random", choices=("random", "class"),
                                help="random: parts drawn at random, stratified by label; class: parts of the "
                                     "label-sorted split (class-incremental, e.g. digits 0-4 then 5-9)")
-    synthetic_n: int = _f(2000, lo=50)
-    synthetic_dims: list = _f([32, 32, 32, 32])
-    synthetic_latent: int = _f(8, lo=1)
-    synthetic_noise: float = _f(0.5, lo=0.0)
+    synthetic_n: int = _f(2000, lo=50, help="dataset synthetic: number of instances")
+    synthetic_dims: list = _f([32, 32, 32, 32], help="dataset synthetic: width of each modality")
+    synthetic_latent: int = _f(8, lo=1, help="dataset synthetic: size of the shared latent the views are drawn from")
+    synthetic_noise: float = _f(0.5, lo=0.0, help="dataset synthetic: noise std added to each view")
 
 
 @dataclass
 class ModelConfig:
     embed_dim: int = _f(64, lo=2, help="d: width of the shared unit sphere (64: the bundled, tuned default)")
-    hidden_dim: int = _f(256, lo=1)
+    hidden_dim: int = _f(256, lo=1, help="width of the hidden layers of each MLP projection head")
     layers: int = _f(2, lo=1, help="linear layers per MLP projection head")
-    dropout: float = _f(0.1, lo=0.0, hi=0.9)
+    dropout: float = _f(0.1, lo=0.0, hi=0.9, help="dropout in the projection heads (training only)")
     shared_encoders: list = _f([], help="groups of modalities of one kind and width served by one encoder, e.g. "
                                         "[[apple, google, twitter, facebook]] (drawings by several vendors): views "
                                         "that never occur together then agree before any pair of them is seen")
@@ -166,7 +169,8 @@ class MethodConfig:
                                             "at tau_init)")
     label_smoothing: float = _f(0.1, lo=0.0, hi=0.5, help="gram / triangle: label smoothing of the contrast "
                                                          "(authors: 0.1)")
-    inter_weight: float = _f(1.0, lo=0.0)
+    inter_weight: float = _f(1.0, lo=0.0, help="PMRL: weight of the instance-wise contrast beside the "
+                                               "singular-value term")
     inter: str = _f("modality", choices=("modality", "anchor"),
                     help="PMRL instance-wise term: columns vs anchors (modality) or anchors vs anchors")
     anchor: str = _f("", help="anchor (hub) modality of gram / triangle / anchor-infonce (empty = the modality "
@@ -217,8 +221,9 @@ class CalibratorConfig:
     hide_rate: float = _f(0.5, lo=0.01, hi=0.99, help="backends mlp / mvae: share of observed cells hidden per batch")
     mlp_epochs: int = _f(20, lo=1, help="backends mlp / mvae / mopoe: passes over the training embeddings per refit "
                                         "(each epoch from the warm-up on, encoders fixed)")
-    jitter: float = _f(1e-6, lo=0.0)
-    sigma2_floor: float = _f(1e-6, lo=0.0)
+    jitter: float = _f(1e-6, lo=0.0, help="added to the posterior precision's diagonal before its Cholesky "
+                                          "factor (the paper's 1e-6)")
+    sigma2_floor: float = _f(1e-6, lo=0.0, help="lower bound of each modality's noise variance (the paper's 1e-6)")
     sigma2_floor_rel: float = _f(0.0, lo=0.0, hi=0.99, help="noise variance of each modality kept >= this share of "
                                                          "its per-feature variance (0 = the published model)")
     w_prior: float = _f(0.0, lo=0.0, help="precision of a Gaussian prior on the loadings W: MAP M-step (ridge); "
@@ -230,32 +235,36 @@ class CalibratorConfig:
 
 @dataclass
 class TrainConfig:
-    epochs: int = _f(40, lo=1)
-    batch_size: int = _f(256, lo=2)
-    lr: float = _f(2e-3, lo=0.0)
-    weight_decay: float = _f(1e-4, lo=0.0)
+    epochs: int = _f(40, lo=1, help="passes over the training split (the cosine learning-rate schedule spans them)")
+    batch_size: int = _f(256, lo=2, help="instances per step (per process; the contrast sees the global batch)")
+    lr: float = _f(2e-3, lo=0.0, help="AdamW learning rate (auto tries it times each of method.lr_factors)")
+    weight_decay: float = _f(1e-4, lo=0.0, help="AdamW weight decay of the encoders (none on loss parameters)")
     seed: int = _f(0, lo=0, help="seed of the split, the simulator, initialisation and shuffles (>= 0)")
-    accelerator: str = _f("auto", choices=("auto", "cpu", "gpu", "cuda", "mps"))
+    accelerator: str = _f("auto", choices=("auto", "cpu", "gpu", "cuda", "mps"),
+                          help="where to train (Lightning's accelerator); gpu / cuda is refused at once if no GPU is "
+                               "visible")
     devices: Any = _f("auto", help="number of devices or 'auto'")
-    num_nodes: int = _f(1, lo=1)
+    num_nodes: int = _f(1, lo=1, help="machines taking part (with train.strategy ddp; torchrun or SLURM start them)")
     strategy: str = _f("auto", help="Lightning strategy, e.g. ddp")
-    precision: str = _f("32-true", choices=("32-true", "32", "16-mixed", "bf16-mixed", "64-true"))
-    num_workers: int = _f(0, lo=0)
+    precision: str = _f("32-true", choices=("32-true", "32", "16-mixed", "bf16-mixed", "64-true"),
+                        help="Lightning's precision of the encoders (the calibrator's EM runs in float64)")
+    num_workers: int = _f(0, lo=0, help="DataLoader worker processes (0: batches are read in the training process)")
     threads: int = _f(0, lo=0, help="intra-op CPU threads per process (0 = auto: the cores this process may use "
                                     "that other processes are not keeping busy at the start, divided among its "
                                     "node's processes; benchmarks/bench_threads.py)")
     progress: bool = _f(True, help="show a progress bar")
-    check_val_every: int = _f(5, lo=1)
+    check_val_every: int = _f(5, lo=1, help="epochs between the validation R@1 logged during training")
     init_from: str = _f("", help="continual training: start from this checkpoint's encoders and calibrator "
                                  "(fresh optimizer; EM continues from the loaded parameters)")
 
 
 @dataclass
 class EvalConfig:
-    ks: list = _f([1, 5, 10])
-    chunk_size: int = _f(4096, lo=1)
-    backend: str = _f("torch", choices=("torch", "faiss"))
-    knn_k: int = _f(10, lo=1)
+    ks: list = _f([1, 5, 10], help="the k of the reported recall R@k")
+    chunk_size: int = _f(4096, lo=1, help="queries scored per chunk in retrieval (memory: chunk x gallery)")
+    backend: str = _f("torch", choices=("torch", "faiss"), help="retrieval: exact chunked matrix products (torch) "
+                                                                 "or faiss' inner-product index (ties rescored)")
+    knn_k: int = _f(10, lo=1, help="neighbours of the kNN accuracy of the fused embedding (when labels exist)")
 
 
 @dataclass
@@ -267,6 +276,29 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     output_dir: str = _f("", help="where runs write (empty = runs/<dataset>, the store's or tables' name)")
+
+
+def config_reference() -> str:
+    """Every configuration key as a Markdown table (key, default, choices or range, help), from
+    the fields' own help text: the source of docs/config.md."""
+    rows = ["| key | default | allowed | what it does |", "|---|---|---|---|"]
+
+    def walk(cls, prefix=""):
+        hints = get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            typ = hints[f.name]
+            if dataclasses.is_dataclass(typ):
+                walk(typ, prefix + f.name + ".")
+                continue
+            m = f.metadata
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            allowed = (" / ".join(map(str, m["choices"])) if m.get("choices") else
+                       (f">= {m['lo']}" if m.get("lo") is not None else "")
+                       + (f", <= {m['hi']}" if m.get("hi") is not None else ""))
+            rows.append(f"| `{prefix}{f.name}` | `{default!r}` | {allowed} | "
+                        f"{(m.get('help') or '').replace('|', '/')} |")
+    walk(Config)
+    return "\n".join(rows)
 
 
 def _check_value(path: str, f: dataclasses.Field, typ, value):

@@ -55,15 +55,23 @@ def format_table(results: list[dict], eval_only: bool = False) -> str:
             f"{'shift obs':>11}{'shift cal':>11}{'imp cos':>9}{'imp id%':>9}{'obs id%':>9}"
             f"{'eval s' if eval_only else 'train s':>8}")
     lines = [head, "-" * len(head)]
+
+    def num(x, width: int, fmt: str) -> str:       # n/a where nothing was measured
+        return f"{'n/a':>{width}}" if x is None or x != x else f"{x:>{width}{fmt}}"
+
     for r in results:
         a, f, an = r["pairs"]["average"], r["fused"]["average"], r["anchor"]
         own = r.get("pairs_own", r["pairs"])["average"]["R@1"]
         name = f"auto: {r['chosen_method']}" if r["method"] == "auto" else r["method"]
         lines.append(f"{name:<25}{a['R@1']:>7.2f}{own:>9.2f}{a['R@5']:>7.2f}{a['R@10']:>7.2f}{a['MedR']:>7.1f}"
-                     f"{f['R@1']:>11.2f}{r.get('knn_accuracy', float('nan')):>9.2f}"
-                     f"{an['shift_observed_deg']:>11.2f}{an['shift_calibrated_deg']:>11.2f}"
-                     f"{an.get('imputation_cosine', float('nan')):>9.3f}"
-                     f"{an.get('imputation_identification', float('nan')):>9.1f}"
-                     f"{an.get('fallback_identification', float('nan')):>9.1f}"
-                     f"{r.get('eval_seconds' if eval_only else 'train_seconds', float('nan')):>8.1f}")
+                     f"{f['R@1']:>11.2f}{num(r.get('knn_accuracy'), 9, '.2f')}"
+                     f"{num(an['shift_observed_deg'], 11, '.2f')}{num(an['shift_calibrated_deg'], 11, '.2f')}"
+                     f"{num(an.get('imputation_cosine'), 9, '.3f')}"
+                     f"{num(an.get('imputation_identification'), 9, '.1f')}"
+                     f"{num(an.get('fallback_identification'), 9, '.1f')}"
+                     f"{num(r.get('eval_seconds' if eval_only else 'train_seconds'), 8, '.1f')}")
+    n_test = {r.get("n_test") for r in results if r.get("n_test")}
+    if len(n_test) == 1:
+        n = n_test.pop()
+        lines.append(f"(chance R@1: {100 / n:.2f}%, one correct item among the {n} test instances; n/a: not measured)")
     return "\n".join(lines)
