@@ -197,12 +197,16 @@ class MultiViewData:
             mask[rows, m] = True
             views.append(V)
         y = None
+        meta = {"missing_by_join": {n: int((~mask[:, m]).sum()) for m, n in enumerate(names)}}
         if labels is not None:
             unknown = [i for i in all_ids if i not in labels]
-            if unknown:
-                raise ValueError(f"no label for {len(unknown)} id(s), e.g. {[_show(i) for i in unknown[:3]]}")
-            y = np.array([labels[i] for i in all_ids])
-        meta = {"missing_by_join": {n: int((~mask[:, m]).sum()) for m, n in enumerate(names)}}
+            if unknown:      # partly labelled: labels where present, the others unlabelled (said)
+                y = np.array([labels.get(i, "") for i in all_ids], dtype=object)
+                meta["notes"] = [f"labels for {len(all_ids) - len(unknown)} of {len(all_ids)} instances (e.g. no "
+                                 f"label for {', '.join(_show(i) for i in unknown[:3])}): the unlabelled ones are "
+                                 "stratified as a group of their own and left out of kNN accuracy"]
+            else:
+                y = np.array([labels[i] for i in all_ids])
         if not validate:
             return cls.unchecked(views, names, mask, np.array(all_ids), y, meta)
         return cls(views, names, mask, np.array(all_ids), y, meta)

@@ -177,5 +177,6 @@ def load_tables(tables: Mapping[str, str | Path], id_column: str = "id", label_c
         raise ValueError(f"the label column '{label_column}' is empty in every table")
     data = MultiViewData.from_tables({name: (ids, X) for name, (ids, X, _) in read.items()},
                                      labels=labels or None, validate=False)
-    data.meta.update({"source": "tables", "tables": {k: str(v) for k, v in tables.items()}, "notes": notes})
+    data.meta.update({"source": "tables", "tables": {k: str(v) for k, v in tables.items()},
+                      "notes": notes + data.meta.get("notes", [])})
     return data

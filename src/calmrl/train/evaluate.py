@@ -103,10 +103,16 @@ def fused_retrieval(A: Tensor, names: Sequence[str], mask: Tensor | None = None,
 
 def knn_accuracy(train_A: Tensor, train_mask: Tensor, train_y, test_A: Tensor, test_y, k: int = 10,
                  test_mask: Tensor | None = None) -> float:
-    """Accuracy (%) of a cosine kNN (majority vote) on fused embeddings (mean of the observed modalities)."""
+    """Accuracy (%) of a cosine kNN (majority vote) on fused embeddings (mean of the observed
+    modalities); unlabelled instances (label -1) are neither neighbours nor scored."""
     test_mask = torch.ones(test_A.shape[:2], dtype=torch.bool) if test_mask is None else torch.as_tensor(test_mask)
+    ytr, yte = torch.as_tensor(np.asarray(train_y)), torch.as_tensor(np.asarray(test_y))
+    ltr, lte = ytr >= 0, yte >= 0
+    if not bool(ltr.any()) or not bool(lte.any()):
+        return float("nan")
+    train_A, train_mask, ytr = train_A[ltr], torch.as_tensor(train_mask)[ltr], ytr[ltr]
+    test_A, test_mask, yte = test_A[lte], test_mask[lte], yte[lte]
     tr, te = fuse_observed(train_A, train_mask), fuse_observed(test_A, test_mask)
-    ytr, yte = torch.as_tensor(train_y), torch.as_tensor(test_y)
     idx = (te @ tr.T).topk(min(k, tr.shape[0]), dim=1).indices
     votes = F.one_hot(ytr[idx], int(max(ytr.max(), yte.max())) + 1).sum(1)
     return 100.0 * float((votes.argmax(1) == yte).float().mean())
@@ -235,6 +241,9 @@ def evaluate_model(model: torch.nn.Module, splits: Splits, cfg: Config) -> dict:
     if splits.train.labels is not None:
         out["knn_accuracy"] = knn_accuracy(train_full_A, train_mask, splits.train.labels, test_A,
                                            splits.test.labels, e.knn_k, test_mask=test_mask)
+        if splits.classes is not None and len(splits.classes) < 2:
+            notes.append(f"every labelled instance has one class ({splits.classes[0]!r}): kNN accuracy is 100 "
+                         "by construction and says nothing")
     cal = None
     if model.uses_calibrator and bool(model.calibrator.initialized):
         cal = model.calibrator

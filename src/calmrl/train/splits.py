@@ -47,15 +47,20 @@ def _encode_labels(data: MultiViewData) -> tuple[MultiViewData, list | None]:
     if data.labels is None:
         return data, None
     y = np.asarray(data.labels)
-    if y.dtype == object:
-        if any(v is None or (isinstance(v, float) and v != v) for v in y):
-            raise ValueError("some labels are missing (None/NaN); give every instance a label or none")
-        y = y.astype(str)
-    elif y.dtype.kind == "f" and np.isnan(y).any():
-        raise ValueError("some labels are NaN; give every instance a label or none")
-    classes, codes = np.unique(y, return_inverse=True)
-    return (MultiViewData.unchecked(data.views, data.names, data.mask, data.ids, codes.astype(np.int64), data.meta),
-            [c.item() if hasattr(c, "item") else c for c in classes])
+    if y.dtype.kind == "f":
+        missing = np.isnan(y)
+    else:        # None, NaN or "" (a store's unlabelled instances)
+        missing = np.array([v is None or (isinstance(v, float) and v != v) or (isinstance(v, str) and v == "")
+                            for v in y], dtype=bool)
+        if y.dtype == object:
+            y = y.astype(str)
+    codes = np.full(len(y), -1, np.int64)           # -1: unlabelled (partly labelled data)
+    if missing.all():
+        return MultiViewData.unchecked(data.views, data.names, data.mask, data.ids, None, data.meta), None
+    classes, c = np.unique(y[~missing], return_inverse=True)
+    codes[~missing] = c
+    return (MultiViewData.unchecked(data.views, data.names, data.mask, data.ids, codes, data.meta),
+            [v.item() if hasattr(v, "item") else v for v in classes])
 
 
 def _load_source(cfg: Config) -> MultiViewData:
