@@ -177,3 +177,43 @@ def test_feature_store_damage_is_refused_and_writes_leave_nothing_partial(tmp_pa
     with pytest.raises(Exception):
         FeatureStore.write(tmp_path / "t", bad)
     assert not (tmp_path / "t").exists() and not (tmp_path / "t.tmp").exists()
+
+
+@pytest.mark.slow
+def test_unfinished_runs_are_named_as_such_and_summaries_are_kept(tmp_path, capsys):
+    out = tmp_path / "o"
+    args = ["train", "--output-dir", str(out), "--method", "auto", "--set", "method.candidates=[pmrl-drop]",
+            "--set", "method.lr_factors=[1, 0.5]", "--set", "model.embed_dim=8", "--set", "model.hidden_dim=16",
+            "--set", "train.epochs=4", "--set", "train.progress=false", "--set", "train.threads=1",
+            "--set", "data.views=[fourier,karhunen,zernike]", "--set", "method.halving_min_epochs=1"]
+    assert main(args) == 0
+    assert main(args) == 0                                   # a second invocation: the first summary kept
+    assert (out / "summary.json").exists() and len(list(out.glob("summary.prev-*.json"))) == 1
+    res = json.loads((out / "auto" / "results.json").read_text())["auto"]
+    loser = next(k for k, v in res["candidates"].items() if v["rungs"][-1]["epochs"] < 4)
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(out / "auto" / "candidates" / loser)]) == 0
+    assert "is unfinished: it holds epoch 2 of 4" in capsys.readouterr().err
+    (out / "auto" / "checkpoints" / "kept.ckpt").unlink()      # as if auto had not finished
+    assert main(["eval", "--checkpoint", str(out / "auto")]) == 2
+    assert "an auto run that has kept no model yet" in capsys.readouterr().err
+
+
+def test_a_store_of_embeddings_is_refused_by_name(tmp_path):
+    from calmrl.data import synthetic_multiview
+    data, _ = synthetic_multiview(n=30, dims=(4, 3), latent_dim=2)
+    data.meta["space"] = "embedding"
+    FeatureStore.write(tmp_path / "e", data)
+    with pytest.raises(ValueError, match="holds embeddings \\(meta.json space: embedding"):
+        FeatureStore(tmp_path / "e").read(inputs_only=True)
+
+
+def test_partly_labelled_tables_import_with_labels_where_present(tmp_path):
+    (tmp_path / "a.csv").write_text("id,f,label\n1,1,x\n2,2,y\n3,3,x\n")
+    (tmp_path / "b.csv").write_text("id,g\n1,3\n4,4\n")
+    data = load_tables({"a": tmp_path / "a.csv", "b": tmp_path / "b.csv"}, label_column="label")
+    assert list(data.labels) == ["x", "y", "x", ""]
+    assert any("labels for 3 of 4 instances" in n for n in data.meta["notes"])
+    from calmrl.train.splits import _encode_labels
+    enc, classes = _encode_labels(data)
+    assert classes == ["x", "y"] and list(enc.labels) == [0, 1, 0, -1]

@@ -17,6 +17,7 @@ import contextlib
 import json
 import os
 import sys
+import time
 from importlib import resources
 from pathlib import Path
 
@@ -150,7 +151,12 @@ def cmd_train(args) -> int:
         return 128 + e.signum
     _print_tables(results)
     out = Path(cfg.output_dir)
-    (out / "summary.json").write_text(json.dumps(results, indent=2))
+    summary = out / "summary.json"
+    if summary.exists():           # an earlier invocation's summary is kept beside, as its runs are
+        summary.replace(out / f"summary.prev-{time.strftime('%Y%m%d-%H%M%S')}.json")
+    tmp = out / "summary.json.tmp"
+    tmp.write_text(json.dumps(results, indent=2))
+    tmp.replace(summary)
     print(f"\nresults, logs (CSV, TensorBoard) and checkpoints under {out}/<method>/")
     return 0
 
@@ -204,6 +210,11 @@ def _resolve_checkpoint(path: str) -> str:
     p = Path(path)
     if p.is_dir():
         ck = kept_checkpoint(p)
+        if not ck.exists() and (p / "candidates").is_dir():
+            cands = sorted(c.name for c in (p / "candidates").iterdir() if (c / "checkpoints").is_dir())
+            raise ValueError(f"{p} is an auto run that has kept no model yet (unfinished); resume it with --resume, "
+                             f"or give one candidate's run directory: {', '.join(str(p / 'candidates' / c) for c in cands[:4])}"
+                             + (", ..." if len(cands) > 4 else ""))
         if not ck.exists():
             raise ValueError(f"{p} holds no checkpoint (looked for {ck}); give a .ckpt file or a run directory")
         print(f"note: using {ck} ({'the model the run kept' if ck.name == 'kept.ckpt' else 'its last checkpoint'})",
@@ -218,6 +229,15 @@ def _resolve_checkpoint(path: str) -> str:
     return str(p)
 
 
+def _say_if_unfinished(ckpt: dict, cfg, path) -> None:
+    """A checkpoint of a run that stopped before its last epoch (interrupted, or a candidate auto
+    left behind at a rung) is used as asked, saying which epoch it holds."""
+    epoch = ckpt.get("epoch")
+    if epoch is not None and int(epoch) + 1 < cfg.train.epochs:
+        print(f"note: {path} is unfinished: it holds epoch {int(epoch) + 1} of {cfg.train.epochs} (an interrupted "
+              "run, or a candidate auto stopped at a rung)", file=sys.stderr)
+
+
 def _load_run(ckpt_path: str, with_data: bool = True):
     from .data.fingerprint import compare
     from .train.checkpoints import load_checkpoint, model_from_loaded
@@ -226,6 +246,7 @@ def _load_run(ckpt_path: str, with_data: bool = True):
     ckpt_path = _resolve_checkpoint(ckpt_path)
     ckpt = load_checkpoint(ckpt_path)
     cfg, model = model_from_loaded(ckpt, ckpt_path)
+    _say_if_unfinished(ckpt, cfg, ckpt_path)
     splits = prepare_data(cfg) if with_data else None
     if splits is not None and ckpt.get("calmrl_fingerprint"):
         diff = compare(ckpt["calmrl_fingerprint"], splits.fingerprint)
@@ -241,7 +262,7 @@ def _store_for_model(store: str, names: list[str] | None, partial_views: str):
     partial-view report)``."""
     from .data import FeatureStore
 
-    data = FeatureStore(store).read(validate=False)
+    data = FeatureStore(store).read(validate=False, inputs_only=True)
     if names is not None:
         if sorted(data.names) != sorted(names):
             raise ValueError(f"store modalities {data.names} differ from the model's {names}")
@@ -360,10 +381,14 @@ def _impute_inputs(data, stats, latent_dim: int, em_iters: int, floor_rel: float
     if latent_dim > 0:
         k = max(1, min(latent_dim, max(dims)))
     else:
-        k, scores = select_latent_dim(Z, mask, (1, 2, 4, 8, 16, 32), dims=dims, names=data.names,
+        grid = (1, 2, 4, 8, 16, 32)
+        k, scores = select_latent_dim(Z, mask, grid, dims=dims, names=data.names,
                                       n_iter=min(em_iters, 30), sigma2_floor_rel=floor_rel)
         print(f"latent size {k} chosen by held-out log-likelihood "
               f"({', '.join(f'k={c}: {v:.1f}' for c, v in scores.items())})")
+        if k == grid[-1]:
+            print(f"note: k = {k} is the largest size tried and the held-out log-likelihood was still rising; a "
+                  f"larger --latent-dim may fit better (e.g. --latent-dim {2 * k})")
     cal = SharedLatentCalibrator(len(dims), D, k, dims=dims, names=data.names, dtype=torch.float64,
                                  sigma2_floor_rel=floor_rel)
     cal.fit(Z, mask, n_iter=em_iters)

@@ -350,9 +350,11 @@ class FeatureStore:
             (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
         except BaseException as e:
             shutil.rmtree(tmp, ignore_errors=True)      # nothing partial is left behind
-            if isinstance(e, OSError) and getattr(e, "errno", None) == 28:
-                raise OSError(f"no space left on device while writing the feature store {path}; nothing was "
-                              "written there") from None
+            if isinstance(e, OSError):       # numpy says "problem writing element N" on a full disk
+                full = getattr(e, "errno", None) == 28 or "problem writing" in str(e) or "No space" in str(e)
+                raise OSError(f"cannot write the feature store {path}: "
+                              + ("no space left on device" if full else str(e).splitlines()[0][:120])
+                              + "; nothing was written there") from None
             raise
         if path.exists():
             old = path.with_name(path.name + ".old")
@@ -363,9 +365,11 @@ class FeatureStore:
             os.replace(tmp, path)
         return cls(path)
 
-    def read(self, *, mmap: bool = True, validate: bool = True, verify: bool = True) -> MultiViewData:
+    def read(self, *, mmap: bool = True, validate: bool = True, verify: bool = True,
+             inputs_only: bool = False) -> MultiViewData:
         """The store's data (memory-mapped by default). ``verify``: check every file against the
-        SHA-256 in ``meta.json`` first (a damaged file is refused, naming it)."""
+        SHA-256 in ``meta.json`` first (a damaged file is refused, naming it). ``inputs_only``:
+        refuse a store of embeddings (``space: embedding``), which no encoder can take."""
         p = self.path
         if not (p / "meta.json").exists():
             raise ValueError(f"{p} is not a feature store (no meta.json)")
@@ -398,6 +402,10 @@ class FeatureStore:
         data = MultiViewData.__new__(MultiViewData)
         data.views, data.names, data.mask, data.ids, data.labels = views, list(meta["names"]), mask.astype(bool), ids, labels
         data.meta = {k: v for k, v in meta.items() if k not in ("names", "dims", "n", "format_version", "sha256")}
+        if inputs_only and meta.get("space") == "embedding":
+            raise ValueError(f"{p} holds embeddings (meta.json space: embedding, written by calmrl impute), not input "
+                             "features; train, eval and impute read input features (impute --space input writes "
+                             "those)")
         if validate:
             data.validate()
         return data

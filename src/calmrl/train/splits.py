@@ -76,7 +76,7 @@ def _load_source(cfg: Config) -> MultiViewData:
     elif d.dataset in suite.SUITE:
         data = suite.load(d.dataset, log=log.info)
     else:
-        data = FeatureStore(d.path).read(validate=False)
+        data = FeatureStore(d.path).read(validate=False, inputs_only=True)
     return _select_views(data, d.views)
 
 
