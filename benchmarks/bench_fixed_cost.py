@@ -10,7 +10,8 @@ Two source trees side by side in one run, the same virtualenv (``PYTHONPATH`` pi
 - ``calmrl --version``;
 - ``calmrl train`` on the bundled UCI demo, one epoch of pmrl-drop, and its parts from
   ``results.json``: the training loop (``train_seconds``), evaluation (``eval_seconds``) and the
-  rest (import, data loading and preparation, set-up, checkpoints): wall - train - eval.
+  rest (import, data loading and preparation, set-up, checkpoints): wall - train - eval;
+- ``calmrl eval`` and ``calmrl export`` of that run's checkpoint, and ``calmrl --help``.
 
 Prints the ratio before / after per line.
 
@@ -61,6 +62,13 @@ def measure(tree: Path, repeat: int) -> dict[str, float]:
             out.setdefault("  evaluation", []).append(res["eval_seconds"])
             out.setdefault("  the rest (import, data, set-up, checkpoints)", []).append(
                 wall - res["train_seconds"] - res["eval_seconds"])
+            # the commands that do not train, on the run just made
+            ck = str(run_dir / "pmrl-drop" / "checkpoints" / "last.ckpt")
+            out.setdefault("calmrl eval (test split of the bundled data)", []).append(
+                _run(tree, ["-m", "calmrl.cli", "eval", "--checkpoint", ck], tmp))
+            out.setdefault("calmrl export", []).append(
+                _run(tree, ["-m", "calmrl.cli", "export", "--checkpoint", ck, "--out", str(tmp / f"exp{r}")], tmp))
+            out.setdefault("calmrl --help", []).append(_run(tree, ["-m", "calmrl.cli", "--help"], tmp))
     return {k: statistics.median(v) for k, v in out.items()}
 
 

@@ -162,8 +162,8 @@ def test_from_tables_joins_modalities_on_ids():
         MultiViewData.from_tables({"a": (["x", "x"], np.zeros((2, 2)))})
     with pytest.raises(ValueError, match="2 ids for 3 rows"):
         MultiViewData.from_tables({"a": (["x", "y"], np.zeros((3, 2)))})
-    with pytest.raises(ValueError, match="no label"):
-        MultiViewData.from_tables({"a": a}, labels={"x": 0})
+    part = MultiViewData.from_tables({"a": a}, labels={"x": 0})          # partly labelled: said, not refused
+    assert list(part.labels) == [0, "", ""] and "labels for 1 of 3 instances" in part.meta["notes"][0]
 
 
 def test_thread_policy(monkeypatch):

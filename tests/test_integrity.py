@@ -217,3 +217,15 @@ def test_partly_labelled_tables_import_with_labels_where_present(tmp_path):
     from calmrl.train.splits import _encode_labels
     enc, classes = _encode_labels(data)
     assert classes == ["x", "y"] and list(enc.labels) == [0, 1, 0, -1]
+
+
+def test_one_class_and_an_oversized_batch_are_said(caplog):
+    import calmrl
+    from calmrl.data import load_uci_mfeat
+
+    d = load_uci_mfeat(views=["fourier", "karhunen"]).subset(np.arange(0, 2000, 10))
+    X = {n: np.asarray(v) for n, v in zip(d.names, d.views)}
+    model = calmrl.fit(X, labels=np.zeros(d.n, int), method="pmrl-drop", epochs=1, batch_size=100000, embed_dim=8,
+                       hidden_dim=16, threads=1)
+    assert any("kNN accuracy is 100 by construction" in n for n in model.results["notes"])
+    assert "every step sees the whole training split" in caplog.text

@@ -76,7 +76,7 @@ def _load_cfg(path, overrides):
     """The run configuration: ``--config FILE`` if given; otherwise the tuned defaults, plus the
     bundled UCI demo (MCAR 0.5 simulated on its training split) when the data is the bundled
     UCI set. A user's own data is never given simulated gaps unless their config asks."""
-    from .train import load_config
+    from .config import load_config
 
     if path:
         return load_config(path, overrides)
@@ -205,7 +205,7 @@ def _resolve_checkpoint(path: str) -> str:
     """A checkpoint file as given, or a run directory -> the model it keeps (``kept.ckpt`` where
     a guard or auto chose one, else ``last.ckpt``), said in a note; a ``last.ckpt`` given while a
     different kept model lies beside it is used as asked, with a note."""
-    from .train.auto import kept_checkpoint
+    from .model.checkpoint import kept_checkpoint
 
     p = Path(path)
     if p.is_dir():
@@ -240,7 +240,7 @@ def _say_if_unfinished(ckpt: dict, cfg, path) -> None:
 
 def _load_run(ckpt_path: str, with_data: bool = True):
     from .data.fingerprint import compare
-    from .train.checkpoints import load_checkpoint, model_from_loaded
+    from .model.checkpoint import load_checkpoint, model_from_loaded
     from .train.splits import prepare_data
 
     ckpt_path = _resolve_checkpoint(ckpt_path)
@@ -343,9 +343,7 @@ def cmd_impute(args) -> int:
         views, mask, conf = _impute_inputs(std, stats, args.latent_dim, args.em_iters, args.noise_floor_rel)
     out = MultiViewData(views, data.names, np.ones_like(data.mask), data.ids, data.labels,
                         {"imputed_from": str(args.store), "space": args.space})
-    FeatureStore.write(args.out, out)
-    np.save(Path(args.out) / "observed_mask.npy", data.mask)
-    np.save(Path(args.out) / "confidence.npy", conf)
+    FeatureStore.write(args.out, out, extra={"observed_mask": data.mask, "confidence": conf})
     n_missing = int((~mask).sum())
     print(f"imputed {n_missing} missing cells of {data.n} instances in the {args.space} space into {args.out} "
           f"(mean confidence of imputed cells {float(conf[~mask].mean()) if n_missing else 1.0:.3f})")
@@ -399,7 +397,7 @@ def _impute_inputs(data, stats, latent_dim: int, em_iters: int, floor_rel: float
 
 
 def cmd_export(args) -> int:
-    from .train import export_model
+    from .model.export import export_model
 
     cfg, _, model = _load_run(args.checkpoint, with_data=False)
     out = export_model(model.encoder, model.calibrator, cfg, model.dims, args.out, model.standardization)
@@ -776,7 +774,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _is_library_error(err: BaseException) -> bool:
     """Errors the library raises on purpose, with a message meant for the user."""
-    from .train.checkpoints import CheckpointError
+    from .model.checkpoint import CheckpointError
     from .train.outdir import RunLockedError
     if isinstance(err, RuntimeError) and str(err).startswith("auto: every candidate failed"):
         return True

@@ -152,7 +152,7 @@ class CalMRL:
     def save(self, path) -> Path:
         """Write the exported format (``model.safetensors`` with its checksum, ``config.json``), as
         ``calmrl export`` does; :meth:`load` and :meth:`calmrl.inference.CalMRLModel.load` read it."""
-        from .train.export import export_model
+        from .model.export import export_model
 
         self._check_fitted()
         return export_model(self.model_.encoder, self.model_.calibrator, self.config_, self.dims_, path,
@@ -162,7 +162,7 @@ class CalMRL:
     @classmethod
     def load(cls, path) -> "CalMRL":
         from .inference import CalMRLModel
-        from .train.export import load_exported
+        from .model.export import load_exported
         from .train.config import Config, _build
 
         enc, cal, meta = load_exported(path)

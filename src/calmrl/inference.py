@@ -45,7 +45,7 @@ class CalMRLModel:
 
     @classmethod
     def load(cls, path) -> "CalMRLModel":
-        from .train.export import load_exported
+        from .model.export import load_exported
 
         enc, cal, meta = load_exported(path)
         return cls(enc, cal, meta["names"], meta.get("standardization"))

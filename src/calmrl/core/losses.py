@@ -32,7 +32,7 @@ from .geometry import gram_volume_matrix, triangle_area_matrix
 from .spectral import spectrum
 
 __all__ = ["PMRLOutput", "pmrl_loss", "gram_loss", "triangle_loss", "pairwise_infonce_loss", "anchor_infonce_loss",
-           "info_nce", "LearnableTemperature", "PMRLLoss", "GRAMLoss", "TriangleLoss", "PairwiseInfoNCELoss", "AnchorInfoNCELoss"]
+           "info_nce", "LearnableTemperature", "GRAMLoss", "TriangleLoss", "PairwiseInfoNCELoss"]
 
 
 def _full_mask(A: Tensor, mask: Tensor | None) -> Tensor:
@@ -221,18 +221,6 @@ def anchor_infonce_loss(A: Tensor, mask: Tensor | None = None, *, anchor: int = 
     return total / weight if weight > 0 else total
 
 
-class PMRLLoss(nn.Module):
-    """Module form of :func:`pmrl_loss`; returns the :class:`PMRLOutput`."""
-
-    def __init__(self, tau1: float = 0.05, tau2: float = 0.1, inter_weight: float = 1.0, inter: str = "modality"):
-        super().__init__()
-        self.tau1, self.tau2, self.inter_weight, self.inter = tau1, tau2, inter_weight, inter
-
-    def forward(self, A: Tensor, mask: Tensor | None = None, column_weights: Tensor | None = None) -> PMRLOutput:
-        return pmrl_loss(A, mask, tau1=self.tau1, tau2=self.tau2, inter_weight=self.inter_weight, inter=self.inter,
-                         column_weights=column_weights)
-
-
 class LearnableTemperature(nn.Module):
     """A temperature :math:`\tau = e^{\theta}` learned with the encoders (initialised at
     ``tau``), clamped below at ``min_tau`` so the logits stay bounded."""
@@ -274,14 +262,3 @@ class PairwiseInfoNCELoss(LearnableTemperature):
 
     def forward(self, A: Tensor, mask: Tensor | None = None) -> Tensor:
         return pairwise_infonce_loss(A, mask, tau=self.tau, label_smoothing=self.label_smoothing)
-
-
-class AnchorInfoNCELoss(nn.Module):
-    """Module form of :func:`anchor_infonce_loss`."""
-
-    def __init__(self, anchor: int = 0, tau: float = 0.1):
-        super().__init__()
-        self.anchor, self.tau = anchor, tau
-
-    def forward(self, A: Tensor, mask: Tensor | None = None) -> Tensor:
-        return anchor_infonce_loss(A, mask, anchor=self.anchor, tau=self.tau)

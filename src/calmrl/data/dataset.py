@@ -328,8 +328,10 @@ class FeatureStore:
         self.path = Path(path)
 
     @classmethod
-    def write(cls, path: str | os.PathLike, data: MultiViewData) -> "FeatureStore":
-        """Write atomically: files go to a temporary directory that is renamed into place."""
+    def write(cls, path: str | os.PathLike, data: MultiViewData, extra: dict | None = None) -> "FeatureStore":
+        """Write atomically: files go to a temporary directory that is renamed into place, each
+        with its SHA-256 in ``meta.json``. ``extra``: more ``{name: array}`` to store beside
+        (e.g. ``impute``'s observed mask and confidences), checksummed alike."""
         path = Path(path)
         tmp = path.with_name(path.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)     # a partial store left by an earlier failure
@@ -338,6 +340,8 @@ class FeatureStore:
             for name, v in zip(data.names, data.views):
                 np.save(tmp / f"{name}.npy", np.asarray(v, dtype=np.float32))
             np.save(tmp / "mask.npy", data.mask)
+            for name, arr in (extra or {}).items():
+                np.save(tmp / f"{name}.npy", np.asarray(arr))
             np.save(tmp / "ids.npy", np.asarray(data.ids))
             if data.labels is not None:   # object arrays would need pickle to load: store strings
                 labels = np.asarray(data.labels)

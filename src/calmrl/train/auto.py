@@ -43,6 +43,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .. import objectives
+from ..model.checkpoint import kept_checkpoint
 from .config import calibrates
 from .encoders import equal_width_groups
 from .guard import guard, imputations_took_part
@@ -53,13 +54,6 @@ from .single import train_one
 __all__ = ["run_auto", "kept_checkpoint", "candidate_space", "halving_rungs"]
 
 log = logging.getLogger("calmrl")
-
-
-def kept_checkpoint(run_dir: Path) -> Path:
-    """The model a run keeps: ``checkpoints/kept.ckpt`` where a guard or auto chose one, else
-    ``checkpoints/last.ckpt``."""
-    ck = Path(run_dir) / "checkpoints"
-    return ck / "kept.ckpt" if (ck / "kept.ckpt").exists() else ck / "last.ckpt"
 
 
 @dataclass

@@ -11,7 +11,8 @@ import torch
 from lightning.fabric.plugins import TorchCheckpointIO
 
 from ..data.fingerprint import compare as compare_fingerprints
-from ..integrity import DamagedFileError, check_sealed, seal
+from ..integrity import seal
+from ..model.checkpoint import CheckpointError, load_checkpoint
 from .config import Config, _build, config_to_dict
 from .module import CalMRLModule
 from .splits import prepare_data
@@ -19,10 +20,6 @@ from .splits import prepare_data
 __all__ = ['CheckpointError', 'AtomicCheckpointIO', 'load_checkpoint', 'resume_checkpoint', 'config_differences', 'check_resumable', 'init_from_checkpoint', 'model_from_checkpoint', 'model_from_loaded']
 
 log = logging.getLogger("calmrl")
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint file is missing, truncated or corrupt."""
 
 
 PREVIOUS = "last.prev.ckpt"   # the checkpoint before last.ckpt, kept in case last.ckpt is damaged
@@ -59,30 +56,6 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def load_checkpoint(self, path, map_location=None, weights_only=None):
         return load_checkpoint(path, map_location)
-
-
-def load_checkpoint(path, map_location="cpu") -> dict:
-    path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"checkpoint {path} does not exist")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as e:  # truncated zip, pickle errors, ...
-        raise CheckpointError(f"checkpoint {path} is damaged: it cannot be read ({type(e).__name__}: "
-                              f"{str(e).splitlines()[0][:120] if str(e) else ''}){_earlier(path)}") from None
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
-        raise CheckpointError(f"checkpoint {path} holds no model state (not a calmrl checkpoint)")
-    try:
-        check_sealed(ckpt, path)
-    except DamagedFileError as e:
-        raise CheckpointError(f"{e}{_earlier(path)}") from None
-    return ckpt
-
-
-def _earlier(path: Path) -> str:
-    """The other checkpoints beside ``path``, for the message that refuses it."""
-    others = sorted(p.name for p in Path(path).parent.glob("*.ckpt") if p.name != Path(path).name)
-    return f"; other checkpoints there: {', '.join(others)}" if others else "; no other checkpoint there"
 
 
 def resume_checkpoint(run_dir: str | os.PathLike) -> tuple[Path | None, dict | None, list[str]]:

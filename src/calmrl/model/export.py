@@ -1,0 +1,102 @@
+"""Export a trained model as one directory: ``model.safetensors`` (encoders + calibrator)
+and ``config.json``; :func:`load_exported` rebuilds it without the training config files."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..config import Config, _build, config_to_dict
+from ..core import SharedLatentCalibrator
+from ..integrity import CHECKSUM_KEY, DamagedFileError, digest
+from .encoders import MultiModalEncoder
+
+__all__ = ["export_model", "load_exported", "verify_exported"]
+
+
+def export_model(encoder: MultiModalEncoder, calibrator: SharedLatentCalibrator, cfg: Config, dims: list[int],
+                 out: str | os.PathLike, standardization: list | None = None) -> Path:
+    """``standardization``: the training split's per-modality ``(mean, std)``; stored (float64)
+    and applied by :class:`~calmrl.inference.CalMRLModel` to raw inputs, as training did."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    # copies: a shared encoder's tensors appear under each of its modalities (safetensors refuses shared memory)
+    tensors = {f"encoder.{k}": v.detach().cpu().clone() for k, v in encoder.state_dict().items()}
+    tensors.update({f"calibrator.{k}": v.detach().contiguous().cpu() for k, v in calibrator.state_dict().items()})
+    for name, (mean, std) in zip(encoder.names, standardization or []):
+        tensors[f"standardize.{name}.mean"] = torch.as_tensor(np.asarray(mean, np.float64))
+        tensors[f"standardize.{name}.std"] = torch.as_tensor(np.asarray(std, np.float64))
+    meta = {"names": encoder.names, "dims": list(dims), "config": config_to_dict(cfg), "format_version": 2,
+            "standardized": bool(standardization)}
+    # the SHA-256 of the tensors in the header, checked by load_exported; both files written
+    # under temporary names first and renamed only once both are whole
+    tmp, tmp_meta = out / "model.safetensors.tmp", out / "config.json.tmp"
+    try:
+        save_file(tensors, str(tmp), metadata={CHECKSUM_KEY: digest(tensors)})
+        tmp_meta.write_text(json.dumps(meta, indent=2))
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)
+        tmp_meta.unlink(missing_ok=True)
+        if isinstance(e, Exception) and not isinstance(e, OSError):
+            full = "No space" in str(e) or "problem writing" in str(e) or "os error 28" in str(e)
+            raise OSError(f"cannot write the exported model to {out}: "
+                          + ("no space left on device" if full else str(e).splitlines()[0][:120])
+                          + "; nothing was left there") from None
+        raise
+    os.replace(tmp, out / "model.safetensors")
+    os.replace(tmp_meta, out / "config.json")
+    return out
+
+
+def load_exported(path: str | os.PathLike, device="cpu") -> tuple[MultiModalEncoder, SharedLatentCalibrator, dict]:
+    """Returns ``(encoder, calibrator, meta)`` from an exported directory."""
+    path = Path(path)
+    try:
+        meta = json.loads((path / "config.json").read_text())
+    except FileNotFoundError as e:
+        raise ValueError(f"{path} is not an exported calmrl model: {e}") from None
+    except json.JSONDecodeError as e:
+        raise DamagedFileError(f"{path / 'config.json'} is damaged: not valid JSON ({e})") from None
+    tensors = verify_exported(path, device)
+    cfg = _build(Config, meta["config"])
+    m = cfg.model
+    enc = MultiModalEncoder.mlp(meta["dims"], meta["names"], m.embed_dim, m.hidden_dim, m.layers, m.dropout,
+                                shared=m.shared_encoders)
+    enc.load_state_dict({k[len("encoder."):]: v for k, v in tensors.items() if k.startswith("encoder.")})
+    cal_state = {k[len("calibrator."):]: v for k, v in tensors.items() if k.startswith("calibrator.")}
+    cal = SharedLatentCalibrator(len(meta["names"]), m.embed_dim, cal_state["W"].shape[-1], names=meta["names"])
+    cal.load_state_dict(cal_state)
+    std = None
+    if f"standardize.{meta['names'][0]}.mean" in tensors:
+        std = [(tensors[f"standardize.{n}.mean"], tensors[f"standardize.{n}.std"]) for n in meta["names"]]
+    elif meta.get("format_version", 1) < 2:
+        import warnings
+        warnings.warn(f"{path} was exported before standardisation was saved: inputs must be standardised by "
+                      "the caller with the training split's statistics", stacklevel=2)
+    meta["standardization"] = std
+    return enc.eval(), cal, meta
+
+
+def verify_exported(path: str | os.PathLike, device="cpu") -> dict:
+    """The tensors of ``path/model.safetensors``, checked against the SHA-256 in its header;
+    :class:`~calmrl.integrity.DamagedFileError` naming the file when they differ."""
+    from safetensors import safe_open
+
+    f = Path(path) / "model.safetensors"
+    if not f.exists():
+        raise ValueError(f"{path} is not an exported calmrl model: no model.safetensors")
+    try:
+        tensors = load_file(str(f), device=str(device))
+        with safe_open(str(f), framework="pt") as h:
+            want = (h.metadata() or {}).get(CHECKSUM_KEY)
+    except Exception as e:
+        raise DamagedFileError(f"{f} is damaged: it cannot be read ({str(e).splitlines()[0][:120]})") from None
+    if want is not None and digest({k: v.cpu() for k, v in tensors.items()}) != want:
+        raise DamagedFileError(f"{f} is damaged: checksum mismatch (its content changed after it was exported); "
+                               "export it again")
+    return tensors
