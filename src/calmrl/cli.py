@@ -26,7 +26,7 @@ def _default_config() -> str:
     return str(resources.files("calmrl") / "configs" / "uci_mfeat.yaml")
 
 
-def _print_tables(results: list[dict], eval_only: bool = False):
+def _print_tables(results: list[dict], eval_only: bool = False, said: set | None = None):
     from .train.results import format_table
 
     print()
@@ -35,7 +35,7 @@ def _print_tables(results: list[dict], eval_only: bool = False):
     print("of the fused embedding, and the anchor shift (degrees) on the training split: observed columns")
     print("vs observed + imputed.")
     print(format_table(results, eval_only=eval_only))
-    seen = set()
+    seen = set(said or ())
     for r in results:
         g = r.get("guard") or {}
         guard = ([f"guard: imputed columns took part, so the observed-only path was trained too; validation "
@@ -129,7 +129,7 @@ def cmd_train(args) -> int:
     check_accelerator(cfg)                     # before any data is read
     results = []
     first = prepare_data(cfg, methods[0])      # every data check before anything is written
-    done, current = [], None
+    done, current, said = [], None, set()
     try:
         with output_lock(cfg.output_dir), _stop_on_signals():
             for i, m in enumerate(methods):
@@ -138,6 +138,10 @@ def cmd_train(args) -> int:
                 what = f"candidates {', '.join(cfg.method.candidates)}, kept on validation" if m == "auto" else m
                 print(f"== training {what} on {_data_name(cfg)}: {describe_simulation(splits.simulated)}; train "
                       f"{splits.train.n}, val {splits.val.n}, test {splits.test.n} instances ==", flush=True)
+                for note in splits.notes:              # each note once, before training
+                    if note not in said:
+                        said.add(note)
+                        print(f"note: {note}", flush=True)
                 results.append(run(cfg, method=m, resume=args.resume, splits=splits))
                 done.append(m)
     except Interrupted as e:
@@ -149,7 +153,7 @@ def cmd_train(args) -> int:
               f"each finished epoch is kept under {Path(cfg.output_dir)}; resume with --resume"
               + (f" (not yet run: {', '.join(left)})" if left else ""), file=sys.stderr)
         return 128 + e.signum
-    _print_tables(results)
+    _print_tables(results, said=said)
     out = Path(cfg.output_dir)
     summary = out / "summary.json"
     if summary.exists():           # an earlier invocation's summary is kept beside, as its runs are

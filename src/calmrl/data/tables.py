@@ -65,7 +65,7 @@ INDEX_LIKE = ("", "unnamed: 0", "index", "__index_level_0__")
 
 
 def read_table(path: str | Path, id_column: str = "id", label_column: str = "",
-               notes: list | None = None) -> tuple[list, np.ndarray, dict]:
+               notes: list | None = None, columns: list | None = None) -> tuple[list, np.ndarray, dict]:
     """``(ids, features (n, d) float32, labels)`` of one CSV/Parquet file; ``labels`` is
     ``{id: label}``, or ``None`` when the table has no label column.
 
@@ -100,6 +100,8 @@ def read_table(path: str | Path, id_column: str = "id", label_column: str = "",
                              f"{like[0]} to use it as labels (it is never a feature), or rename it if it really is "
                              "a feature")
     feats = [c for c in header if c not in (id_column, label_column) and c not in dropped]
+    if columns is not None:          # the feature columns' names, for notes that name them
+        columns[:] = feats
     if not feats:
         raise ValueError(f"{path} has no feature column besides '{id_column}'")
     n = len(cols[id_column])
@@ -164,7 +166,8 @@ def load_tables(tables: Mapping[str, str | Path], id_column: str = "id", label_c
     if not tables:
         raise ValueError("no table given")
     notes: list = []
-    read = {name: read_table(p, id_column, label_column, notes) for name, p in tables.items()}
+    cols: dict = {name: [] for name in tables}
+    read = {name: read_table(p, id_column, label_column, notes, cols[name]) for name, p in tables.items()}
     if label_column and all(lab is None for _, _, lab in read.values()):
         raise ValueError(f"data.label_column '{label_column}' is not a column of any table "
                          f"({', '.join(str(p) for p in tables.values())})")
@@ -177,6 +180,6 @@ def load_tables(tables: Mapping[str, str | Path], id_column: str = "id", label_c
         raise ValueError(f"the label column '{label_column}' is empty in every table")
     data = MultiViewData.from_tables({name: (ids, X) for name, (ids, X, _) in read.items()},
                                      labels=labels or None, validate=False)
-    data.meta.update({"source": "tables", "tables": {k: str(v) for k, v in tables.items()},
+    data.meta.update({"source": "tables", "tables": {k: str(v) for k, v in tables.items()}, "columns": cols,
                       "notes": notes + data.meta.get("notes", [])})
     return data

@@ -60,9 +60,10 @@ def run(cfg: Config, *, method: str | None = None, resume: bool = False, splits:
     cfg = replace(cfg, method=replace(cfg.method, name=method or cfg.method.name),
                   output_dir=cfg.output_dir or default_output_dir(cfg))
     with output_lock(cfg.output_dir):
-        splits = splits or prepare_data(cfg)
-        for note in splits.notes:
-            log.warning("note: %s", note)
+        if splits is None:         # (a caller that prepared the splits has said their notes)
+            splits = prepare_data(cfg)
+            for note in splits.notes:
+                log.warning("note: %s", note)
         preflight(cfg, splits)
         if cfg.method.name == "auto":
             results, model = run_auto(cfg, splits, resume=resume, max_epochs=max_epochs,

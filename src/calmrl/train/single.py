@@ -86,7 +86,8 @@ def train_one(cfg: Config, splits: Splits, run_dir: Path, *, resume: bool = Fals
     with replacing(run_dir, keep=resume_path is not None):
         check_writable(run_dir / "checkpoints")
         trainer = build_trainer(cfg, run_dir, max_epochs=max_epochs, extra_callbacks=extra_callbacks,
-                                keep_logs_before_epoch=start_epoch if resume_path is not None else None)
+                                keep_logs_before_epoch=start_epoch if resume_path is not None else None,
+                                label=role.removeprefix("candidate ") or cfg.method.name)
         if trainer.is_global_zero:
             (run_dir / "config.yaml").write_text(to_yaml(config_to_dict(cfg)))
         t0 = time.time()

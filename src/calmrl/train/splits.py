@@ -137,7 +137,7 @@ def prepare_data(cfg: Config, method: str | None = None, data: MultiViewData | N
         simulated = _simulated(miss, M, train.mask, train_full.mask)
     else:
         simulated = None
-    notes += _constant_features(train)
+    notes += _constant_features(train, data.meta.get("columns") or {})
     if M < 2:
         raise ValueError(f"the data has one modality ({data.names[0]}); aligning modalities needs at least two "
                          "(data.views selects them)")
@@ -179,7 +179,7 @@ def describe_simulation(sim: dict | None) -> str:
             f"{sim['realised']:.1%} of observed training cells hidden{own}")
 
 
-def _constant_features(train: MultiViewData) -> list[str]:
+def _constant_features(train: MultiViewData, columns: dict | None = None) -> list[str]:
     """Features constant over a modality's observed training rows (standardised to 0, they
     carry nothing); a modality constant throughout is named as such."""
     notes = []
@@ -192,8 +192,11 @@ def _constant_features(train: MultiViewData) -> list[str]:
             notes.append(f"modality '{name}' is constant on the training split (every observed row equal): it "
                          "carries no information, and retrieval to or from it scores at chance")
         elif const.any():
+            names = (columns or {}).get(name) or []
+            first = int(np.argmax(const))
+            which = f"'{names[first]}'" if len(names) == len(const) else f"column {first}"
             notes.append(f"modality '{name}': {int(const.sum())} of {len(const)} feature(s) constant on the training "
-                         f"split (e.g. column {int(np.argmax(const))}); kept, they carry nothing")
+                         f"split (e.g. {which}); kept, they carry nothing")
     return notes
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 
 from .checkpoints import AtomicCheckpointIO
 from .config import Config
@@ -34,8 +34,25 @@ def check_accelerator(cfg: Config) -> None:
                          "train.accelerator=cpu (or auto)")
 
 
+class LabelledProgressBar(TQDMProgressBar):
+    """Lightning's progress bar, its training bar named after the run (auto's candidate)."""
+
+    def __init__(self, label: str):
+        super().__init__()
+        self.label = label
+
+    def init_train_tqdm(self):
+        bar = super().init_train_tqdm()
+        bar.set_description(self.label)
+        return bar
+
+    def on_train_epoch_start(self, trainer, *args):
+        super().on_train_epoch_start(trainer, *args)
+        self.train_progress_bar.set_description(f"{self.label} epoch {trainer.current_epoch}")
+
+
 def build_trainer(cfg: Config, run_dir: Path, *, max_epochs: int | None = None, extra_callbacks=(),
-                  keep_logs_before_epoch: int | None = None) -> L.Trainer:
+                  keep_logs_before_epoch: int | None = None, label: str = "") -> L.Trainer:
     from lightning.pytorch.loggers import TensorBoardLogger
 
     t = cfg.train
@@ -48,7 +65,8 @@ def build_trainer(cfg: Config, run_dir: Path, *, max_epochs: int | None = None, 
         pass
     return L.Trainer(
         max_epochs=max_epochs or t.epochs, accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes,
-        strategy=t.strategy, precision=t.precision, logger=loggers, callbacks=[ckpt, *extra_callbacks],
+        strategy=t.strategy, precision=t.precision, logger=loggers,
+        callbacks=[ckpt, *extra_callbacks, *([LabelledProgressBar(label)] if label and t.progress else [])],
         plugins=[AtomicCheckpointIO()], enable_progress_bar=t.progress, enable_model_summary=False,
         check_val_every_n_epoch=t.check_val_every, log_every_n_steps=1, deterministic=False,
         num_sanity_val_steps=0)
