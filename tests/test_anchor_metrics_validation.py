@@ -138,3 +138,24 @@ def test_instance_identification_against_a_loop():
     assert got == {k: 100.0 * v / n for k, v in hits.items()}
     perfect = instance_identification(A, mask, A)
     assert perfect["imputed"] == 100.0
+
+
+def test_bounded_galleries_average_draws_and_equal_the_full_table_when_large_enough():
+    import torch.nn.functional as F
+    from calmrl.train.evaluate import retrieval_table
+
+    g = torch.Generator().manual_seed(0)
+    base = torch.randn(200, 1, 8, generator=g)
+    A = F.normalize(base + 0.8 * torch.randn(200, 3, 8, generator=g), dim=-1)
+    full = retrieval_table(A, ["a", "b", "c"])
+    assert retrieval_table(A, ["a", "b", "c"], gallery_size=500) == full          # larger than the split: exact
+    small = retrieval_table(A, ["a", "b", "c"], gallery_size=50, galleries=4)
+    again = retrieval_table(A, ["a", "b", "c"], gallery_size=50, galleries=4)
+    assert small == again and small["a->b"]["n"] == 50                           # seeded, the size said
+    assert small["average"]["R@1"] > full["average"]["R@1"]                       # a smaller gallery is easier
+    # one draw by hand: the same instances as queries and gallery
+    from calmrl.core import retrieval_ranks, summarize_ranks
+    one = retrieval_table(A, ["a", "b", "c"], gallery_size=50, galleries=1)
+    gen = torch.Generator().manual_seed(0 * 1_000_003 + 0 * 1009 + 1)
+    sub = torch.arange(200)[torch.randperm(200, generator=gen)[:50]]
+    assert one["a->b"]["R@1"] == summarize_ranks(retrieval_ranks(A[sub, 0], A[sub, 1]))["R@1"]

@@ -300,7 +300,8 @@ def cmd_eval(args) -> int:
         A, mask = embed_data(model.encoder, sp.test)
         e = cfg.eval
         res = evaluate_embeddings(A, sp.names, mask, ks=tuple(e.ks), chunk_size=e.chunk_size, backend=e.backend,
-                                  similarity=OWN_SIMILARITY.get(cfg.method.name, "cosine"))
+                                  similarity=OWN_SIMILARITY.get(cfg.method.name, "cosine"),
+                                  gallery_size=e.gallery_size, galleries=e.galleries)
         res["anchor"] = {"shift_observed_deg": float("nan"), "shift_calibrated_deg": float("nan")}
         res["notes"] = [f"evaluated on every instance of {args.store} ({sp.test.n}); anchor shift needs "
                         "training data and is not computed"]

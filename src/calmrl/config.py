@@ -264,6 +264,11 @@ class EvalConfig:
     chunk_size: int = _f(4096, lo=1, help="queries scored per chunk in retrieval (memory: chunk x gallery)")
     backend: str = _f("torch", choices=("torch", "faiss"), help="retrieval: exact chunked matrix products (torch) "
                                                                  "or faiss' inner-product index (ties rescored)")
+    gallery_size: int = _f(0, lo=0, help="retrieval on galleries of this many instances, drawn at random and the "
+                                         "metrics averaged over eval.galleries draws, as the field reports large "
+                                         "test sets (COCO 5k, MSR-VTT 1k); 0 = the whole split (exact, faiss with "
+                                         "eval.backend)")
+    galleries: int = _f(5, lo=1, help="eval.gallery_size: number of galleries drawn and averaged")
     knn_k: int = _f(10, lo=1, help="neighbours of the kNN accuracy of the fused embedding (when labels exist)")
 
 

@@ -71,7 +71,13 @@ def format_table(results: list[dict], eval_only: bool = False) -> str:
                      f"{num(an.get('fallback_identification'), 9, '.1f')}"
                      f"{num(r.get('eval_seconds' if eval_only else 'train_seconds'), 8, '.1f')}")
     n_test = {r.get("n_test") for r in results if r.get("n_test")}
-    if len(n_test) == 1:
+    gal = {(r.get("gallery") or {}).get("size") for r in results} - {None}
+    if len(gal) == 1:
+        g = gal.pop()
+        draws = (results[0].get("gallery") or {}).get("draws")
+        lines.append(f"(retrieval on galleries of {g} test instances, {draws} drawn and averaged (eval.gallery_size); "
+                     f"chance R@1 at most {100 / g:.2f}%; n/a: not measured)")
+    elif len(n_test) == 1:
         n = n_test.pop()
         lines.append(f"(chance R@1: {100 / n:.2f}%, one correct item among the {n} test instances; n/a: not measured)")
     return "\n".join(lines)
