@@ -130,16 +130,18 @@ def cmd_train(args) -> int:
     results = []
     first = prepare_data(cfg, methods[0])      # every data check before anything is written
     done, current, said = [], None, set()
+    rank0 = int(os.environ.get("RANK", "0") or 0) == 0
     try:
         with output_lock(cfg.output_dir), _stop_on_signals():
             for i, m in enumerate(methods):
                 current = m
                 splits = first if i == 0 else prepare_data(cfg, m)
                 what = f"candidates {', '.join(cfg.method.candidates)}, kept on validation" if m == "auto" else m
-                print(f"== training {what} on {_data_name(cfg)}: {describe_simulation(splits.simulated)}; train "
-                      f"{splits.train.n}, val {splits.val.n}, test {splits.test.n} instances ==", flush=True)
-                for note in splits.notes:              # each note once, before training
-                    if note not in said:
+                if rank0:
+                    print(f"== training {what} on {_data_name(cfg)}: {describe_simulation(splits.simulated)}; train "
+                          f"{splits.train.n}, val {splits.val.n}, test {splits.test.n} instances ==", flush=True)
+                for note in splits.notes:              # each note once, before training (rank 0 only)
+                    if note not in said and rank0:
                         said.add(note)
                         print(f"note: {note}", flush=True)
                 results.append(run(cfg, method=m, resume=args.resume, splits=splits))
@@ -153,6 +155,8 @@ def cmd_train(args) -> int:
               f"each finished epoch is kept under {Path(cfg.output_dir)}; resume with --resume"
               + (f" (not yet run: {', '.join(left)})" if left else ""), file=sys.stderr)
         return 128 + e.signum
+    if not rank0:                                   # under torchrun only rank 0 prints and writes the summary
+        return 0
     _print_tables(results, said=said)
     out = Path(cfg.output_dir)
     summary = out / "summary.json"
@@ -250,6 +254,7 @@ def _load_run(ckpt_path: str, with_data: bool = True):
     ckpt_path = _resolve_checkpoint(ckpt_path)
     ckpt = load_checkpoint(ckpt_path)
     cfg, model = model_from_loaded(ckpt, ckpt_path)
+    model.checkpoint_path = str(ckpt_path)
     _say_if_unfinished(ckpt, cfg, ckpt_path)
     splits = prepare_data(cfg) if with_data else None
     if splits is not None and ckpt.get("calmrl_fingerprint"):
@@ -307,7 +312,12 @@ def cmd_eval(args) -> int:
                         "training data and is not computed"]
     else:
         res = evaluate_model(model, splits, cfg)
-    res.update({"method": cfg.method.name, "train_seconds": float("nan"), "eval_seconds": time.time() - t0})
+    from . import objectives
+    label = objectives.method_label(cfg.method.name, cfg.method.calibrate)
+    resolved = Path(model.checkpoint_path)
+    if resolved.parent.parent.name == "auto" and resolved.name == "kept.ckpt":
+        res["chosen_method"], label = label, "auto"          # named as train named it
+    res.update({"method": label, "train_seconds": float("nan"), "eval_seconds": time.time() - t0})
     _print_tables([res], eval_only=True)
     if args.out:
         Path(args.out).write_text(json.dumps(res, indent=2))
@@ -528,6 +538,10 @@ def _data_import(args) -> int:
         raise ValueError(f"--out {out} exists and is not empty; choose a new directory (nothing was written)")
     tables = dict(t.split("=", 1) for t in args.table)
     data = load_tables(tables, args.id_column, args.label_column)
+    if args.partial_views != "fill":       # fill needs the training split's means: it happens at training
+        data, report = data.resolve_partial_views(args.partial_views)
+        if report:
+            print(f"note: rows with some NaN features treated as missing (--partial-views missing): {report}")
     for note in data.meta.get("notes", []):
         print(f"note: {note}")
     data.meta.pop("notes", None)
@@ -678,8 +692,9 @@ def main(argv: list[str] | None = None) -> int:
     i.add_argument("--noise-floor-rel", type=float, default=0.01, help="--space input: each view's noise variance "
                    "kept >= this share of its feature variance")
     i.add_argument("--em-iters", type=int, default=50, help="--space input: EM iterations")
-    i.add_argument("--partial-views", choices=("error", "missing", "fill"), default="missing",
-                   help="rows of a view with some NaN features: refuse, treat as missing (default), or mean-fill")
+    i.add_argument("--partial-views", choices=("error", "missing", "fill"), default="error",
+                   help="rows of a view with some NaN features: refuse naming them, treat as missing, or mean-fill "
+                        "(the same default in every command)")
     i.set_defaults(fn=cmd_impute)
     b = sub.add_parser("bench", help="sweep missing rates x methods x seeds; write report.md and plots", parents=[common], formatter_class=fmt)
     b.add_argument("--config", default=None)
@@ -712,6 +727,10 @@ def main(argv: list[str] | None = None) -> int:
                     "table (rows of different tables with one id are one instance)")
     dt.add_argument("--label-column", default="", help="import: a column holding class labels (never a feature)")
     dt.add_argument("--out", default=None, help="import: the feature-store directory to write (must not exist)")
+    dt.add_argument("--partial-views", choices=("error", "missing", "fill"), default="error",
+                    help="import: a row with some NaN features: refuse naming it, treat that view as missing in "
+                         "the row, or keep it for training to fill with the training split's means (data."
+                         "partial_views; the same default in every command)")
     dt.set_defaults(fn=cmd_data)
     em = sub.add_parser("embed", help="raw inputs (JSON lines) -> feature store; resumable", parents=[common], formatter_class=fmt)
     em.add_argument("--input", required=True, help="JSON lines, one instance per line")

@@ -87,7 +87,7 @@ def read_table(path: str | Path, id_column: str = "id", label_column: str = "",
         raise ValueError(f"{path}: unknown table format '{suffix}' (use .csv or .parquet)")
     _refuse_duplicates(path, header)
     if id_column not in header:
-        raise ValueError(f"{path} has no id column '{id_column}' (columns: {header[:8]}...); set data.id_column")
+        raise ValueError(f"{path} has no id column '{id_column}' (columns: {header[:8]}...); name the id column (--id-column, or data.id_column in a config)")
     dropped = [c for c in header if c.strip().lower() in INDEX_LIKE and c not in (id_column, label_column)]
     if dropped:
         if notes is not None:
@@ -96,8 +96,8 @@ def read_table(path: str | Path, id_column: str = "id", label_column: str = "",
     if not label_column:
         like = [c for c in header if c.strip().lower() in LABEL_LIKE and c != id_column]
         if like:
-            raise ValueError(f"{path} has a column '{like[0]}' named like class labels; set data.label_column="
-                             f"{like[0]} to use it as labels (it is never a feature), or rename it if it really is "
+            raise ValueError(f"{path} has a column '{like[0]}' named like class labels; name it as the label "
+                             f"column (--label-column {like[0]}, or data.label_column={like[0]} in a config) to use it as labels (it is never a feature), or rename it if it really is "
                              "a feature")
     feats = [c for c in header if c not in (id_column, label_column) and c not in dropped]
     if columns is not None:          # the feature columns' names, for notes that name them
