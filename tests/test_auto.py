@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import torch
 
 from helpers import SIM
@@ -86,6 +87,40 @@ def test_halving_folds_the_guard_in_the_observed_only_twin_trains_only_where_imp
     a = opened["auto"]
     assert "same_run_as" not in a["candidates"]["pmrl-drop"]["rungs"][-1] and a["candidate_epochs"] == 6
     assert a["chosen"] == max(a["val_R@1"], key=a["val_R@1"].get)
+
+
+def test_an_interrupted_halving_resumes_to_the_same_choice_and_model(tmp_path):
+    """Interrupted in the middle of the second rung (as a SIGTERM would), --resume continues from
+    the saved search: the same rungs, choice and kept weights as an uninterrupted search."""
+    import lightning as L
+
+    torch.set_num_threads(1)
+    over = BASE + ["train.epochs=6", "method.candidates=[pmrl-drop, pairwise-infonce]", "method.auto_lrs=[2e-3, 5e-4]",
+                   "method.halving_min_epochs=2"]
+
+    class Stop(Exception):
+        signum = 15
+
+    class StopAt(L.Callback):
+        def on_train_epoch_start(self, trainer, module):
+            if trainer.current_epoch == 3:          # the second rung, after a candidate's first epoch of it
+                raise Stop()
+
+    whole = run(load_config(None, over + [f"output_dir={tmp_path / 'w'}"]), method="auto")
+    cfg = load_config(None, over + [f"output_dir={tmp_path / 'i'}"])
+    with pytest.raises(Stop):
+        run(cfg, method="auto", extra_callbacks=[StopAt()])
+    assert json.loads((tmp_path / "i" / "auto" / "search.json").read_text())["done"] == 0
+    back = run(cfg, method="auto", resume=True)
+    assert back["auto"]["chosen"] == whole["auto"]["chosen"] and back["auto"]["rungs"] == whole["auto"]["rungs"]
+    assert back["auto"]["candidates"] == whole["auto"]["candidates"]
+    a = load_checkpoint(tmp_path / "w" / "auto" / "checkpoints" / "kept.ckpt")["state_dict"]
+    b = load_checkpoint(tmp_path / "i" / "auto" / "checkpoints" / "kept.ckpt")["state_dict"]
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="records a search over other candidates"):
+        run(load_config(None, over + [f"output_dir={tmp_path / 'i'}", "method.auto_lrs=[2e-3, 1e-3]"]), method="auto",
+            resume=True)
 
 
 def test_a_failing_candidate_is_recorded_and_resume_reuses_the_finished_ones(tmp_path, caplog):

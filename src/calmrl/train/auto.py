@@ -37,6 +37,7 @@ and the choice).
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from dataclasses import dataclass, field, replace
@@ -126,6 +127,36 @@ def halving_rungs(n: int, epochs: int, eta: int, min_epochs: int) -> list[int]:
     return rungs + [epochs]
 
 
+def _save(path: Path, rungs, done: int, alive, cands) -> None:
+    """The search's state after rung ``done``, atomically: a resumed search continues from the
+    next rung with the same survivors and never ranks candidates trained to different budgets."""
+    from .outdir import process_rank
+    if process_rank() != 0:
+        return
+    state = {"rungs": rungs, "done": done, "alive": [c.label for c in alive],
+             "candidates": {c.label: {"rungs": c.rungs, "error": c.error, "trained": c.trained,
+                                      "took_part": c.took_part} for c in cands}}
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(state, indent=1))
+    tmp.replace(path)
+
+
+def _restore(path: Path, cands, rungs) -> tuple[list, int]:
+    """``(alive, first rung to run)`` from a saved state; refuses a state of another search."""
+    state = json.loads(path.read_text())
+    labels = [c.label for c in cands]
+    if state.get("rungs") != rungs or sorted(state.get("candidates", {})) != sorted(labels):
+        raise ValueError(f"--resume: {path} records a search over other candidates or rungs ({state.get('rungs')} "
+                         f"epochs, {len(state.get('candidates', {}))} candidates; now {rungs}, {len(labels)}); "
+                         "resuming would rank candidates trained to different budgets: rerun without --resume")
+    by = {c.label: c for c in cands}
+    for label, st in state["candidates"].items():
+        c = by[label]
+        c.rungs, c.error, c.trained, c.took_part = st["rungs"], st["error"], st["trained"], st["took_part"]
+    log.warning("auto: resuming the search after rung %d of %d", state["done"] + 1, len(rungs))
+    return [by[x] for x in state["alive"]], state["done"] + 1
+
+
 def _virtual(c: Candidate) -> bool:
     """An observed-only path not trained so far: its calibrated twin's run stands for it."""
     return bool(c.rungs) and "same_run_as" in c.rungs[-1]
@@ -179,8 +210,13 @@ def run_auto(cfg, splits, *, resume: bool = False, max_epochs=None, extra_callba
             arms = [c for c in cands if c.twin_of is None]
             rungs = halving_rungs(len(arms), epochs, cfg.method.halving_eta, cfg.method.halving_min_epochs)
             warmup = cfg.calibrator.warmup_epochs
-            alive = list(cands)
+            alive, start = list(cands), 0
+            state_file = run_dir / "search.json"
+            if resume and state_file.exists():
+                alive, start = _restore(state_file, cands, rungs)
             for k, budget in enumerate(rungs):
+                if k < start:
+                    continue
                 final = k == len(rungs) - 1
                 for c in alive:
                     parent = c.twin_of
@@ -208,6 +244,7 @@ def run_auto(cfg, splits, *, resume: bool = False, max_epochs=None, extra_callba
                 log.warning("auto: rung %d of %d (%d epochs): %s; %d continue", k + 1, len(rungs), budget,
                             ", ".join(f"{c.label} {_val(c):.2f}" + (" (=)" if _virtual(c) else "") for c in ranked),
                             len(kept))
+                _save(state_file, rungs, k, alive, cands)
                 if not alive:
                     break
             alive = [c for c in alive if not _virtual(c) or c.twin_of not in alive] if len(alive) > 1 else alive
