@@ -185,6 +185,7 @@ def _train(c: Candidate, splits, run_dir: Path, *, resume, max_epochs, final, ex
     epochs = int(max_epochs or c.cfg.train.epochs)
     g = res.get("guard") or {}
     c.rungs.append({"epochs": epochs, "val_R@1": float(res["val_average"]["R@1"]),
+                    "seconds": float(res.get("train_seconds", 0.0)),
                     **({"guard_epochs": epochs} if g.get("alternative_trained") else {})})
     if final:
         c.results, c.model = res, model
@@ -271,7 +272,11 @@ def run_auto(cfg, splits, *, resume: bool = False, max_epochs=None, extra_callba
                   "checkpoint": str(run_dir / "checkpoints" / "kept.ckpt"),
                   "source_checkpoint": str(kept_checkpoint(sub))}
         copy_kept(kept_checkpoint(sub), run_dir)
-        results = {**res, "method": "auto", "chosen_method": res["method"], "auto": choice}
+        # train_seconds: what the whole search trained (every candidate's rungs), not the kept run's last rung
+        choice["train_seconds_kept_last_rung"] = res.get("train_seconds")
+        search_seconds = sum(r.get("seconds", 0.0) for c in cands for r in c.rungs)
+        results = {**res, "method": "auto", "chosen_method": res["method"], "auto": choice,
+                   "train_seconds": search_seconds}
         write_results(run_dir, results)
     log.warning("auto: kept %s (validation R@1 %s; %d candidate-epochs for a %d-epoch model, %.2fx)", best.label,
                 ", ".join(f"{k} {v:.2f}" for k, v in choice["val_R@1"].items()), cost, epochs, cost / epochs)
