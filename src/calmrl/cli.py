@@ -613,7 +613,7 @@ def cmd_retrieve(args) -> int:
 
 def cmd_verify(args) -> int:
     """Check the checksums of what calmrl wrote; exit 2 if anything is damaged."""
-    from .integrity import verify_path
+    from .model.verify import verify_path
 
     rows = verify_path(args.path)
     for f, status in rows:

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["DamagedFileError", "digest", "seal", "check_sealed", "file_sha256", "CHECKSUM_KEY", "verify_path",
-           "check_store", "store_checksums"]
+__all__ = ["DamagedFileError", "digest", "seal", "check_sealed", "file_sha256", "CHECKSUM_KEY",
+           "check_store", "store_checksums", "read_json"]
 
 CHECKSUM_KEY = "calmrl_sha256"
 
@@ -121,65 +121,3 @@ def read_json(path: Path) -> dict:
         return json.loads(Path(path).read_text())
     except json.JSONDecodeError as e:
         raise DamagedFileError(f"{path} is damaged: not valid JSON ({e})") from None
-
-
-def _check_checkpoint_file(f: Path) -> str:
-    import torch
-
-    try:
-        ck = torch.load(f, map_location="cpu", weights_only=False)
-    except Exception as e:
-        raise DamagedFileError(f"{f} is damaged: it cannot be read ({str(e).splitlines()[0][:100]})") from None
-    if not isinstance(ck, dict):
-        raise DamagedFileError(f"{f} is not a calmrl checkpoint")
-    return "ok" if check_sealed(ck, f) else "ok (written before checksums: not verifiable)"
-
-
-def _check_exported(d: Path) -> str:
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
-    f = d / "model.safetensors"
-    try:
-        tensors = load_file(str(f))
-        with safe_open(str(f), framework="pt") as h:
-            want = (h.metadata() or {}).get(CHECKSUM_KEY)
-    except Exception as e:
-        raise DamagedFileError(f"{f} is damaged: it cannot be read ({str(e).splitlines()[0][:100]})") from None
-    if want is None:
-        return "ok (exported before checksums: not verifiable)"
-    if digest(tensors) != want:
-        raise DamagedFileError(f"{f} is damaged: checksum mismatch (its content changed after it was exported)")
-    return "ok"
-
-
-def verify_path(path: str | os.PathLike) -> list[tuple[str, str]]:
-    """Check what calmrl wrote under ``path``: a checkpoint, a run or output directory (every
-    ``*.ckpt`` below it), a feature store (``meta.json``) or an exported model
-    (``model.safetensors``). Returns ``[(file, "ok" | "damaged: ...")]``; nothing is changed."""
-    p = Path(path)
-    if not p.exists():
-        raise ValueError(f"{p} does not exist")
-    out = []
-
-    def one(name, fn, *args):
-        try:
-            out.append((name, fn(*args)))
-        except DamagedFileError as e:
-            out.append((name, f"damaged: {e}"))
-
-    if p.is_file():
-        one(str(p), _check_checkpoint_file, p)
-        return out
-    if (p / "model.safetensors").exists():
-        one(str(p / "model.safetensors"), _check_exported, p)
-    if (p / "meta.json").exists():
-        def store():
-            meta = read_json(p / "meta.json")
-            return "ok" if check_store(p, meta) else "ok (written before checksums: not verifiable)"
-        one(str(p), store)
-    for f in sorted(p.rglob("*.ckpt")):
-        one(str(f), _check_checkpoint_file, f)
-    if not out:
-        raise ValueError(f"{p} holds nothing calmrl wrote (no checkpoint, feature store or exported model)")
-    return out

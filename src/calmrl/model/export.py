@@ -62,7 +62,7 @@ def load_exported(path: str | os.PathLike, device="cpu") -> tuple[MultiModalEnco
         raise ValueError(f"{path} is not an exported calmrl model: {e}") from None
     except json.JSONDecodeError as e:
         raise DamagedFileError(f"{path / 'config.json'} is damaged: not valid JSON ({e})") from None
-    tensors = verify_exported(path, device)
+    tensors, _ = verify_exported(path, device)
     cfg = _build(Config, meta["config"])
     m = cfg.model
     enc = MultiModalEncoder.mlp(meta["dims"], meta["names"], m.embed_dim, m.hidden_dim, m.layers, m.dropout,
@@ -82,8 +82,9 @@ def load_exported(path: str | os.PathLike, device="cpu") -> tuple[MultiModalEnco
     return enc.eval(), cal, meta
 
 
-def verify_exported(path: str | os.PathLike, device="cpu") -> dict:
-    """The tensors of ``path/model.safetensors``, checked against the SHA-256 in its header;
+def verify_exported(path: str | os.PathLike, device="cpu") -> tuple[dict, bool]:
+    """``(tensors, verified)`` of ``path/model.safetensors``, checked against the SHA-256 in its
+    header (``verified`` False: exported before checksums);
     :class:`~calmrl.integrity.DamagedFileError` naming the file when they differ."""
     from safetensors import safe_open
 
@@ -99,4 +100,4 @@ def verify_exported(path: str | os.PathLike, device="cpu") -> dict:
     if want is not None and digest({k: v.cpu() for k, v in tensors.items()}) != want:
         raise DamagedFileError(f"{f} is damaged: checksum mismatch (its content changed after it was exported); "
                                "export it again")
-    return tensors
+    return tensors, want is not None

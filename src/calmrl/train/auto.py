@@ -71,8 +71,8 @@ class Candidate:
     last: dict | None = None                # the results of its last rung
 
 
-def _label(method: str, lr, shared: bool, n_lrs: int) -> str:
-    return method + (f"-lr{lr:g}" if n_lrs > 1 else "") + ("+shared" if shared else "")
+def _label(method: str, lr, shared: bool, show_lr: bool) -> str:
+    return method + (f"-lr{lr:g}" if show_lr else "") + ("+shared" if shared else "")
 
 
 def candidate_space(cfg, splits, search: str | None = None) -> list[Candidate]:
@@ -100,7 +100,7 @@ def candidate_space(cfg, splits, search: str | None = None) -> list[Candidate]:
                                                 guard=cfg.method.guard if search == "exhaustive" else "none"),
                             train=replace(cfg.train, lr=float(lr)),
                             model=replace(cfg.model, shared_encoders=groups))
-                cand = Candidate(_label(m, lr, shared, len(lrs) if not cfg.method.auto_lrs else 2), c)
+                cand = Candidate(_label(m, lr, shared, bool(cfg.method.auto_lrs) or len(lrs) > 1), c)
                 by_key[(base, cal, lr, shared)] = cand
                 out.append(cand)
     if search == "halving":       # each observed-only path knows its calibrated twin
