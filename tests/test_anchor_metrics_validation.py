@@ -159,3 +159,35 @@ def test_bounded_galleries_average_draws_and_equal_the_full_table_when_large_eno
     gen = torch.Generator().manual_seed(0 * 1_000_003 + 0 * 1009 + 1)
     sub = torch.arange(200)[torch.randperm(200, generator=gen)[:50]]
     assert one["a->b"]["R@1"] == summarize_ranks(retrieval_ranks(A[sub, 0], A[sub, 1]))["R@1"]
+
+
+def test_fused_queries_on_bounded_galleries_match_a_loop_over_one_draw():
+    import torch.nn.functional as F
+    from calmrl.train.evaluate import fused_retrieval
+
+    g = torch.Generator().manual_seed(1)
+    base = torch.randn(300, 1, 8, generator=g)
+    A = F.normalize(base + 0.8 * torch.randn(300, 3, 8, generator=g), dim=-1)
+    mask = torch.rand(300, 3, generator=g) > 0.3
+    mask[~mask.any(1), 0] = True
+    full = fused_retrieval(A, ["a", "b", "c"], mask)
+    assert fused_retrieval(A, ["a", "b", "c"], mask, gallery_size=1000) == full    # larger than the split: exact
+    small = fused_retrieval(A, ["a", "b", "c"], mask, gallery_size=40, galleries=3)
+    assert small == fused_retrieval(A, ["a", "b", "c"], mask, gallery_size=40, galleries=3)
+    assert small["average"]["R@1"] > full["average"]["R@1"]                       # a smaller gallery is easier
+    one = fused_retrieval(A, ["a", "b", "c"], mask, gallery_size=40, galleries=1)
+    # by hand, modality b: the draw, then each drawn instance with another view observed asks for its b
+    gal_all = torch.nonzero(mask[:, 1]).squeeze(1)
+    gen = torch.Generator().manual_seed(0 * 1_000_003 + 7 * 1009 + 1)
+    gal = gal_all[torch.randperm(len(gal_all), generator=gen)[:40]]
+    hits = total = 0
+    for pos, i in enumerate(gal.tolist()):
+        rest = [m for m in (0, 2) if mask[i, m]]
+        if not rest:
+            continue
+        q = F.normalize(A[i, rest].sum(0), dim=0)
+        scores = A[gal, 1] @ q
+        hits += int((scores > scores[pos]).sum() == 0 and (scores == scores[pos]).sum() == 1)
+        total += 1
+    assert one["rest->b"]["n"] == total
+    assert abs(one["rest->b"]["R@1"] - 100.0 * hits / total) < 1e-4            # float32 arithmetic

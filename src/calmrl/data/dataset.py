@@ -25,6 +25,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from ..integrity import DamagedFileError, check_store, store_checksums
+from .rows import RowView, chunk_rows, is_lazy, observed_summary
 
 __all__ = ["MultiViewData", "MultiViewDataset", "FeatureStore", "collate_views"]
 
@@ -120,9 +121,9 @@ class MultiViewData:
         """Indices of observed rows of modality ``m`` with a NaN/inf feature (chunked: a
         memory-mapped view is never loaded whole)."""
         rows = np.nonzero(self.mask[:, m])[0]
-        bad = []
-        for s in range(0, len(rows), 65536):
-            r = rows[s: s + 65536]
+        bad, step = [], chunk_rows(self.views[m].shape[1], 4)
+        for s in range(0, len(rows), step):
+            r = rows[s: s + step]
             bad.append(r[~np.isfinite(np.asarray(self.views[m][r])).all(1)])
         return np.concatenate(bad) if bad else np.zeros(0, np.int64)
 
@@ -226,9 +227,14 @@ class MultiViewData:
         return self.names.index(name)
 
     def subset(self, idx) -> "MultiViewData":
+        """The instances ``idx``. A view read from disk (memory-mapped, or a :class:`RowView`)
+        stays on disk: the subset is a row map over it, not a copy. The values were checked
+        when this data was; only the structure is checked again."""
         idx = np.asarray(idx)
-        return MultiViewData([np.asarray(v[idx]) for v in self.views], list(self.names), self.mask[idx],
-                             self.ids[idx], None if self.labels is None else self.labels[idx], dict(self.meta))
+        views = [RowView(v, idx) if is_lazy(v) else np.asarray(v[idx]) for v in self.views]
+        return MultiViewData.unchecked(views, list(self.names), self.mask[idx], self.ids[idx],
+                                       None if self.labels is None else self.labels[idx],
+                                       dict(self.meta)).validate_structure()
 
     def select(self, names: Sequence[str]) -> "MultiViewData":
         """The given modalities, in the given order (not re-validated: partial views may still
@@ -246,22 +252,39 @@ class MultiViewData:
     def complete(self) -> "MultiViewData":
         return self.with_mask(np.ones_like(self.mask))
 
+    def summaries(self) -> list[tuple | None]:
+        """Per modality, over its observed rows: feature mean, std, min and max (one pass each,
+        in pieces for a view on disk); ``None`` for a modality never observed."""
+        out = []
+        for m, v in enumerate(self.views):
+            rows = np.nonzero(self.mask[:, m])[0]
+            out.append(observed_summary(v, rows) if len(rows) else None)
+        return out
+
     def standardize(self, stats: list[tuple[np.ndarray, np.ndarray]] | None = None
                     ) -> tuple["MultiViewData", list[tuple[np.ndarray, np.ndarray]]]:
         """Per-modality z-scoring with statistics of the *observed* rows (or the given ones)."""
         if stats is None:
-            stats = []
-            for m, v in enumerate(self.views):
-                rows = np.asarray(v[self.mask[:, m]], dtype=np.float64)
-                if len(rows) == 0:
-                    raise ValueError(f"modality '{self.names[m]}' is never observed; cannot standardise it")
-                mean, std = rows.mean(0), rows.std(0)
-                stats.append((mean, np.where(std > 1e-8, std, 1.0)))
-        views = [((np.asarray(v, dtype=np.float64) - mu) / sd).astype(np.float32) for v, (mu, sd) in zip(self.views, stats)]
+            stats = [standardization(s, name) for s, name in zip(self.summaries(), self.names)]
+        # a view on disk is standardised as it is read (RowView); an in-memory one here, at once
+        views = [RowView(v, None, mu, sd) if is_lazy(v) else
+                 ((np.asarray(v, dtype=np.float64) - mu) / sd).astype(np.float32) for v, (mu, sd) in zip(self.views, stats)]
+        if any(isinstance(v, RowView) for v in views):     # checked as read, not in another pass over the disk
+            out = MultiViewData.unchecked(views, self.names, self.mask, self.ids, self.labels, self.meta)
+            return out.validate_structure(), stats
         return MultiViewData(views, list(self.names), self.mask, self.ids, self.labels, dict(self.meta)), stats
 
     def tensors(self, dtype=torch.float32) -> list[Tensor]:
         return [torch.as_tensor(np.asarray(v), dtype=dtype) for v in self.views]
+
+
+def standardization(summary: tuple | None, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(mean, std)`` of modality ``name``'s :meth:`MultiViewData.summaries` entry, a constant
+    feature's std set to 1."""
+    if summary is None:
+        raise ValueError(f"modality '{name}' is never observed; cannot standardise it")
+    mean, std = summary[0], summary[1]
+    return mean, np.where(std > 1e-8, std, 1.0)
 
 
 class MultiViewDataset(Dataset):

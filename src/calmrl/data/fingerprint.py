@@ -14,17 +14,16 @@ import hashlib
 import numpy as np
 
 from .dataset import MultiViewData
+from .rows import chunk_rows
 
 __all__ = ["fingerprint", "split_fingerprint", "compare"]
-
-_CHUNK = 65536
 
 
 def _hash_ids(ids) -> str:
     h = hashlib.sha1()
-    for i in np.asarray(ids).tolist():
-        h.update(str(i).encode())
-        h.update(b"\0")
+    ids = np.asarray(ids)
+    for s in range(0, len(ids), 65536):      # each id's str and a NUL, a block of ids per update
+        h.update("".join(f"{i}\0" for i in ids[s: s + 65536].tolist()).encode())
     return h.hexdigest()[:16]
 
 
@@ -33,8 +32,9 @@ def _hash_view(view, mask_col: np.ndarray) -> str:
     and of which rows are observed; missing cells' placeholder values do not count."""
     h = hashlib.sha1(np.packbits(mask_col).tobytes())
     rows = np.nonzero(mask_col)[0]
-    for s in range(0, len(rows), _CHUNK):
-        block = np.ascontiguousarray(np.asarray(view[rows[s: s + _CHUNK]], dtype=np.float32))
+    step = chunk_rows(view.shape[1], 4)
+    for s in range(0, len(rows), step):
+        block = np.ascontiguousarray(np.asarray(view[rows[s: s + step]], dtype=np.float32))
         h.update(block.tobytes())
     return h.hexdigest()[:16]
 

@@ -15,6 +15,7 @@ from ..core import (SharedLatentCalibrator, anchor_shift, fuse_observed, imputat
                     summarize_ranks)
 from .. import objectives
 from ..data import MultiViewData
+from ..data.rows import bounded_sample
 from .config import OWN_SIMILARITY
 
 if TYPE_CHECKING:
@@ -22,7 +23,7 @@ if TYPE_CHECKING:
     from .splits import Splits
 
 __all__ = ["validation_score", "embed_data", "retrieval_table", "fused_retrieval", "knn_accuracy", "anchor_report", "evaluate_embeddings",
-           "instance_identification"]
+           "instance_identification", "diagnostic_split"]
 
 
 @torch.no_grad()
@@ -93,24 +94,36 @@ def _with_average(table: dict[str, dict[str, float]]) -> dict[str, dict[str, flo
 
 
 def fused_retrieval(A: Tensor, names: Sequence[str], mask: Tensor | None = None, *, ks=(1, 5, 10),
-                    chunk_size: int = 4096, backend: str = "torch") -> dict[str, dict[str, float]]:
+                    chunk_size: int = 4096, backend: str = "torch", gallery_size: int = 0, galleries: int = 5,
+                    seed: int = 0) -> dict[str, dict[str, float]]:
     """Multi-modal queries: every other *observed* modality of an instance, fused (normalised
-    sum), retrieves its modality ``m`` among all instances that observe ``m``."""
+    sum), retrieves its modality ``m`` among all instances that observe ``m`` (``gallery_size``
+    > 0: among ``galleries`` random sets of that many of them, averaged, as
+    :func:`retrieval_table` draws them; ``n`` is then the queries of one draw, on average)."""
     M = A.shape[1]
     mask = torch.ones(A.shape[:2], dtype=torch.bool) if mask is None else torch.as_tensor(mask).bool().cpu()
     table = {}
     for g in range(M):
-        gal = torch.nonzero(mask[:, g]).squeeze(1)
+        gal_all = torch.nonzero(mask[:, g]).squeeze(1)
         others = mask.clone()
         others[:, g] = False
-        qsel = mask[gal, g] & others[gal].any(1)
-        if len(gal) < 2 or not bool(qsel.any()):
-            continue
-        qrows = gal[qsel]
-        query = fuse_observed(A[qrows], others[qrows])
-        targets = torch.nonzero(qsel).squeeze(1)             # positions of the query rows in the gallery
-        ranks = retrieval_ranks(query, A[gal, g], targets, chunk_size=chunk_size, backend=backend)
-        table[f"rest->{names[g]}"] = {**summarize_ranks(ranks, ks), "n": int(len(qrows))}
+        draws = [gal_all]
+        if 0 < gallery_size < len(gal_all):
+            gen = torch.Generator().manual_seed(seed * 1_000_003 + 7 * 1009 + g)
+            draws = [gal_all[torch.randperm(len(gal_all), generator=gen)[:gallery_size]] for _ in range(galleries)]
+        scored = []
+        for gal in draws:
+            qsel = others[gal].any(1)
+            if len(gal) < 2 or not bool(qsel.any()):
+                continue
+            qrows = gal[qsel]
+            query = fuse_observed(A[qrows], others[qrows])
+            targets = torch.nonzero(qsel).squeeze(1)             # positions of the query rows in the gallery
+            ranks = retrieval_ranks(query, A[gal, g], targets, chunk_size=chunk_size, backend=backend)
+            scored.append((summarize_ranks(ranks, ks), len(qrows)))
+        if scored:
+            table[f"rest->{names[g]}"] = {**{k: float(np.mean([d[k] for d, _ in scored])) for k in scored[0][0]},
+                                          "n": int(round(np.mean([n for _, n in scored])))}
     if not table:
         raise ValueError("no instance observes two or more modalities; fused queries cannot be scored")
     return _with_average(table)
@@ -201,7 +214,7 @@ def evaluate_embeddings(test_A: Tensor, names: Sequence[str], mask: Tensor | Non
     pairs = retrieval_table(test_A, names, mask, ks=ks, chunk_size=chunk_size, backend=backend, **g)
     own = pairs if similarity == "cosine" else retrieval_table(test_A, names, mask, ks=ks, chunk_size=chunk_size,
                                                                similarity=similarity, **g)
-    fused = fused_retrieval(test_A, names, mask, ks=ks, chunk_size=chunk_size, backend=backend)
+    fused = fused_retrieval(test_A, names, mask, ks=ks, chunk_size=chunk_size, backend=backend, **g)
     out = {"pairs": pairs, "pairs_own": own, "similarity": similarity, "fused": fused,
            "gallery": {"size": gallery_size or None, "draws": galleries if gallery_size else None}}
     M = test_A.shape[1]
@@ -224,6 +237,18 @@ def validation_score(model: torch.nn.Module, splits: Splits, cfg: Config) -> dic
                            backend=e.backend, gallery_size=e.gallery_size, galleries=e.galleries)["average"]
 
 
+def diagnostic_split(splits: Splits, cfg: Config) -> tuple[MultiViewData, MultiViewData, str | None]:
+    """The training split (as trained on, and before the simulator hid cells) that diagnostics
+    read: all of it, or a random sample of ``eval.max_instances`` (the same for every method),
+    with the note that says so."""
+    rows = bounded_sample(splits.train.n, cfg.eval.max_instances, cfg.train.seed, 3)
+    if rows is None:
+        return splits.train, splits.train_full, None
+    note = (f"training-split diagnostics (kNN neighbours, anchor shift, imputation quality) on a random sample of "
+            f"{len(rows)} of the {splits.train.n} training instances (eval.max_instances)")
+    return splits.train.subset(rows), splits.train_full.subset(rows), note
+
+
 def fit_unused_calibrator(model: torch.nn.Module, splits: Splits, cfg: Config) -> bool:
     """A method that trained without the calibrator (pmrl-drop, the InfoNCE objectives, ...)
     still leaves one fitted by EM on its final training embeddings, so that its checkpoint and
@@ -232,7 +257,7 @@ def fit_unused_calibrator(model: torch.nn.Module, splits: Splits, cfg: Config) -
     cal = model.calibrator
     if bool(cal.initialized) or model.completer is not None:
         return False
-    A, mask = embed_data(model.encoder, splits.train)
+    A, mask = embed_data(model.encoder, diagnostic_split(splits, cfg)[0])
     cal.fit(A.to(cal.W.dtype), mask.to(A.device), n_iter=cfg.calibrator.em_iters * 3)
     return True
 
@@ -247,17 +272,21 @@ def evaluate_model(model: torch.nn.Module, splits: Splits, cfg: Config) -> dict:
     own = OWN_SIMILARITY.get(cfg.method.name, "cosine")
     out = evaluate_embeddings(test_A, splits.names, test_mask, ks=tuple(e.ks), chunk_size=e.chunk_size,
                               backend=e.backend, similarity=own, gallery_size=e.gallery_size, galleries=e.galleries)
-    val_A, val_mask = embed_data(enc, splits.val)
-    val = evaluate_embeddings(val_A, splits.names, val_mask, ks=tuple(e.ks), chunk_size=e.chunk_size,
-                              backend=e.backend, similarity=own, gallery_size=e.gallery_size, galleries=e.galleries)
-    out["val_average"], out["val_own_average"] = val["pairs"]["average"], val["pairs_own"]["average"]
+    val_A, val_mask = embed_data(enc, splits.val)         # validation: the pair tables only (what choices read)
+    kw = dict(ks=tuple(e.ks), chunk_size=e.chunk_size, gallery_size=e.gallery_size, galleries=e.galleries)
+    out["val_average"] = retrieval_table(val_A, splits.names, val_mask, backend=e.backend, **kw)["average"]
+    out["val_own_average"] = (out["val_average"] if own == "cosine" else
+                              retrieval_table(val_A, splits.names, val_mask, similarity=own, **kw)["average"])
     out["test_complete_fraction"] = float(test_mask.all(1).float().mean())
     notes = list(out.pop("notes", []))
     # cells hidden by the simulator are known (train_full); cells missing in the data itself are not
-    train_full_A, full_mask = embed_data(enc, splits.train_full)
-    train_mask = torch.as_tensor(splits.train.mask)
-    if splits.train.labels is not None:
-        out["knn_accuracy"] = knn_accuracy(train_full_A, train_mask, splits.train.labels, test_A,
+    train, train_full, note = diagnostic_split(splits, cfg)
+    if note:
+        notes.append(note)
+    train_full_A, full_mask = embed_data(enc, train_full)
+    train_mask = torch.as_tensor(train.mask)
+    if train.labels is not None:
+        out["knn_accuracy"] = knn_accuracy(train_full_A, train_mask, train.labels, test_A,
                                            splits.test.labels, e.knn_k, test_mask=test_mask)
         if splits.classes is not None and len(splits.classes) < 2:
             notes.append(f"every labelled instance has one class ({splits.classes[0]!r}): kNN accuracy is 100 "

@@ -12,6 +12,8 @@ from .. import objectives
 from ..data import (FeatureStore, MultiViewData, load_tables, load_uci_mfeat, mcar_mask, paired_subsets_mask,
                     split_parts, stratified_split, suite, synthetic_multiview)
 from ..data.fingerprint import fingerprint, split_fingerprint
+from ..data.dataset import standardization
+from ..data.rows import bounded_sample
 from .config import Config
 
 __all__ = ['Splits', 'prepare_data', 'describe_simulation', 'has_scorable_pair']
@@ -96,8 +98,8 @@ def prepare_data(cfg: Config, method: str | None = None, data: MultiViewData | N
             notes.append(f"partial views treated as missing: {report}"
                          + (f"; {int(empty.sum())} instance(s) left with no view were dropped" if empty.any() else ""))
             data = data.subset(np.nonzero(~empty)[0]) if empty.any() else data
-    if policy != "fill":
-        data.validate()
+    if policy != "fill":         # every observed cell was just checked: the structure is what is left
+        data.validate_structure()
     else:     # the fill needs the training split's means: split first, then check the filled data
         data.validate_structure()
     seed = cfg.train.seed
@@ -110,13 +112,20 @@ def prepare_data(cfg: Config, method: str | None = None, data: MultiViewData | N
             notes.append(f"partial views filled with training-split feature means: {report}")
     train, val, test = data.subset(tr), data.subset(va), data.subset(te)
     fp["split"] = split_fingerprint(train.ids, val.ids, test.ids)
+    val, test = (_capped(part, name, cfg, salt, notes) for part, name, salt in ((val, "validation", 1), (test, "test", 2)))
     if cfg.data.train_part:
         i, n_parts = cfg.data.train_part
         parts = split_parts(train.n, n_parts, labels=train.labels, order=cfg.data.train_part_order, seed=seed)
         train = train.subset(parts[i])
     stats = None
+    summary = train.summaries()            # one pass: the standardisation and the constant features
+    observed = train.mask.sum(0)
+    never = [n for n, c in zip(data.names, observed) if c == 0]
+    if never:
+        raise ValueError(f"modality(ies) {never} are never observed in the training split")
     if cfg.data.standardize:
-        train, stats = train.standardize()
+        stats = [standardization(x, name) for x, name in zip(summary, data.names)]
+        train, _ = train.standardize(stats)
         val, _ = val.standardize(stats)
         test, _ = test.standardize(stats)
     M = len(data.names)
@@ -132,12 +141,15 @@ def prepare_data(cfg: Config, method: str | None = None, data: MultiViewData | N
             sim = paired_subsets_mask(train.n, M, subsets, complete_fraction=miss.complete_fraction, seed=seed + 1)
         mask = train.mask & sim
         keep = mask.any(1)
-        train = train.subset(np.nonzero(keep)[0]).with_mask(mask[keep])   # natural gaps can empty a row
-        train_full = train_full.subset(np.nonzero(keep)[0])
+        rows = np.nonzero(keep)[0]               # natural gaps can empty a row
+        train = train.subset(rows)
+        train = MultiViewData.unchecked(train.views, train.names, mask[keep], train.ids, train.labels,
+                                        train.meta).validate_structure()       # fewer cells observed: no new value
+        train_full = train_full.subset(rows)
         simulated = _simulated(miss, M, train.mask, train_full.mask)
     else:
         simulated = None
-    notes += _constant_features(train, data.meta.get("columns") or {})
+    notes += _constant_features(train.names, summary, observed, data.meta.get("columns") or {})
     if M < 2:
         raise ValueError(f"the data has one modality ({data.names[0]}); aligning modalities needs at least two "
                          "(data.views selects them)")
@@ -152,6 +164,16 @@ def prepare_data(cfg: Config, method: str | None = None, data: MultiViewData | N
             raise ValueError(f"the {name} split ({part.n} instances) has no two modalities observed together in 2 "
                              "or more instances; retrieval cannot be evaluated (use more data or a larger fraction)")
     return Splits(train, train_full, val, test, list(data.names), data.dims, stats, classes, notes, fp, simulated)
+
+
+def _capped(part: MultiViewData, name: str, cfg: Config, salt: int, notes: list) -> MultiViewData:
+    """The split itself, or a random sample of ``eval.max_instances`` of it (said in ``notes``)."""
+    rows = bounded_sample(part.n, cfg.eval.max_instances, cfg.train.seed, salt)
+    if rows is None:
+        return part
+    notes.append(f"the {name} split has {part.n} instances: evaluated on a random sample of {len(rows)} "
+                 "(eval.max_instances; 0 = all)")
+    return part.subset(rows)
 
 
 def _simulated(miss, M: int, mask: np.ndarray, known: np.ndarray) -> dict:
@@ -179,22 +201,23 @@ def describe_simulation(sim: dict | None) -> str:
             f"{sim['realised']:.1%} of observed training cells hidden{own}")
 
 
-def _constant_features(train: MultiViewData, columns: dict | None = None) -> list[str]:
-    """Features constant over a modality's observed training rows (standardised to 0, they
-    carry nothing); a modality constant throughout is named as such."""
+def _constant_features(names: list[str], summary: list, observed, columns: dict | None = None) -> list[str]:
+    """Features constant over a modality's observed training rows (min = max in ``summary``, the
+    training split's :meth:`~calmrl.data.MultiViewData.summaries`, over ``observed`` rows per
+    modality; standardised to 0, they carry nothing); a modality constant throughout is named."""
     notes = []
-    for m, name in enumerate(train.names):
-        rows = np.asarray(train.views[m][train.mask[:, m]])
-        if len(rows) < 2:
+    for name, summ, count in zip(names, summary, observed):
+        if count < 2:
             continue
-        const = (rows.max(0) - rows.min(0)) == 0
+        lo, hi = summ[2], summ[3]
+        const = (hi - lo) == 0
         if const.all():
             notes.append(f"modality '{name}' is constant on the training split (every observed row equal): it "
                          "carries no information, and retrieval to or from it scores at chance")
         elif const.any():
-            names = (columns or {}).get(name) or []
+            cols = (columns or {}).get(name) or []
             first = int(np.argmax(const))
-            which = f"'{names[first]}'" if len(names) == len(const) else f"column {first}"
+            which = f"'{cols[first]}'" if len(cols) == len(const) else f"column {first}"
             notes.append(f"modality '{name}': {int(const.sum())} of {len(const)} feature(s) constant on the training "
                          f"split (e.g. {which}); kept, they carry nothing")
     return notes
