@@ -270,7 +270,7 @@ class EvalConfig:
                                          "eval.backend)")
     galleries: int = _f(5, lo=1, help="eval.gallery_size: number of galleries drawn and averaged")
     knn_k: int = _f(10, lo=1, help="neighbours of the kNN accuracy of the fused embedding (when labels exist)")
-    max_instances: int = _f(50000, lo=0, help="a validation or test split larger than this is evaluated on a random "
+    max_instances: int = _f(20000, lo=0, help="a validation or test split larger than this is evaluated on a random "
                                               "sample of this many instances (drawn once from train.seed: the same "
                                               "for every candidate and every epoch; said in a note), and the "
                                               "training-split diagnostics (kNN neighbours, anchor shift, imputation "

@@ -25,7 +25,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from ..integrity import DamagedFileError, check_store, store_checksums
-from .rows import RowView, chunk_rows, is_lazy, observed_summary
+from .rows import RowView, chunk_rows, is_lazy, observed_summary, per_view
 
 __all__ = ["MultiViewData", "MultiViewDataset", "FeatureStore", "collate_views"]
 
@@ -71,8 +71,7 @@ class MultiViewData:
         """Raise ``ValueError`` naming the problem: shapes, NaN/inf in observed cells,
         instances with no observed modality, label/id length."""
         self.validate_structure(require_observed=require_observed)
-        for m, name in enumerate(self.names):
-            bad = self.nonfinite_rows(m)
+        for name, bad in zip(self.names, self.nonfinite_all()):
             if len(bad):
                 r = int(bad[0])
                 raise ValueError(f"modality '{name}' row {r} (id {_show(self.ids[r])}) holds NaN/inf values "
@@ -127,18 +126,24 @@ class MultiViewData:
             bad.append(r[~np.isfinite(np.asarray(self.views[m][r])).all(1)])
         return np.concatenate(bad) if bad else np.zeros(0, np.int64)
 
-    def resolve_partial_views(self, policy: str, fill_rows: np.ndarray | None = None
-                              ) -> tuple["MultiViewData", dict[str, dict[str, int]]]:
+    def nonfinite_all(self) -> list[np.ndarray]:
+        """:meth:`nonfinite_rows` of every modality (views on disk read in parallel)."""
+        if any(is_lazy(v) for v in self.views):
+            return per_view(self.nonfinite_rows, len(self.views))
+        return [self.nonfinite_rows(m) for m in range(len(self.views))]
+
+    def resolve_partial_views(self, policy: str, fill_rows: np.ndarray | None = None, *,
+                              nonfinite: list | None = None) -> tuple["MultiViewData", dict[str, dict[str, int]]]:
         """Observed views with NaN/inf in some features. ``policy``: ``error`` (raise, naming the
         modality, the count and the first id), ``missing`` (the view becomes missing in those
         rows) or ``fill`` (each non-finite feature is replaced by that feature's mean over the
         observed finite values of ``fill_rows``, default all rows; 0 where it has none).
-        Returns the new data and ``{modality: {"rows": r, "cells": c}}`` for the affected ones."""
+        Returns the new data and ``{modality: {"rows": r, "cells": c}}`` for the affected ones.
+        ``nonfinite``: :meth:`nonfinite_all` when already known (one pass fewer over the data)."""
         if policy not in ("error", "missing", "fill"):
             raise ValueError(f"unknown partial-view policy '{policy}'; valid: error, missing, fill")
         report, mask, views = {}, self.mask.copy(), list(self.views)
-        for m, name in enumerate(self.names):
-            bad = self.nonfinite_rows(m)
+        for m, (name, bad) in enumerate(zip(self.names, self.nonfinite_all() if nonfinite is None else nonfinite)):
             if len(bad) == 0:
                 continue
             block = np.asarray(self.views[m][bad])
@@ -255,11 +260,11 @@ class MultiViewData:
     def summaries(self) -> list[tuple | None]:
         """Per modality, over its observed rows: feature mean, std, min and max (one pass each,
         in pieces for a view on disk); ``None`` for a modality never observed."""
-        out = []
-        for m, v in enumerate(self.views):
+        def one(m):
             rows = np.nonzero(self.mask[:, m])[0]
-            out.append(observed_summary(v, rows) if len(rows) else None)
-        return out
+            return observed_summary(self.views[m], rows) if len(rows) else None
+        return per_view(one, len(self.views)) if any(is_lazy(v) for v in self.views) else \
+            [one(m) for m in range(len(self.views))]
 
     def standardize(self, stats: list[tuple[np.ndarray, np.ndarray]] | None = None
                     ) -> tuple["MultiViewData", list[tuple[np.ndarray, np.ndarray]]]:

@@ -14,7 +14,7 @@ import hashlib
 import numpy as np
 
 from .dataset import MultiViewData
-from .rows import chunk_rows
+from .rows import chunk_rows, per_view
 
 __all__ = ["fingerprint", "split_fingerprint", "compare"]
 
@@ -23,30 +23,37 @@ def _hash_ids(ids) -> str:
     h = hashlib.sha1()
     ids = np.asarray(ids)
     for s in range(0, len(ids), 65536):      # each id's str and a NUL, a block of ids per update
-        h.update("".join(f"{i}\0" for i in ids[s: s + 65536].tolist()).encode())
+        h.update(("\0".join(map(str, ids[s: s + 65536].tolist())) + "\0").encode())
     return h.hexdigest()[:16]
 
 
-def _hash_view(view, mask_col: np.ndarray) -> str:
+def _hash_view(view, mask_col: np.ndarray) -> tuple[str, np.ndarray]:
     """SHA-1 of the observed rows' values (float32 bytes, chunked for memory-mapped views)
-    and of which rows are observed; missing cells' placeholder values do not count."""
+    and of which rows are observed; missing cells' placeholder values do not count. Also the
+    observed rows holding NaN/inf, found in the same pass (:meth:`MultiViewData.nonfinite_rows`)."""
     h = hashlib.sha1(np.packbits(mask_col).tobytes())
     rows = np.nonzero(mask_col)[0]
     step = chunk_rows(view.shape[1], 4)
+    bad = []
     for s in range(0, len(rows), step):
         block = np.ascontiguousarray(np.asarray(view[rows[s: s + step]], dtype=np.float32))
         h.update(block.tobytes())
-    return h.hexdigest()[:16]
+        bad.append(rows[s: s + step][~np.isfinite(block).all(1)])
+    return h.hexdigest()[:16], (np.concatenate(bad) if bad else np.zeros(0, np.int64))
 
 
-def fingerprint(data: MultiViewData) -> dict:
-    """``{"n", "ids", "labels", "modalities": {name: {"shape", "sha1"}}}`` of ``data`` as given."""
+def fingerprint(data: MultiViewData, *, with_nonfinite: bool = False):
+    """``{"n", "ids", "labels", "modalities": {name: {"shape", "sha1"}}}`` of ``data`` as given;
+    ``with_nonfinite``: also each modality's observed rows with NaN/inf (one pass for both),
+    as ``(fingerprint, [rows per modality])``."""
     labels = None
     if data.labels is not None:
         labels = hashlib.sha1(np.asarray(data.labels).astype(str).tobytes()).hexdigest()[:16]
-    return {"n": data.n, "ids": _hash_ids(data.ids), "labels": labels,
-            "modalities": {name: {"shape": [data.n, int(v.shape[1])], "sha1": _hash_view(v, data.mask[:, m])}
-                           for m, (name, v) in enumerate(zip(data.names, data.views))}}
+    done = per_view(lambda m: _hash_view(data.views[m], data.mask[:, m]), len(data.views))  # views in parallel
+    fp = {"n": data.n, "ids": _hash_ids(data.ids), "labels": labels,
+          "modalities": {name: {"shape": [data.n, int(v.shape[1])], "sha1": h}
+                         for name, v, (h, _) in zip(data.names, data.views, done)}}
+    return (fp, [bad for _, bad in done]) if with_nonfinite else fp
 
 
 def split_fingerprint(train_ids, val_ids, test_ids) -> dict:

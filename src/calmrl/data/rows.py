@@ -15,9 +15,12 @@ statistics of standardisation and the constant-feature check, in memory bounded 
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 
-__all__ = ["RowView", "is_lazy", "observed_moments", "observed_summary", "observed_range", "bounded_sample", "chunk_rows", "CHUNK"]
+__all__ = ["RowView", "is_lazy", "observed_moments", "observed_summary", "observed_range", "bounded_sample", "chunk_rows", "per_view", "CHUNK"]
 
 CHUNK = 65536            # rows read at once by a pass over a view that fits in memory anyway
 EXACT_BYTES = 256 << 20  # up to this size (as float64) the moments are numpy's own, in one piece
@@ -99,10 +102,12 @@ def observed_summary(v, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.nd
     n, mean, m2, lo, hi = 0, None, None, None, None
     step = chunk_rows(v.shape[1])
     for s in range(0, len(rows), step):
-        x = np.asarray(v[rows[s: s + step]], dtype=np.float64)
+        raw = np.asarray(v[rows[s: s + step]])
+        a, b = raw.min(0), raw.max(0)
+        x = raw.astype(np.float64)
         nb, mb = len(x), x.mean(0)
-        m2b = ((x - mb) ** 2).sum(0)
-        a, b = x.min(0), x.max(0)
+        x -= mb                                          # in place: one float64 piece in memory
+        m2b = np.einsum("ij,ij->j", x, x)
         if mean is None:
             n, mean, m2, lo, hi = nb, mb, m2b, a, b
             continue
@@ -137,3 +142,18 @@ def bounded_sample(n: int, cap: int, seed: int, salt: int = 0) -> np.ndarray | N
         return None
     rng = np.random.default_rng([int(seed), 0x5A17, int(salt)])
     return np.sort(rng.choice(n, cap, replace=False))
+
+
+def per_view(fn, n: int) -> list:
+    """``[fn(0), ..., fn(n - 1)]``, a thread per core: the passes over a store's views (hashing,
+    moments, finiteness) spend their time in numpy and hashlib, which release the GIL."""
+    if n < 2:
+        return [fn(i) for i in range(n)]
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:                   # not on Linux
+        cores = os.cpu_count() or 1
+    if cores < 2:
+        return [fn(i) for i in range(n)]
+    with ThreadPoolExecutor(min(cores, n)) as pool:
+        return list(pool.map(fn, range(n)))

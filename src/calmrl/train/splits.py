@@ -88,11 +88,11 @@ def prepare_data(cfg: Config, method: str | None = None, data: MultiViewData | N
     Validation and test keep their natural missingness; every check runs before training."""
     method = method or cfg.method.name
     data, classes = _encode_labels(_load_source(cfg) if data is None else _select_views(data, cfg.data.views))
-    fp = fingerprint(data)
+    fp, nonfinite = fingerprint(data, with_nonfinite=True)      # one pass: the hash and the NaN/inf rows
     notes = list(data.meta.get("notes", []))
     policy = cfg.data.partial_views
     if policy != "fill":         # error / missing need no split statistics
-        data, report = data.resolve_partial_views(policy)
+        data, report = data.resolve_partial_views(policy, nonfinite=nonfinite)
         if report:
             empty = ~data.mask.any(1)
             notes.append(f"partial views treated as missing: {report}"
