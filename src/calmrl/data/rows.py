@@ -23,7 +23,7 @@ import numpy as np
 __all__ = ["RowView", "is_lazy", "observed_moments", "observed_summary", "observed_range", "bounded_sample", "chunk_rows", "per_view", "CHUNK"]
 
 CHUNK = 65536            # rows read at once by a pass over a view that fits in memory anyway
-EXACT_BYTES = 256 << 20  # up to this size (as float64) the moments are numpy's own, in one piece
+EXACT_BYTES = 64 << 20   # up to this size (as float64) the moments are numpy's own, in one piece
 CHUNK_BYTES = 16 << 20   # a pass over a larger view reads it in pieces of about this size
 
 
