@@ -96,3 +96,19 @@ def test_eval_max_instances_caps_validation_and_test_with_a_note(tmp_path):
     np.testing.assert_array_equal(s.test.ids, again.test.ids)          # the same sample every time
     cfg.eval.max_instances = 0
     assert prepare_data(cfg, data=data).test.n == 90
+
+
+def test_training_diagnostics_read_a_bounded_aligned_sample(tmp_path):
+    from calmrl.train.evaluate import diagnostic_split
+
+    data, _ = _store(tmp_path)
+    cfg = Config()
+    cfg.method.name = "pairwise-infonce"
+    s = prepare_data(cfg, data=data)
+    train, full, note = diagnostic_split(s, cfg)
+    assert train is s.train and full is s.train_full and note is None        # under the cap: everything, as before
+    cfg.eval.max_instances = 50
+    train, full, note = diagnostic_split(s, cfg)
+    assert train.n == full.n == 50 and f"50 of the {s.train.n} training instances" in note
+    np.testing.assert_array_equal(train.ids, full.ids)                       # the same instances on both sides
+    assert (full.mask | ~train.mask).all()                                   # hidden cells are known in full
