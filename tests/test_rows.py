@@ -112,3 +112,13 @@ def test_training_diagnostics_read_a_bounded_aligned_sample(tmp_path):
     assert train.n == full.n == 50 and f"50 of the {s.train.n} training instances" in note
     np.testing.assert_array_equal(train.ids, full.ids)                       # the same instances on both sides
     assert (full.mask | ~train.mask).all()                                   # hidden cells are known in full
+
+
+def test_map_per_core_keeps_the_order_and_the_values(monkeypatch):
+    from calmrl import parallel
+
+    items = list(range(23))
+    monkeypatch.setattr(parallel, "cores", lambda: 4)
+    assert parallel.map_per_core(lambda x: x * x, items) == [x * x for x in items]
+    monkeypatch.setattr(parallel, "cores", lambda: 1)
+    assert parallel.map_per_core(lambda x: -x, items) == [-x for x in items]

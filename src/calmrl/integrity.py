@@ -19,12 +19,13 @@ This module imports neither Lightning nor the trainer; ``calmrl verify PATH`` us
 from __future__ import annotations
 
 import hashlib
-from concurrent.futures import ThreadPoolExecutor
 import json
 import os
 from pathlib import Path
 
 import numpy as np
+
+from .parallel import map_per_core
 
 __all__ = ["DamagedFileError", "digest", "seal", "check_sealed", "file_sha256", "CHECKSUM_KEY",
            "check_store", "store_checksums", "read_json"]
@@ -98,17 +99,9 @@ def file_sha256(path: str | os.PathLike, block: int = 1 << 22) -> str:
 
 
 def _sha256_many(paths: list) -> list[str]:
-    """``file_sha256`` of several files at once: one thread per core (hashlib releases the GIL
-    while it hashes, so a store's files are read and hashed in parallel), largest files first."""
-    if len(paths) < 2:
-        return [file_sha256(p) for p in paths]
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:                   # not on Linux
-        cores = os.cpu_count() or 1
+    """``file_sha256`` of several files at once, a thread per core, largest files first."""
     order = sorted(range(len(paths)), key=lambda i: -os.path.getsize(paths[i]))
-    with ThreadPoolExecutor(max(1, min(cores, len(paths)))) as pool:
-        done = dict(zip(order, pool.map(file_sha256, [paths[i] for i in order])))
+    done = dict(zip(order, map_per_core(file_sha256, [paths[i] for i in order])))
     return [done[i] for i in range(len(paths))]
 
 

@@ -15,10 +15,9 @@ statistics of standardisation and the constant-feature check, in memory bounded 
 
 from __future__ import annotations
 
-import os
-from concurrent.futures import ThreadPoolExecutor
-
 import numpy as np
+
+from ..parallel import map_per_core
 
 __all__ = ["RowView", "is_lazy", "observed_moments", "observed_summary", "observed_range", "bounded_sample", "chunk_rows", "per_view", "CHUNK"]
 
@@ -147,13 +146,4 @@ def bounded_sample(n: int, cap: int, seed: int, salt: int = 0) -> np.ndarray | N
 def per_view(fn, n: int) -> list:
     """``[fn(0), ..., fn(n - 1)]``, a thread per core: the passes over a store's views (hashing,
     moments, finiteness) spend their time in numpy and hashlib, which release the GIL."""
-    if n < 2:
-        return [fn(i) for i in range(n)]
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:                   # not on Linux
-        cores = os.cpu_count() or 1
-    if cores < 2:
-        return [fn(i) for i in range(n)]
-    with ThreadPoolExecutor(min(cores, n)) as pool:
-        return list(pool.map(fn, range(n)))
+    return map_per_core(fn, range(n))
