@@ -122,3 +122,20 @@ def test_map_per_core_keeps_the_order_and_the_values(monkeypatch):
     assert parallel.map_per_core(lambda x: x * x, items) == [x * x for x in items]
     monkeypatch.setattr(parallel, "cores", lambda: 1)
     assert parallel.map_per_core(lambda x: -x, items) == [-x for x in items]
+
+
+def test_a_sampled_test_split_is_said_by_train_and_by_eval_and_rebuilt_the_same(tmp_path, capsys):
+    from calmrl.cli import main
+
+    _, store = _store(tmp_path)
+    args = ["--method", "pairwise-infonce", "--data", str(store.path), "--epochs", "1", "--set", "eval.max_instances=40",
+            "--set", f"output_dir={tmp_path / 'out'}", "--set", "train.progress=false", "--set", "train.threads=1"]
+    assert main(["train", *args]) == 0
+    trained = capsys.readouterr()
+    ckpt = tmp_path / "out" / "pairwise-infonce" / "checkpoints" / "last.ckpt"
+    assert main(["eval", "--checkpoint", str(ckpt)]) == 0
+    evaluated = capsys.readouterr().out
+    said = "the test split has 90 instances: evaluated on a random sample of 40"
+    assert said in trained.out + trained.err and said in evaluated
+    row = lambda text: next(l for l in text.splitlines() if l.startswith("pairwise-infonce")).split()[:4]  # noqa: E731
+    assert row(trained.out) == row(evaluated)                 # the same sample, the same figures

@@ -312,6 +312,7 @@ def cmd_eval(args) -> int:
                         "training data and is not computed"]
     else:
         res = evaluate_model(model, splits, cfg)
+        res["data_notes"] = list(splits.notes)       # as train says them (e.g. a split evaluated on a sample)
     from . import objectives
     label = objectives.method_label(cfg.method.name, cfg.method.calibrate)
     resolved = Path(model.checkpoint_path)
