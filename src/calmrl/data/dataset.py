@@ -127,10 +127,8 @@ class MultiViewData:
         return np.concatenate(bad) if bad else np.zeros(0, np.int64)
 
     def nonfinite_all(self) -> list[np.ndarray]:
-        """:meth:`nonfinite_rows` of every modality (views on disk read in parallel)."""
-        if any(is_lazy(v) for v in self.views):
-            return per_view(self.nonfinite_rows, len(self.views))
-        return [self.nonfinite_rows(m) for m in range(len(self.views))]
+        """:meth:`nonfinite_rows` of every modality, a thread per core."""
+        return per_view(self.nonfinite_rows, len(self.views))
 
     def resolve_partial_views(self, policy: str, fill_rows: np.ndarray | None = None, *,
                               nonfinite: list | None = None) -> tuple["MultiViewData", dict[str, dict[str, int]]]:
@@ -259,12 +257,11 @@ class MultiViewData:
 
     def summaries(self) -> list[tuple | None]:
         """Per modality, over its observed rows: feature mean, std, min and max (one pass each,
-        in pieces for a view on disk); ``None`` for a modality never observed."""
+        in pieces for a view on disk, a thread per core); ``None`` for a modality never observed."""
         def one(m):
             rows = np.nonzero(self.mask[:, m])[0]
             return observed_summary(self.views[m], rows) if len(rows) else None
-        return per_view(one, len(self.views)) if any(is_lazy(v) for v in self.views) else \
-            [one(m) for m in range(len(self.views))]
+        return per_view(one, len(self.views))
 
     def standardize(self, stats: list[tuple[np.ndarray, np.ndarray]] | None = None
                     ) -> tuple["MultiViewData", list[tuple[np.ndarray, np.ndarray]]]:

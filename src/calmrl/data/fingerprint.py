@@ -36,9 +36,9 @@ def _hash_view(view, mask_col: np.ndarray) -> tuple[str, np.ndarray]:
     step = chunk_rows(view.shape[1], 4)
     bad = []
     for s in range(0, len(rows), step):
-        block = np.ascontiguousarray(np.asarray(view[rows[s: s + step]], dtype=np.float32))
-        h.update(block.tobytes())
-        bad.append(rows[s: s + step][~np.isfinite(block).all(1)])
+        raw = np.asarray(view[rows[s: s + step]])
+        bad.append(rows[s: s + step][~np.isfinite(raw).all(1)])      # as nonfinite_rows: on the values as given
+        h.update(np.ascontiguousarray(raw, dtype=np.float32).tobytes())
     return h.hexdigest()[:16], (np.concatenate(bad) if bad else np.zeros(0, np.int64))
 
 

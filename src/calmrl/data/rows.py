@@ -9,8 +9,8 @@ a second copy of it in memory.
 only the rows asked for, so a ``DataLoader`` batch costs one fancy index of the store's pages,
 and the numbers are those of standardising an in-memory copy, bit for bit.
 
-``observed_moments`` and ``observed_range`` pass over a view in chunks of ``CHUNK`` rows (the
-statistics of standardisation and the constant-feature check, in memory bounded by a chunk).
+``observed_summary`` passes over a view in pieces of about ``CHUNK_BYTES`` (the statistics of
+standardisation and the constant-feature check, in memory bounded by a piece).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import numpy as np
 
 from ..parallel import map_per_core
 
-__all__ = ["RowView", "is_lazy", "observed_moments", "observed_summary", "observed_range", "bounded_sample", "chunk_rows", "per_view", "CHUNK"]
+__all__ = ["RowView", "is_lazy", "observed_summary", "bounded_sample", "chunk_rows", "per_view", "CHUNK"]
 
 CHUNK = 65536            # rows read at once by a pass over a view that fits in memory anyway
 EXACT_BYTES = 64 << 20   # up to this size (as float64) the moments are numpy's own, in one piece
@@ -61,10 +61,6 @@ class RowView:
         return f"RowView({self.shape[0]} of {self.base.shape[0]} rows, d={self.shape[1]}, " \
                f"standardised={self.mean is not None})"
 
-    def rows(self, key) -> np.ndarray:
-        """The base rows that ``key`` selects."""
-        return self.index[key]
-
     def __getitem__(self, key) -> np.ndarray:
         if isinstance(key, tuple):           # (rows, columns): read the rows, then slice the columns
             return self[key[0]][(slice(None),) + key[1:]]
@@ -79,9 +75,6 @@ class RowView:
     def __array__(self, dtype=None, copy=None):
         out = self[:]
         return out if dtype is None else out.astype(dtype, copy=False)
-
-    def standardized(self, mean, std) -> "RowView":
-        return RowView(self, None, mean, std)
 
 
 def is_lazy(v) -> bool:
@@ -116,22 +109,6 @@ def observed_summary(v, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.nd
         m2 = m2 + m2b + delta ** 2 * (n * nb / tot)
         n, lo, hi = tot, np.minimum(lo, a), np.maximum(hi, b)
     return mean, np.sqrt(m2 / n), lo, hi
-
-
-def observed_moments(v, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and standard deviation of ``v[rows]`` per feature (:func:`observed_summary`)."""
-    return observed_summary(v, rows)[:2]
-
-
-def observed_range(v, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-feature minimum and maximum of ``v[rows]``, in chunks."""
-    lo = hi = None
-    step = chunk_rows(v.shape[1], 4)
-    for s in range(0, len(rows), step):
-        x = np.asarray(v[rows[s: s + step]])
-        a, b = x.min(0), x.max(0)
-        lo, hi = (a, b) if lo is None else (np.minimum(lo, a), np.maximum(hi, b))
-    return lo, hi
 
 
 def bounded_sample(n: int, cap: int, seed: int, salt: int = 0) -> np.ndarray | None:

@@ -68,22 +68,28 @@ def retrieval_table(A: Tensor, names: Sequence[str], mask: Tensor | None = None,
             rows = torch.nonzero(mask[:, q] & mask[:, g]).squeeze(1)
             if len(rows) < 2:
                 continue
-            if 0 < gallery_size < len(rows):
-                gen = torch.Generator().manual_seed(seed * 1_000_003 + q * 1009 + g)
-                draws = []
-                for _ in range(galleries):
-                    sub = rows[torch.randperm(len(rows), generator=gen)[:gallery_size]]
-                    draws.append(summarize_ranks(retrieval_ranks(A[sub, q], A[sub, g], chunk_size=chunk_size,
-                                                                 backend=backend, similarity=similarity), ks))
-                table[f"{names[q]}->{names[g]}"] = {**{k: float(np.mean([d[k] for d in draws])) for k in draws[0]},
-                                                    "n": int(gallery_size)}
-                continue
-            ranks = retrieval_ranks(A[rows, q], A[rows, g], chunk_size=chunk_size, backend=backend,
-                                    similarity=similarity)
-            table[f"{names[q]}->{names[g]}"] = {**summarize_ranks(ranks, ks), "n": int(len(rows))}
+            draws = _galleries(rows, gallery_size, galleries, seed * 1_000_003 + q * 1009 + g)
+            scored = [summarize_ranks(retrieval_ranks(A[sub, q], A[sub, g], chunk_size=chunk_size, backend=backend,
+                                                      similarity=similarity), ks) for sub in draws]
+            table[f"{names[q]}->{names[g]}"] = {**_mean_metrics(scored), "n": int(len(draws[0]))}
     if not table:
         raise ValueError("no pair of modalities is observed together in 2 or more instances; nothing to score")
     return _with_average(table)
+
+
+def _galleries(rows: Tensor, gallery_size: int, galleries: int, key: int) -> list[Tensor]:
+    """The instances each draw scores: ``[rows]`` (the whole split) unless ``0 < gallery_size <
+    len(rows)``, then ``galleries`` random sets of ``gallery_size`` of them, drawn from a
+    generator seeded with ``key``."""
+    if not 0 < gallery_size < len(rows):
+        return [rows]
+    gen = torch.Generator().manual_seed(key)
+    return [rows[torch.randperm(len(rows), generator=gen)[:gallery_size]] for _ in range(galleries)]
+
+
+def _mean_metrics(draws: list[dict[str, float]]) -> dict[str, float]:
+    """Each metric averaged over the draws (one draw: its own values)."""
+    return {k: float(np.mean([d[k] for d in draws])) for k in draws[0]}
 
 
 def _with_average(table: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
@@ -107,12 +113,8 @@ def fused_retrieval(A: Tensor, names: Sequence[str], mask: Tensor | None = None,
         gal_all = torch.nonzero(mask[:, g]).squeeze(1)
         others = mask.clone()
         others[:, g] = False
-        draws = [gal_all]
-        if 0 < gallery_size < len(gal_all):
-            gen = torch.Generator().manual_seed(seed * 1_000_003 + 7 * 1009 + g)
-            draws = [gal_all[torch.randperm(len(gal_all), generator=gen)[:gallery_size]] for _ in range(galleries)]
         scored = []
-        for gal in draws:
+        for gal in _galleries(gal_all, gallery_size, galleries, seed * 1_000_003 + 7 * 1009 + g):
             qsel = others[gal].any(1)
             if len(gal) < 2 or not bool(qsel.any()):
                 continue
@@ -122,7 +124,7 @@ def fused_retrieval(A: Tensor, names: Sequence[str], mask: Tensor | None = None,
             ranks = retrieval_ranks(query, A[gal, g], targets, chunk_size=chunk_size, backend=backend)
             scored.append((summarize_ranks(ranks, ks), len(qrows)))
         if scored:
-            table[f"rest->{names[g]}"] = {**{k: float(np.mean([d[k] for d, _ in scored])) for k in scored[0][0]},
+            table[f"rest->{names[g]}"] = {**_mean_metrics([d for d, _ in scored]),
                                           "n": int(round(np.mean([n for _, n in scored])))}
     if not table:
         raise ValueError("no instance observes two or more modalities; fused queries cannot be scored")

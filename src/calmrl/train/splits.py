@@ -98,10 +98,9 @@ def prepare_data(cfg: Config, method: str | None = None, data: MultiViewData | N
             notes.append(f"partial views treated as missing: {report}"
                          + (f"; {int(empty.sum())} instance(s) left with no view were dropped" if empty.any() else ""))
             data = data.subset(np.nonzero(~empty)[0]) if empty.any() else data
-    if policy != "fill":         # every observed cell was just checked: the structure is what is left
-        data.validate_structure()
-    else:     # the fill needs the training split's means: split first, then check the filled data
-        data.validate_structure()
+    # error / missing: every observed cell was just checked, the structure is what is left; fill
+    # needs the training split's means: split first, then check the filled data
+    data.validate_structure()
     seed = cfg.train.seed
     tr, va, te = stratified_split(data.n, data.labels if cfg.data.stratify else None, cfg.data.val_fraction,
                                   cfg.data.test_fraction, seed)
@@ -120,9 +119,6 @@ def prepare_data(cfg: Config, method: str | None = None, data: MultiViewData | N
     stats = None
     summary = train.summaries()            # one pass: the standardisation and the constant features
     observed = train.mask.sum(0)
-    never = [n for n, c in zip(data.names, observed) if c == 0]
-    if never:
-        raise ValueError(f"modality(ies) {never} are never observed in the training split")
     if cfg.data.standardize:
         stats = [standardization(x, name) for x, name in zip(summary, data.names)]
         train, _ = train.standardize(stats)
