@@ -54,12 +54,12 @@ def _print_tables(results: list[dict], eval_only: bool = False, said: set | None
         a = r.get("auto")
         if a:
             if a.get("search") == "halving":
+                keep = a.get("halving_keep") or "none"
                 guard.append(f"auto: successive halving over {len(a['candidates'])} candidates, rungs of "
-                             f"{a['rungs']} epochs; validation R@1 at each candidate's last rung " + ", ".join(
-                                 f"{k} {v:.2f} ({a['candidates'][k]['rungs'][-1]['epochs']} ep)"
-                                 for k, v in a["val_R@1"].items())
+                             f"{a['rungs']} epochs" + (f", the best of each {keep.replace('both', 'structure and objective')} "
+                                                       "kept to the last rung" if keep != "none" else "")
                              + f"; {a['candidate_epochs']} candidate-epochs for a {a['kept_epochs']}-epoch model "
-                               f"({a['cost_ratio']:.2f}x)")
+                               f"({a['cost_ratio']:.2f}x; the table below)")
             else:
                 guard.append("auto: candidates by validation R@1 " + ", ".join(
                     f"{k} {v:.2f} (test {a['test_R@1'][k]:.2f})" for k, v in a["val_R@1"].items() if k in a["test_R@1"]))
@@ -70,6 +70,10 @@ def _print_tables(results: list[dict], eval_only: bool = False, said: set | None
             if note not in seen:
                 seen.add(note)
                 print(f"note ({r['method']}): {note}")
+        if a and a.get("search") == "halving" and a.get("rungs"):
+            from .train.results import search_table
+            print(f"auto's search (validation R@1 at each rung; curves: {Path(a['checkpoint']).parent.parent / 'search.png'}):")
+            print(search_table(a))
 
 
 def _load_cfg(path, overrides):

@@ -147,6 +147,10 @@ class MethodConfig:
                           "paths are candidates too) or exhaustive (every candidate to the end, each with its guard)")
     halving_eta: int = _f(3, lo=2, help="auto, halving: the reduction factor (1/eta of the candidates continue "
                                         "at each rung, with eta times the epochs)")
+    halving_keep: str = _f("none", choices=("none", "structure", "objective", "both"),
+                           help="auto, halving: besides the best 1/eta, the best candidate of each encoder structure "
+                                "(one shared encoder or not), of each objective, or of both goes on to the next rung "
+                                "and to the last (docs/search.md)")
     halving_min_epochs: int = _f(1, lo=1, help="auto, halving: epochs of the first rung at least (a calibrated "
                                                "candidate and its observed-only twin are one run until "
                                                "imputations take part, so early rungs need not wait for them)")
@@ -253,7 +257,8 @@ class TrainConfig:
                                     "that other processes are not keeping busy at the start, divided among its "
                                     "node's processes; benchmarks/bench_threads.py)")
     progress: bool = _f(True, help="show a progress bar")
-    check_val_every: int = _f(5, lo=1, help="epochs between the validation R@1 logged during training")
+    check_val_every: int = _f(1, lo=1, help="epochs between the validation R@1 measured during training (the learning "
+                                             "curve in results.json val_curve; auto ranks and plots its candidates by it)")
     init_from: str = _f("", help="continual training: start from this checkpoint's encoders and calibrator "
                                  "(fresh optimizer; EM continues from the loaded parameters)")
 

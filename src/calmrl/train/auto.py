@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -49,7 +48,8 @@ from .config import calibrates
 from .encoders import equal_width_groups
 from .guard import guard, imputations_took_part
 from .outdir import copy_kept, replacing
-from .results import write_results
+from .results import plot_search, write_results
+from .schedule import halving_rungs, promote
 from .single import train_one
 
 __all__ = ["run_auto", "kept_checkpoint", "candidate_space", "halving_rungs"]
@@ -57,7 +57,7 @@ __all__ = ["run_auto", "kept_checkpoint", "candidate_space", "halving_rungs"]
 log = logging.getLogger("calmrl")
 
 
-@dataclass
+@dataclass(eq=False)
 class Candidate:
     label: str
     cfg: object
@@ -69,6 +69,14 @@ class Candidate:
     took_part: bool = False                 # halving: imputed columns took part in its training so far
     trained: int = 0                        # epochs trained (its last checkpoint)
     last: dict | None = None                # the results of its last rung
+    curve: list = field(default_factory=list)   # [[epoch, validation R@1]] of every epoch it trained
+
+
+def _groups(c: "Candidate", keep: str) -> tuple:
+    """The groups whose best arm ``method.halving_keep`` keeps to the last rung (:func:`promote`)."""
+    shared = ("shared", bool(c.label.endswith("+shared")))
+    objective = ("objective", c.cfg.method.name.replace("pmrl-drop", "calmrl"))
+    return {"none": (), "structure": (shared,), "objective": (objective,), "both": (shared, objective)}[keep]
 
 
 def _label(method: str, lr, shared: bool, show_lr: bool) -> str:
@@ -113,35 +121,21 @@ def candidate_space(cfg, splits, search: str | None = None) -> list[Candidate]:
     return out
 
 
-def halving_rungs(n: int, epochs: int, eta: int, min_epochs: int) -> list[int]:
-    """Epoch budgets of the rungs for ``n`` candidates (module docstring); the last is ``epochs``."""
-    if n <= 1:
-        return [epochs]
-    s = max(1, math.ceil(math.log(n) / math.log(eta) - 1e-9))   # rungs before the last
-    r0 = max(min_epochs, math.ceil(epochs / eta ** s))
-    rungs = []
-    r = r0
-    while r < epochs and len(rungs) < s:
-        rungs.append(r)
-        r *= eta
-    return rungs + [epochs]
-
-
-def _save(path: Path, rungs, done: int, alive, cands) -> None:
+def _save(path: Path, rungs, done: int, alive, cands, schedule: dict) -> None:
     """The search's state after rung ``done``, atomically: a resumed search continues from the
     next rung with the same survivors and never ranks candidates trained to different budgets."""
     from .outdir import process_rank
     if process_rank() != 0:
         return
-    state = {"rungs": rungs, "done": done, "alive": [c.label for c in alive],
+    state = {"rungs": rungs, "done": done, "alive": [c.label for c in alive], "schedule": schedule,
              "candidates": {c.label: {"rungs": c.rungs, "error": c.error, "trained": c.trained,
-                                      "took_part": c.took_part} for c in cands}}
+                                      "took_part": c.took_part, "curve": c.curve} for c in cands}}
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(state, indent=1))
     tmp.replace(path)
 
 
-def _restore(path: Path, cands, rungs) -> tuple[list, int]:
+def _restore(path: Path, cands, rungs, schedule: dict) -> tuple[list, int]:
     """``(alive, first rung to run)`` from a saved state; refuses a state of another search."""
     state = json.loads(path.read_text())
     labels = [c.label for c in cands]
@@ -149,10 +143,16 @@ def _restore(path: Path, cands, rungs) -> tuple[list, int]:
         raise ValueError(f"--resume: {path} records a search over other candidates or rungs ({state.get('rungs')} "
                          f"epochs, {len(state.get('candidates', {}))} candidates; now {rungs}, {len(labels)}); "
                          "resuming would rank candidates trained to different budgets: rerun without --resume")
+    if state.get("schedule", schedule) != schedule:
+        diff = ", ".join(f"method.halving_{k}: {state['schedule'].get(k)} -> {v}" for k, v in schedule.items()
+                         if state["schedule"].get(k) != v)
+        raise ValueError(f"--resume: {path} records a search with another schedule ({diff}); resuming would mix "
+                         "two schedules' survivors: rerun without --resume, or resume with the recorded settings")
     by = {c.label: c for c in cands}
     for label, st in state["candidates"].items():
         c = by[label]
         c.rungs, c.error, c.trained, c.took_part = st["rungs"], st["error"], st["trained"], st["took_part"]
+        c.curve = st.get("curve", [])
     log.warning("auto: resuming the search after rung %d of %d", state["done"] + 1, len(rungs))
     return [by[x] for x in state["alive"]], state["done"] + 1
 
@@ -183,6 +183,7 @@ def _train(c: Candidate, splits, run_dir: Path, *, resume, max_epochs, final, ex
         log.warning("auto: candidate %s failed (%s); the others go on", c.label, c.error)
         return False
     epochs = int(max_epochs or c.cfg.train.epochs)
+    c.curve = [list(x) for x in res.get("val_curve", [])]
     g = res.get("guard") or {}
     c.rungs.append({"epochs": epochs, "val_R@1": float(res["val_average"]["R@1"]),
                     "seconds": float(res.get("train_seconds", 0.0)),
@@ -213,8 +214,10 @@ def run_auto(cfg, splits, *, resume: bool = False, max_epochs=None, extra_callba
             warmup = cfg.calibrator.warmup_epochs
             alive, start = list(cands), 0
             state_file = run_dir / "search.json"
+            schedule = {"eta": cfg.method.halving_eta, "keep": cfg.method.halving_keep,
+                        "min_epochs": cfg.method.halving_min_epochs}
             if resume and state_file.exists():
-                alive, start = _restore(state_file, cands, rungs)
+                alive, start = _restore(state_file, cands, rungs, schedule)
             for k, budget in enumerate(rungs):
                 if k < start:
                     continue
@@ -226,6 +229,7 @@ def run_auto(cfg, splits, *, resume: bool = False, max_epochs=None, extra_callba
                         # no imputed column has taken part in the calibrated twin: it is this run (the guard's rule)
                         c.rungs.append({"epochs": budget, "val_R@1": parent.rungs[-1]["val_R@1"],
                                         "same_run_as": parent.label})
+                        c.curve = [list(x) for x in parent.curve]
                         if final:
                             c.results, c.model = parent.results, parent.model
                         continue
@@ -239,13 +243,13 @@ def run_auto(cfg, splits, *, resume: bool = False, max_epochs=None, extra_callba
                     alive = ranked
                     break
                 arms_alive = [c for c in ranked if not _virtual(c)]
-                keep = 1 if k == len(rungs) - 2 else max(1, math.ceil(len(arms_alive) / cfg.method.halving_eta))
-                kept = arms_alive[:keep]
+                kept = promote(arms_alive, last=k == len(rungs) - 2, eta=cfg.method.halving_eta,
+                               groups={c: _groups(c, cfg.method.halving_keep) for c in arms_alive})
                 alive = [c for c in ranked if c in kept or (_virtual(c) and c.twin_of in kept)]
                 log.warning("auto: rung %d of %d (%d epochs): %s; %d continue", k + 1, len(rungs), budget,
                             ", ".join(f"{c.label} {_val(c):.2f}" + (" (=)" if _virtual(c) else "") for c in ranked),
                             len(kept))
-                _save(state_file, rungs, k, alive, cands)
+                _save(state_file, rungs, k, alive, cands, schedule)
                 if not alive:
                     break
             alive = [c for c in alive if not _virtual(c) or c.twin_of not in alive] if len(alive) > 1 else alive
@@ -267,6 +271,9 @@ def run_auto(cfg, splits, *, resume: bool = False, max_epochs=None, extra_callba
                   "failed": {c.label: c.error for c in cands if c.error},
                   "kept_by_guard": {c.label: c.results["guard"]["kept"] for c in cands
                                     if c.results and c.results.get("guard")},
+                  "curves": {c.label: c.curve for c in cands if c.curve},
+                  "same_run_as": {c.label: c.twin_of.label for c in cands if c.rungs and "same_run_as" in c.rungs[-1]},
+                  "halving_keep": cfg.method.halving_keep if search == "halving" else None,
                   "candidate_epochs": cost, "kept_epochs": epochs,
                   "cost_ratio": cost / epochs, "instance_epochs": cost * n_train,
                   "checkpoint": str(run_dir / "checkpoints" / "kept.ckpt"),
@@ -278,6 +285,10 @@ def run_auto(cfg, splits, *, resume: bool = False, max_epochs=None, extra_callba
         results = {**res, "method": "auto", "chosen_method": res["method"], "auto": choice,
                    "train_seconds": search_seconds}
         write_results(run_dir, results)
+        from .outdir import process_rank
+        if process_rank() == 0 and choice["curves"]:
+            plot_search(choice, run_dir / "search.png")
     log.warning("auto: kept %s (validation R@1 %s; %d candidate-epochs for a %d-epoch model, %.2fx)", best.label,
                 ", ".join(f"{k} {v:.2f}" for k, v in choice["val_R@1"].items()), cost, epochs, cost / epochs)
     return results, best.model
+

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from .config import Config
     from .splits import Splits
 
-__all__ = ["validation_score", "embed_data", "retrieval_table", "fused_retrieval", "knn_accuracy", "anchor_report", "evaluate_embeddings",
+__all__ = ["validation_score", "split_score", "embed_data", "retrieval_table", "fused_retrieval", "knn_accuracy", "anchor_report", "evaluate_embeddings",
            "instance_identification", "diagnostic_split"]
 
 
@@ -233,9 +233,15 @@ def validation_score(model: torch.nn.Module, splits: Splits, cfg: Config) -> dic
     """The average over ordered view pairs of validation retrieval (cosine), as
     :func:`evaluate_model` reports it under ``val_average``: what a search ranks candidates by,
     without touching the test split."""
+    return split_score(model, splits.val, splits.names, cfg)
+
+
+def split_score(model: torch.nn.Module, split, names: list[str], cfg: Config) -> dict[str, float]:
+    """The average over ordered view pairs of retrieval (cosine) on one split, scored as
+    :func:`validation_score` scores validation (``eval.gallery_size`` galleries included)."""
     e = cfg.eval
-    val_A, val_mask = embed_data(model.encoder, splits.val)
-    return retrieval_table(val_A, splits.names, val_mask, ks=tuple(e.ks), chunk_size=e.chunk_size,
+    A, mask = embed_data(model.encoder, split)
+    return retrieval_table(A, names, mask, ks=tuple(e.ks), chunk_size=e.chunk_size,
                            backend=e.backend, gallery_size=e.gallery_size, galleries=e.galleries)["average"]
 
 

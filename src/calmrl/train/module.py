@@ -379,6 +379,9 @@ class CalMRLModule(L.LightningModule):
         e = self.cfg.eval         # scored as validation_score scores it (bounded galleries included)
         table = retrieval_table(A, self.names, mask, ks=tuple(e.ks), chunk_size=e.chunk_size, backend=e.backend,
                                 gallery_size=e.gallery_size, galleries=e.galleries)
+        # the learning curve (epoch, validation R@1), kept in the checkpoint: auto's curves read it
+        self.val_history = [*getattr(self, "val_history", []), (int(self.current_epoch) + 1,
+                                                                 float(table["average"]["R@1"]))]
         self.log("val/R@1", table["average"]["R@1"], prog_bar=True, sync_dist=False)
         self.log("val/R@5", table["average"]["R@5"], sync_dist=False)
 
@@ -403,10 +406,12 @@ class CalMRLModule(L.LightningModule):
         checkpoint["calmrl_fingerprint"] = getattr(self, "data_fingerprint", None)
         checkpoint["calmrl_classes"] = getattr(self, "classes", None)
         checkpoint["calmrl_history"] = {"loss": list(getattr(self, "loss_history", [])),
-                                        "em": list(getattr(self, "em_history", [])), "gate": list(self.gate_history)}
+                                        "em": list(getattr(self, "em_history", [])), "gate": list(self.gate_history),
+                                        "val": [list(x) for x in getattr(self, "val_history", [])]}
 
     def on_load_checkpoint(self, checkpoint):
         hist = checkpoint.get("calmrl_history") or {}
         self.loss_history = list(hist.get("loss", []))
         self.em_history = [tuple(x) for x in hist.get("em", [])]
         self.gate_history = list(hist.get("gate", []))
+        self.val_history = [tuple(x) for x in hist.get("val", [])]

