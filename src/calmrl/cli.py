@@ -550,7 +550,7 @@ def _data_import(args) -> int:
     for note in data.meta.get("notes", []):
         print(f"note: {note}")
     data.meta.pop("notes", None)
-    FeatureStore.write(out, data)
+    FeatureStore.write(out, data, replace=False)      # a store another import wrote meanwhile is kept
     print(f"wrote {data.n} instances, modalities " + ", ".join(
         f"{n} ({w} features, {100 * data.mask[:, m].mean():.0f}% observed)" for m, (n, w) in
         enumerate(zip(data.names, data.dims))) + (f", labels from '{args.label_column}'" if args.label_column else "")

@@ -353,15 +353,38 @@ class FeatureStore:
         self.path = Path(path)
 
     @classmethod
-    def write(cls, path: str | os.PathLike, data: MultiViewData, extra: dict | None = None) -> "FeatureStore":
-        """Write atomically: files go to a temporary directory that is renamed into place, each
-        with its SHA-256 in ``meta.json``. ``extra``: more ``{name: array}`` to store beside
-        (e.g. ``impute``'s observed mask and confidences), checksummed alike."""
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)     # a partial store left by an earlier failure
+    def is_store(cls, path: str | os.PathLike) -> bool:
+        """Whether ``path`` holds a feature store written by calmrl (its ``meta.json`` says so)."""
+        meta = Path(path) / "meta.json"
         try:
-            tmp.mkdir(parents=True, exist_ok=True)
+            m = json.loads(meta.read_text())
+        except (OSError, ValueError):
+            return False
+        return isinstance(m, dict) and "format_version" in m and "names" in m and "sha256" in m
+
+    @classmethod
+    def write(cls, path: str | os.PathLike, data: MultiViewData, extra: dict | None = None, *,
+              replace: bool = True) -> "FeatureStore":
+        """Write atomically: files go to a temporary directory of this process's own (a unique name
+        beside ``path``) that is renamed into place, each with its SHA-256 in ``meta.json``.
+        ``extra``: more ``{name: array}`` to store beside (e.g. ``impute``'s observed mask and
+        confidences), checksummed alike. An existing ``path`` is replaced only when it is a store
+        calmrl wrote and ``replace`` is true; anything else there is never touched (the write is
+        refused, and what this call wrote removed). Nothing but this call's own temporary
+        directories is ever deleted."""
+        import errno
+        import tempfile
+
+        path = Path(path)
+        if path.exists() and not (path.is_dir() and not any(path.iterdir())):
+            if not replace:
+                raise FileExistsError(f"{path} exists and is not empty; choose a new directory (nothing was written)")
+            if not cls.is_store(path):
+                raise FileExistsError(f"{path} exists and is not a calmrl feature store; it is left as it is: "
+                                      "choose a new directory (nothing was written)")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+        try:
             for name, v in zip(data.names, data.views):
                 np.save(tmp / f"{name}.npy", np.asarray(v, dtype=np.float32))
             np.save(tmp / "mask.npy", data.mask)
@@ -385,13 +408,17 @@ class FeatureStore:
                               + ("no space left on device" if full else str(e).splitlines()[0][:120])
                               + "; nothing was written there") from None
             raise
-        if path.exists():
-            old = path.with_name(path.name + ".old")
-            os.replace(path, old)
-            os.replace(tmp, path)
+        try:
+            os.rename(tmp, path)      # onto nothing or an empty directory; a non-empty one refuses (ENOTEMPTY)
+        except OSError as e:
+            if e.errno not in (errno.ENOTEMPTY, errno.EEXIST) or not replace or not cls.is_store(path):
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise FileExistsError(f"{path} was written by another process meanwhile (or is not a calmrl "
+                                      "feature store); it is left as it is and nothing was written") from None
+            old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".old"))
+            os.rename(path, old)      # the earlier store, moved onto this call's own empty directory
+            os.rename(tmp, path)
             shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
         return cls(path)
 
     def read(self, *, mmap: bool = True, validate: bool = True, verify: bool = True,

@@ -24,6 +24,9 @@ def export_model(encoder: MultiModalEncoder, calibrator: SharedLatentCalibrator,
     """``standardization``: the training split's per-modality ``(mean, std)``; stored (float64)
     and applied by :class:`~calmrl.inference.CalMRLModel` to raw inputs, as training did."""
     out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not _is_export(out):
+        raise FileExistsError(f"--out {out} exists and is not an earlier calmrl export (no config.json + "
+                              "model.safetensors written by calmrl); it is left as it is: choose a new directory")
     out.mkdir(parents=True, exist_ok=True)
     # copies: a shared encoder's tensors appear under each of its modalities (safetensors refuses shared memory)
     tensors = {f"encoder.{k}": v.detach().cpu().clone() for k, v in encoder.state_dict().items()}
@@ -35,7 +38,10 @@ def export_model(encoder: MultiModalEncoder, calibrator: SharedLatentCalibrator,
             "standardized": bool(standardization)}
     # the SHA-256 of the tensors in the header, checked by load_exported; both files written
     # under temporary names first and renamed only once both are whole
-    tmp, tmp_meta = out / "model.safetensors.tmp", out / "config.json.tmp"
+    import tempfile
+
+    tmp, tmp_meta = (Path(tempfile.mkstemp(dir=out, prefix=f".{n}.", suffix=".tmp")[1])
+                     for n in ("model.safetensors", "config.json"))    # this call's own names, nobody else's
     try:
         save_file(tensors, str(tmp), metadata={CHECKSUM_KEY: digest(tensors)})
         tmp_meta.write_text(json.dumps(meta, indent=2))
@@ -48,9 +54,23 @@ def export_model(encoder: MultiModalEncoder, calibrator: SharedLatentCalibrator,
                           + ("no space left on device" if full else str(e).splitlines()[0][:120])
                           + "; nothing was left there") from None
         raise
+    umask = os.umask(0)
+    os.umask(umask)
+    for f in (tmp, tmp_meta):                     # temporary files are 0600; the exported ones follow the umask
+        os.chmod(f, 0o666 & ~umask)
     os.replace(tmp, out / "model.safetensors")
     os.replace(tmp_meta, out / "config.json")
     return out
+
+
+def _is_export(path: Path) -> bool:
+    """A directory an earlier ``export`` wrote: its config.json is calmrl's and its weights are beside it."""
+    try:
+        meta = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return (isinstance(meta, dict) and {"names", "dims", "config", "format_version"} <= set(meta)
+            and (path / "model.safetensors").is_file())
 
 
 def load_exported(path: str | os.PathLike, device="cpu") -> tuple[MultiModalEncoder, SharedLatentCalibrator, dict]:

@@ -43,7 +43,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .. import objectives
-from ..model.checkpoint import kept_checkpoint
+from ..integrity import DamagedFileError
+from ..model.checkpoint import CheckpointError, kept_checkpoint
 from .config import calibrates
 from .encoders import equal_width_groups
 from .guard import guard, imputations_took_part
@@ -55,6 +56,11 @@ from .single import train_one
 __all__ = ["run_auto", "kept_checkpoint", "candidate_space", "halving_rungs"]
 
 log = logging.getLogger("calmrl")
+
+
+class SearchStopped(RuntimeError):
+    """A failure of the environment, not of a candidate (I/O, integrity, resume): the search stops resumable."""
+    resumable = True
 
 
 @dataclass(eq=False)
@@ -179,6 +185,12 @@ def _train(c: Candidate, splits, run_dir: Path, *, resume, max_epochs, final, ex
         if hasattr(e, "signum"):
             e.candidate = c.label
             raise
+        if isinstance(e, (OSError, CheckpointError, DamagedFileError)):
+            # not the candidate's own failure (a full disk, a damaged or foreign checkpoint, a resume with
+            # other settings): the search stops, its saved state is that of the last finished rung
+            raise SearchStopped(f"auto: stopped while training candidate {c.label}: {str(e).splitlines()[0]} "
+                                f"({type(e).__name__}); no candidate was eliminated for it: remove the cause and "
+                                "rerun the same command with --resume") from e
         c.error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
         log.warning("auto: candidate %s failed (%s); the others go on", c.label, c.error)
         return False

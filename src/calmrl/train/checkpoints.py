@@ -82,10 +82,10 @@ def resume_checkpoint(run_dir: str | os.PathLike) -> tuple[Path | None, dict | N
 
 
 _RESUME_FREE = ("output_dir", "train.progress", "train.threads", "train.num_workers", "train.accelerator",
-                "train.devices", "train.num_nodes", "train.strategy", "train.check_val_every", "train.epochs", "eval.",
+                "train.devices", "train.num_nodes", "train.strategy", "train.check_val_every", "eval.",
                 # auto's search settings: they choose which candidates train, not how one trains
                 "method.candidates", "method.auto_lrs", "method.lr_factors", "method.search", "method.halving_eta",
-                "method.halving_min_epochs", "method.auto_shared")
+                "method.halving_min_epochs", "method.halving_keep", "method.auto_shared")
 
 
 def _flat(d: dict, prefix: str = "") -> dict:

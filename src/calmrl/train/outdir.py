@@ -129,7 +129,8 @@ def replacing(run_dir: Path, keep: bool = False):
     try:
         yield moved
     except BaseException as e:
-        interrupted = hasattr(e, "signum") or isinstance(e, KeyboardInterrupt)
+        # an interruption, or a stop that says it is resumable (auto's SearchStopped), leaves the new run in place
+        interrupted = hasattr(e, "signum") or isinstance(e, KeyboardInterrupt) or getattr(e, "resumable", False)
         if moved is not None and not interrupted and process_rank() == 0:
             failed = None
             if run_dir.exists():

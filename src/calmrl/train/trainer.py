@@ -56,7 +56,9 @@ def build_trainer(cfg: Config, run_dir: Path, *, max_epochs: int | None = None, 
     from lightning.pytorch.loggers import TensorBoardLogger
 
     t = cfg.train
+    # no "-vN" copies: a moved or copied run resumed in its new place writes its own last.ckpt
     ckpt = ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=1, every_n_epochs=1,
+                           enable_version_counter=False,
                            save_on_train_epoch_end=True)
     loggers = [keeping_csv_logger(run_dir, keep_logs_before_epoch)]
     try:

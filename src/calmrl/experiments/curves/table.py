@@ -34,6 +34,7 @@ __all__ = ["CurveRecorder", "run_curves", "run_cell", "DEFAULT_DATASETS", "DEFAU
 
 DEFAULT_DATASETS = ("emoji", "glyphs", "movies", "leaf", "cells", "uci_mfeat", "wdbc", "vowels")
 DEFAULT_SETTINGS = ("mcar 0.5", "paired", "never-complete")
+AS_GIVEN = "as given"     # a setting: the data and missingness as the configuration says (a user's own data)
 
 
 class CurveRecorder(L.Callback):
@@ -89,7 +90,7 @@ def run_cell(cfg, dataset: str, setting: str, seed: int, out: Path, names: list[
     torch.set_num_threads(1)
     base = apply_overrides(cfg, [f"data.dataset={dataset}", f"train.seed={seed}", "train.progress=false",
                                  "train.threads=1", f"train.check_val_every={cfg.train.epochs + 1}"])
-    c = _setting_cfg(base, setting, names)
+    c = base if setting == AS_GIVEN else _setting_cfg(base, setting, names)
     path = record_path(out, dataset, setting, seed)
     rec = json.loads(path.read_text()) if path.exists() else {
         "dataset": dataset, "setting": setting, "seed": seed, "epochs": c.train.epochs,
