@@ -129,3 +129,52 @@ def test_a_moved_run_resumes_into_its_own_last_checkpoint_and_other_epochs_are_r
     longer = load_config(None, TINY + ["train.epochs=5", f"output_dir={tmp_path / 'Q2'}"])
     with pytest.raises(CheckpointError, match="train.epochs: 3 -> 5"):
         run(longer, method="pmrl-drop", resume=True)
+
+
+def test_checksums_cover_what_gives_the_tensors_their_meaning(tmp_path, monkeypatch):
+    """A store's names and dims in another order, one character of an export's config.json, an
+    edited search.json, a checkpoint without its checksum key: each refused, naming the file."""
+    from calmrl.core import SharedLatentCalibrator
+    from calmrl.integrity import DamagedFileError, UnverifiedFileError, seal_json
+    from calmrl.model.encoders import MultiModalEncoder
+    from calmrl.model.export import export_model, load_exported
+    from calmrl.model.verify import verify_path
+    from calmrl.train import load_config
+
+    FeatureStore.write(tmp_path / "s", _data())
+    meta_f = tmp_path / "s" / "meta.json"
+    meta = json.loads(meta_f.read_text())
+    meta_f.write_text(json.dumps({**meta, "names": ["b", "a"], "dims": [2, 3]}))
+    with pytest.raises(DamagedFileError, match="another meaning"):
+        FeatureStore(tmp_path / "s").read()
+    meta.pop("meta_sha256")
+    meta_f.write_text(json.dumps(meta))
+    with pytest.raises(UnverifiedFileError, match="CALMRL_ALLOW_UNVERIFIED"):
+        FeatureStore(tmp_path / "s").read()
+    assert verify_path(tmp_path / "s")[0][1].startswith("unverified")
+    monkeypatch.setenv("CALMRL_ALLOW_UNVERIFIED", "1")
+    FeatureStore(tmp_path / "s").read()                                   # read, but never called verified
+    assert verify_path(tmp_path / "s")[0][1].startswith("unverified")
+    monkeypatch.delenv("CALMRL_ALLOW_UNVERIFIED")
+
+    cfg = load_config(None, TINY)
+    out = export_model(MultiModalEncoder.mlp([3, 2], ["a", "b"], 16, 32, 2, 0.0),
+                       SharedLatentCalibrator(2, 16, 4, names=["a", "b"]), cfg, [3, 2], tmp_path / "m")
+    load_exported(out)
+    (out / "config.json").write_text((out / "config.json").read_text().replace('"a"', '"c"', 1))
+    with pytest.raises(DamagedFileError, match="config.json is damaged or was edited"):
+        load_exported(out)
+
+    state = seal_json({"rungs": [1, 3], "done": 0, "alive": ["x"], "candidates": {}})
+    from calmrl.integrity import check_json
+    assert check_json(state, "search.json", "redo")
+    with pytest.raises(DamagedFileError, match="search.json is damaged or was edited"):
+        check_json({**state, "alive": ["worst"]}, "search.json", "redo")
+
+    from calmrl.train import load_checkpoint
+    from calmrl.train.checkpoints import CheckpointError
+    ck = tmp_path / "c.ckpt"
+    torch.save({"state_dict": {"w": torch.zeros(2)}}, ck)                 # no checksum key
+    with pytest.raises(CheckpointError, match="carries no checksum"):
+        load_checkpoint(ck)
+    assert verify_path(ck)[0][1].startswith("unverified")

@@ -622,10 +622,13 @@ def cmd_verify(args) -> int:
 
     rows = verify_path(args.path)
     for f, status in rows:
-        print(status if status.startswith("damaged") else f"{status}: {f}")
+        print(status if status.startswith(("damaged", "unverified:")) else f"{status}: {f}")
     bad = sum(s.startswith("damaged") for _, s in rows)
-    print(f"{len(rows) - bad} of {len(rows)} file(s) verified" + (f"; {bad} damaged" if bad else ""))
-    return 2 if bad else 0
+    unver = sum(s.startswith("unverified") for _, s in rows)
+    ok = len(rows) - bad - unver
+    print(f"{ok} of {len(rows)} file(s) verified" + (f"; {bad} damaged" if bad else "")
+          + (f"; {unver} unverified (no checksum)" if unver else ""))
+    return 2 if bad or unver else 0
 
 
 class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):

@@ -11,7 +11,14 @@ written and checked on every load:
 - exported models (``model.safetensors``): the digest of its tensors in the safetensors
   header's metadata (``calmrl_sha256``);
 - feature stores (imported, embedded or imputed): ``meta.json``'s ``sha256``, one SHA-256
-  per ``.npy`` file.
+  per ``.npy`` file, and ``meta_sha256``, the digest of the rest of ``meta.json`` (names, dims
+  and their order, columns, the file digests): what gives the arrays their meaning;
+- an export's ``config.json``: its digest in the safetensors header (``calmrl_config_sha256``);
+- auto's ``search.json``: its own ``sha256`` key.
+
+A file that carries no digest (written by an older calmrl, or its key removed) is refused as
+*unverified* (:class:`UnverifiedFileError`), unless the environment says
+``CALMRL_ALLOW_UNVERIFIED=1``; even then it is never reported as verified.
 
 This module imports neither Lightning nor the trainer; ``calmrl verify PATH`` uses it.
 """
@@ -27,14 +34,46 @@ import numpy as np
 
 from .parallel import map_per_core
 
-__all__ = ["DamagedFileError", "digest", "seal", "check_sealed", "file_sha256", "CHECKSUM_KEY",
-           "check_store", "store_checksums", "read_json"]
+__all__ = ["DamagedFileError", "UnverifiedFileError", "digest", "seal", "check_sealed", "file_sha256", "CHECKSUM_KEY",
+           "check_store", "store_checksums", "read_json", "unverified", "seal_json", "check_json", "ALLOW_UNVERIFIED"]
+
+ALLOW_UNVERIFIED = "CALMRL_ALLOW_UNVERIFIED"
 
 CHECKSUM_KEY = "calmrl_sha256"
 
 
 class DamagedFileError(ValueError):
     """A file calmrl wrote no longer holds what it wrote (checksum mismatch or unreadable)."""
+
+
+class UnverifiedFileError(DamagedFileError):
+    """A file that carries no checksum: it cannot be told intact from damaged."""
+
+
+def unverified(path, what: str, redo: str) -> bool:
+    """Refuse a file without a checksum (:class:`UnverifiedFileError`, saying how to proceed), or,
+    where ``CALMRL_ALLOW_UNVERIFIED=1`` asks to read such files, return False (not verified)."""
+    if os.environ.get(ALLOW_UNVERIFIED) == "1":
+        return False
+    raise UnverifiedFileError(f"{path} carries no checksum of {what} (written by an older calmrl, or the key was "
+                              f"removed), so it cannot be told from a damaged one: {redo}, or set "
+                              f"{ALLOW_UNVERIFIED}=1 to read it unverified")
+
+
+def seal_json(obj: dict) -> dict:
+    """``obj`` with ``sha256``: the digest of the rest, as JSON reads it back."""
+    rest = json.loads(json.dumps({k: v for k, v in obj.items() if k != "sha256"}))
+    return {**rest, "sha256": digest(rest)}
+
+
+def check_json(obj: dict, path, redo: str) -> bool:
+    """Verify a dict sealed by :func:`seal_json` (``DamagedFileError`` naming ``path``)."""
+    if "sha256" not in obj:
+        return unverified(path, "its content", redo)
+    if digest({k: v for k, v in obj.items() if k != "sha256"}) != obj["sha256"]:
+        raise DamagedFileError(f"{path} is damaged or was edited: checksum mismatch (its content changed after it "
+                               f"was written); {redo}")
+    return True
 
 
 def _feed(h, obj, path: str) -> None:
@@ -82,7 +121,7 @@ def check_sealed(ckpt: dict, path, *, hint: str = "") -> bool:
     Returns False when the dict carries no digest (written before checksums existed)."""
     want = ckpt.get(CHECKSUM_KEY)
     if want is None:
-        return False
+        return unverified(path, "its content", "train it again")
     rest = {k: v for k, v in ckpt.items() if k != CHECKSUM_KEY}
     if digest(rest) != want:
         raise DamagedFileError(f"{path} is damaged: checksum mismatch (its content changed after it was written)"
@@ -114,8 +153,13 @@ def store_checksums(directory: Path, names) -> dict:
 def check_store(directory: Path, meta: dict) -> bool:
     """Verify a feature store's files against ``meta['sha256']``; False when it has none."""
     sums = meta.get("sha256")
-    if not sums:
-        return False
+    if not sums or "meta_sha256" not in meta:
+        return unverified(directory, "its files" if not sums else "its meta.json (names, dims and their order)",
+                          "write the store again (calmrl data import, calmrl data fetch --rebuild)")
+    if digest({k: v for k, v in meta.items() if k != "meta_sha256"}) != meta["meta_sha256"]:
+        raise DamagedFileError(f"{Path(directory) / 'meta.json'} is damaged or was edited: its names, dims, order or "
+                               "file digests changed after the store was written, so the arrays would be read with "
+                               "another meaning; write the store again")
     for name in sums:
         if not (Path(directory) / name).exists():
             raise DamagedFileError(f"feature store {directory} is damaged: {name} is missing")

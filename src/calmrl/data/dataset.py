@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from ..integrity import DamagedFileError, check_store, store_checksums
+from ..integrity import DamagedFileError, check_store, digest, store_checksums
 from .rows import RowView, chunk_rows, is_lazy, observed_summary, per_view
 
 __all__ = ["MultiViewData", "MultiViewDataset", "FeatureStore", "collate_views"]
@@ -396,9 +396,11 @@ class FeatureStore:
                 np.save(tmp / "labels.npy", labels.astype(str) if labels.dtype == object else labels)
             meta = {"format_version": cls.FORMAT_VERSION, "names": data.names, "dims": data.dims, "n": data.n,
                     **{k: v for k, v in data.meta.items() if isinstance(v, (str, int, float, list, dict))
-                       and k != "sha256"}}
+                       and k not in ("sha256", "meta_sha256")}}
             # a SHA-256 per file, checked on every read (calmrl.integrity)
             meta["sha256"] = store_checksums(tmp, sorted(f.name for f in tmp.glob("*.npy")))
+            meta = json.loads(json.dumps(meta))       # as it will be read back
+            meta["meta_sha256"] = digest(meta)         # what gives the arrays their meaning, checksummed too
             (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
         except BaseException as e:
             shutil.rmtree(tmp, ignore_errors=True)      # nothing partial is left behind

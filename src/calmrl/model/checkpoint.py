@@ -13,7 +13,7 @@ from torch import nn
 
 from ..config import Config, _build, calibrates
 from ..core import MaskedCompleter, MultimodalVAE, SharedLatentCalibrator
-from ..integrity import DamagedFileError, check_sealed
+from ..integrity import DamagedFileError, UnverifiedFileError, check_sealed
 from .encoders import MultiModalEncoder
 
 __all__ = ["CheckpointError", "load_checkpoint", "TrainedModel", "model_from_loaded", "kept_checkpoint"]
@@ -46,7 +46,9 @@ def load_checkpoint(path, map_location="cpu") -> dict:
     try:
         check_sealed(ckpt, path)
     except DamagedFileError as e:
-        raise CheckpointError(f"{e}{_earlier(path)}") from None
+        err = CheckpointError(f"{e}{_earlier(path)}")
+        err.unverified = isinstance(e, UnverifiedFileError)      # no checksum, rather than a wrong one
+        raise err from None
     return ckpt
 
 

@@ -13,10 +13,12 @@ from safetensors.torch import load_file, save_file
 
 from ..config import Config, _build, config_to_dict
 from ..core import SharedLatentCalibrator
-from ..integrity import CHECKSUM_KEY, DamagedFileError, digest
+from ..integrity import CHECKSUM_KEY, DamagedFileError, digest, read_json, unverified
 from .encoders import MultiModalEncoder
 
 __all__ = ["export_model", "load_exported", "verify_exported"]
+
+CONFIG_KEY = "calmrl_config_sha256"      # the digest of config.json (names, dims, settings), in the weights' header
 
 
 def export_model(encoder: MultiModalEncoder, calibrator: SharedLatentCalibrator, cfg: Config, dims: list[int],
@@ -43,7 +45,8 @@ def export_model(encoder: MultiModalEncoder, calibrator: SharedLatentCalibrator,
     tmp, tmp_meta = (Path(tempfile.mkstemp(dir=out, prefix=f".{n}.", suffix=".tmp")[1])
                      for n in ("model.safetensors", "config.json"))    # this call's own names, nobody else's
     try:
-        save_file(tensors, str(tmp), metadata={CHECKSUM_KEY: digest(tensors)})
+        meta = json.loads(json.dumps(meta))
+        save_file(tensors, str(tmp), metadata={CHECKSUM_KEY: digest(tensors), CONFIG_KEY: digest(meta)})
         tmp_meta.write_text(json.dumps(meta, indent=2))
     except BaseException as e:
         tmp.unlink(missing_ok=True)
@@ -82,7 +85,7 @@ def load_exported(path: str | os.PathLike, device="cpu") -> tuple[MultiModalEnco
         raise ValueError(f"{path} is not an exported calmrl model: {e}") from None
     except json.JSONDecodeError as e:
         raise DamagedFileError(f"{path / 'config.json'} is damaged: not valid JSON ({e})") from None
-    tensors, _ = verify_exported(path, device)
+    tensors, _ = verify_exported(path, device, meta)
     cfg = _build(Config, meta["config"])
     m = cfg.model
     enc = MultiModalEncoder.mlp(meta["dims"], meta["names"], m.embed_dim, m.hidden_dim, m.layers, m.dropout,
@@ -102,10 +105,12 @@ def load_exported(path: str | os.PathLike, device="cpu") -> tuple[MultiModalEnco
     return enc.eval(), cal, meta
 
 
-def verify_exported(path: str | os.PathLike, device="cpu") -> tuple[dict, bool]:
+def verify_exported(path: str | os.PathLike, device="cpu", meta: dict | None = None) -> tuple[dict, bool]:
     """``(tensors, verified)`` of ``path/model.safetensors``, checked against the SHA-256 in its
-    header (``verified`` False: exported before checksums);
-    :class:`~calmrl.integrity.DamagedFileError` naming the file when they differ."""
+    header, and ``config.json`` (``meta``, read here when not given) against its own digest there;
+    :class:`~calmrl.integrity.DamagedFileError` naming the file when they differ, and
+    :class:`~calmrl.integrity.UnverifiedFileError` when the header has no digest (exported
+    before checksums) unless ``CALMRL_ALLOW_UNVERIFIED=1`` (then ``verified`` is False)."""
     from safetensors import safe_open
 
     f = Path(path) / "model.safetensors"
@@ -114,10 +119,19 @@ def verify_exported(path: str | os.PathLike, device="cpu") -> tuple[dict, bool]:
     try:
         tensors = load_file(str(f), device=str(device))
         with safe_open(str(f), framework="pt") as h:
-            want = (h.metadata() or {}).get(CHECKSUM_KEY)
+            header = h.metadata() or {}
     except Exception as e:
         raise DamagedFileError(f"{f} is damaged: it cannot be read ({str(e).splitlines()[0][:120]})") from None
-    if want is not None and digest({k: v.cpu() for k, v in tensors.items()}) != want:
+    want, want_cfg = header.get(CHECKSUM_KEY), header.get(CONFIG_KEY)
+    if want is None or want_cfg is None:
+        return tensors, unverified(f, "its tensors" if want is None else "its config.json", "export it again")
+    if digest({k: v.cpu() for k, v in tensors.items()}) != want:
         raise DamagedFileError(f"{f} is damaged: checksum mismatch (its content changed after it was exported); "
                                "export it again")
-    return tensors, want is not None
+    if meta is None:
+        meta = read_json(Path(path) / "config.json")
+    if digest(meta) != want_cfg:
+        raise DamagedFileError(f"{Path(path) / 'config.json'} is damaged or was edited: it differs from what was "
+                               "exported with these weights (names, dims, standardisation or settings); export "
+                               "it again")
+    return tensors, True

@@ -7,13 +7,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..integrity import CHECKSUM_KEY, DamagedFileError, check_store, read_json
+from ..integrity import ALLOW_UNVERIFIED, CHECKSUM_KEY, DamagedFileError, UnverifiedFileError, check_store, read_json
 from .checkpoint import CheckpointError, load_checkpoint
 from .export import verify_exported
 
 __all__ = ["verify_path"]
 
-UNVERIFIABLE = "ok (written before checksums: not verifiable)"
+UNVERIFIABLE = f"unverified (it carries no checksum; read only because {ALLOW_UNVERIFIED}=1)"
 
 
 def _checkpoint(f: Path) -> str:
@@ -41,7 +41,8 @@ def verify_path(path: str | os.PathLike) -> list[tuple[str, str]]:
         try:
             out.append((name, fn(arg)))
         except (DamagedFileError, CheckpointError) as e:
-            out.append((name, f"damaged: {e}"))
+            kind = "unverified" if isinstance(e, UnverifiedFileError) or getattr(e, "unverified", False) else "damaged"
+            out.append((name, f"{kind}: {e}"))
 
     if p.is_file():
         one(str(p), _checkpoint, p)

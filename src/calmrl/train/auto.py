@@ -43,7 +43,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .. import objectives
-from ..integrity import DamagedFileError
+from ..integrity import DamagedFileError, check_json, seal_json
 from ..model.checkpoint import CheckpointError, kept_checkpoint
 from .config import calibrates
 from .encoders import equal_width_groups
@@ -137,13 +137,21 @@ def _save(path: Path, rungs, done: int, alive, cands, schedule: dict) -> None:
              "candidates": {c.label: {"rungs": c.rungs, "error": c.error, "trained": c.trained,
                                       "took_part": c.took_part, "curve": c.curve} for c in cands}}
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(state, indent=1))
+    tmp.write_text(json.dumps(seal_json(state), indent=1))     # its own digest: an edited state is refused
     tmp.replace(path)
 
 
 def _restore(path: Path, cands, rungs, schedule: dict) -> tuple[list, int]:
     """``(alive, first rung to run)`` from a saved state; refuses a state of another search."""
-    state = json.loads(path.read_text())
+    redo = "rerun the search without --resume (its candidates' checkpoints are reused only by a search that recorded them)"
+    try:
+        state = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise DamagedFileError(f"{path} is damaged: not valid JSON ({e}); {redo}") from None
+    check_json(state, path, redo)
+    missing = [k for k in ("rungs", "done", "alive", "candidates") if k not in state]
+    if missing:
+        raise DamagedFileError(f"{path} lacks {', '.join(missing)}; {redo}")
     labels = [c.label for c in cands]
     if state.get("rungs") != rungs or sorted(state.get("candidates", {})) != sorted(labels):
         raise ValueError(f"--resume: {path} records a search over other candidates or rungs ({state.get('rungs')} "

@@ -30,7 +30,7 @@ from ._common import DataUnavailable, bundled_text_model, cache_dir, embed_texts
 __all__ = ["SUITE", "load", "store_path", "cache_dir", "DataUnavailable", "bundled_text_model", "embed_texts",
            "npm_package"]
 
-BUILD = 1   # bump when a loader's features change, so that old caches are rebuilt
+BUILD = 2   # bump when a loader's features change, so that old caches are rebuilt
 
 
 @dataclass(frozen=True)
