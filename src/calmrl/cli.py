@@ -325,7 +325,7 @@ def cmd_eval(args) -> int:
     res.update({"method": label, "train_seconds": float("nan"), "eval_seconds": time.time() - t0})
     _print_tables([res], eval_only=True)
     if args.out:
-        Path(args.out).write_text(json.dumps(res, indent=2))
+        _write_out(args.out, json.dumps(res, indent=2))
     return 0
 
 
@@ -571,6 +571,28 @@ def cmd_embed(args) -> int:
     return 0
 
 
+def _write_out(path, text: str) -> None:
+    """``--out`` written whole or not at all: a temporary file of this process's own beside it,
+    renamed into place; on a failure (a full disk) nothing is left and the error names the path."""
+    import tempfile
+
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent if str(path.parent) else ".", prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise OSError(f"cannot write {path}: {'no space left on device' if e.errno == 28 else e.strerror or e}; "
+                      "nothing was written there (an earlier file of that name is unchanged)") from None
+
+
 def cmd_retrieve(args) -> int:
     import numpy as np
     import torch
@@ -579,7 +601,8 @@ def cmd_retrieve(args) -> int:
     from .inference import CalMRLModel
 
     model = CalMRLModel.load(args.model)
-    q, g = FeatureStore(args.query).read(), FeatureStore(args.gallery).read()
+    # stores of inputs only: an embedding-space store (impute --space embedding) is refused, as eval refuses it
+    q, g = FeatureStore(args.query).read(inputs_only=True), FeatureStore(args.gallery).read(inputs_only=True)
     if args.gallery_modality not in model.names:
         raise ValueError(f"the model has no modality '{args.gallery_modality}'; it has {model.names}")
     if args.gallery_modality not in g.names:
@@ -606,11 +629,9 @@ def cmd_retrieve(args) -> int:
         scores, top = model.retrieve(inputs, gallery, k=k)
         hits += [(int(i), top[j].tolist(), scores[j].tolist()) for j, i in enumerate(idx)]
     hits.sort()
-    with open(args.out, "w") as f:
-        for i, top, sc in hits:
-            f.write(json.dumps({"query_id": q.ids[i].item() if hasattr(q.ids[i], "item") else q.ids[i],
-                                "gallery_ids": [g.ids[rows[t]].item() for t in top],
-                                "scores": [round(x, 6) for x in sc]}) + "\n")
+    _write_out(args.out, "".join(json.dumps({"query_id": q.ids[i].item() if hasattr(q.ids[i], "item") else q.ids[i],
+                                             "gallery_ids": [g.ids[rows[t]].item() for t in top],
+                                             "scores": [round(x, 6) for x in sc]}) + "\n" for i, top, sc in hits))
     print(f"wrote top-{k} {args.gallery_modality} items for {q.n} queries to {args.out}"
           + (f" (--k {args.k} asked; the gallery holds {len(rows)} items)" if k < args.k else ""))
     return 0

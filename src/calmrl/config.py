@@ -60,6 +60,19 @@ def _strict_mapping(loader, node, deep=False):
 
 
 _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _strict_mapping)
+# integers as YAML 1.2 reads them: 012 is twelve (YAML 1.1 made it octal ten), 1_000 and 1:30 are not integers
+_StrictLoader.yaml_implicit_resolvers = {k: [(tag, rx) for tag, rx in v if tag != "tag:yaml.org,2002:int"]
+                                         for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_StrictLoader.add_implicit_resolver("tag:yaml.org,2002:int", __import__("re").compile(
+    r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$"), list("-+0123456789"))
+
+
+def _int_1_2(loader, node):
+    text = loader.construct_scalar(node)
+    return int(text, 0) if text.startswith(("0o", "0x")) else int(text)
+
+
+_StrictLoader.add_constructor("tag:yaml.org,2002:int", _int_1_2)
 
 
 def strict_yaml(text: str):
@@ -388,10 +401,14 @@ def _set_dotted(d: dict, key: str, value):
 
 
 def _apply(raw: dict, overrides: list[str] | None) -> dict:
+    given: dict = {}
     for ov in overrides or []:
         if "=" not in ov:
             raise ConfigError(f"override '{ov}' must look like key.sub=value")
         k, v = ov.split("=", 1)
+        if k.strip() in given and given[k.strip()] != v:
+            raise ConfigError(f"--set {k.strip()} given twice ({given[k.strip()]!r} and {v!r}); give each key once")
+        given[k.strip()] = v
         _set_dotted(raw, k.strip(), strict_yaml(v))
     return raw
 

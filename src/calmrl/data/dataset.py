@@ -459,10 +459,11 @@ class FeatureStore:
         labels = np.asarray(load("labels")) if (p / "labels.npy").exists() else None
         data = MultiViewData.__new__(MultiViewData)
         data.views, data.names, data.mask, data.ids, data.labels = views, list(meta["names"]), mask.astype(bool), ids, labels
-        data.meta = {k: v for k, v in meta.items() if k not in ("names", "dims", "n", "format_version", "sha256")}
+        data.meta = {k: v for k, v in meta.items() if k not in ("names", "dims", "n", "format_version", "sha256",
+                                                               "meta_sha256")}
         if inputs_only and meta.get("space") == "embedding":
             raise ValueError(f"{p} holds embeddings (meta.json space: embedding, written by calmrl impute), not input "
-                             "features; train, eval and impute read input features (impute --space input writes "
+                             "features; train, eval, impute and retrieve read input features (impute --space input writes "
                              "those)")
         if validate:
             data.validate()

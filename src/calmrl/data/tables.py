@@ -24,8 +24,24 @@ __all__ = ["read_table", "load_tables"]
 
 
 def _read_csv(path: Path) -> tuple[list[str], list[list[str]]]:
-    with open(path, newline="") as f:
-        rows = list(csv.reader(f, delimiter="\t" if path.suffix.lower() == ".tsv" else ","))
+    """Header and rows, UTF-8 (a byte-order mark is dropped). A row whose field count is not the
+    header's is refused with its line number (an unquoted ``1,234.5`` would shift every later
+    column of the row); blank lines are skipped."""
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise ValueError(f"{path}: line {line} is not UTF-8 (byte {raw[e.start]:#04x}); save the table as UTF-8") from None
+    reader = csv.reader(text.splitlines(keepends=True), delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
+    rows = []
+    for r in reader:
+        if not r:
+            continue
+        if rows and len(r) != len(rows[0]):
+            raise ValueError(f"{path}: line {reader.line_num} has {len(r)} fields, the header {len(rows[0])}; a "
+                             "number written with a thousands separator (1,234.5) must be quoted or written 1234.5")
+        rows.append(r)
     if not rows:
         raise ValueError(f"{path} is empty")
     return rows[0], rows[1:]
@@ -82,7 +98,7 @@ def read_table(path: str | Path, id_column: str = "id", label_column: str = "",
         header, cols = _read_parquet(path)
     elif suffix in (".csv", ".tsv", ".txt"):
         header, rows = _read_csv(path)
-        cols = {c: [r[j] if j < len(r) else "" for r in rows] for j, c in enumerate(header)}
+        cols = {c: [r[j] for r in rows] for j, c in enumerate(header)}
     else:
         raise ValueError(f"{path}: unknown table format '{suffix}' (use .csv or .parquet)")
     _refuse_duplicates(path, header)
@@ -117,6 +133,10 @@ def read_table(path: str | Path, id_column: str = "id", label_column: str = "",
             raise ValueError(f"{path}: column '{c}' holds a non-numeric value {bad!r}; only the id and label "
                              "columns may be non-numeric") from None
     ids = [_id(v) for v in cols[id_column]]
+    empty = next((k for k, v in enumerate(ids) if v.lower() in NULL_LIKE), None)
+    if empty is not None:
+        raise ValueError(f"{path}: data row {empty + 1} has an empty or null id ({cols[id_column][empty]!r}); every "
+                         "row needs an id (rows of different tables are joined on it)")
     padded = sum(isinstance(v, str) and v != v.strip() for v in cols[id_column])
     if padded and notes is not None:
         notes.append(f"{path.name}: {padded} id(s) had spaces around them, stripped (' x ' and 'x' are one "
@@ -127,8 +147,21 @@ def read_table(path: str | Path, id_column: str = "id", label_column: str = "",
                          "must be unique within a table")
     labels = None                       # no label column in this table
     if label_column and label_column in header:
-        labels = {i: _label(y) for i, y in zip(ids, cols[label_column]) if y not in (None, "")}
+        # an empty, NaN or null label: the instance is unlabelled (never a class of its own)
+        labels = {i: _label(y) for i, y in zip(ids, cols[label_column]) if not _null(y)}
     return ids, X, labels
+
+
+NULL_LIKE = ("", "none", "nan", "null", "na", "<na>", "n/a")
+
+
+def _null(v) -> bool:
+    """An empty, NaN or null cell as pandas and R write them."""
+    if v is None:
+        return True
+    if isinstance(v, float):
+        return v != v
+    return isinstance(v, str) and v.strip().lower() in NULL_LIKE
 
 
 def _is_number(v) -> bool:
