@@ -119,33 +119,33 @@ def test_resume_keeps_metrics_and_history_and_falls_back_to_the_previous_checkpo
 
     from calmrl.train import CheckpointError, load_config, run
     cfg = load_config(None, SIM + TINY + ["data.views=[fourier, karhunen]", f"output_dir={tmp_path}"])
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=6))
     import logging
     records = []
     handler = logging.Handler()
     handler.emit = records.append
     logging.getLogger("calmrl").addHandler(handler)
-    try:
-        assert run(cfg, resume=True)["resumed_from_epoch"] is None     # nothing to resume: said, not silent
+    try:       # stopped after 3 of its 6 epochs
+        assert run(cfg, resume=True, max_epochs=3)["resumed_from_epoch"] is None   # nothing to resume: said
     finally:
         logging.getLogger("calmrl").removeHandler(handler)
     assert any("no checkpoint under" in r.getMessage() and "starting from epoch 0" in r.getMessage() for r in records)
     d = tmp_path / "calmrl"
     assert _logged_epochs(d) == [0, 1, 2]
-    longer = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=5))
-    res = run(longer, resume=True)
+    res = run(cfg, resume=True, max_epochs=5)
     assert res["resumed_from_epoch"] == 3 and len(res["loss_history"]) == 5
     assert _logged_epochs(d) == [0, 1, 2, 3, 4]                   # old rows kept, none doubled
     # last.ckpt damaged: the previous checkpoint is used, with a note
     last = d / "checkpoints" / "last.ckpt"
     last.write_bytes(last.read_bytes()[:1000])
-    res = run(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=6)), resume=True)
+    res = run(cfg, resume=True)
     assert res["resumed_from_epoch"] == 4 and res["epochs"] == 6
     # every checkpoint damaged: a clear error, and the logs are untouched
     for f in ("last.ckpt", "last.prev.ckpt"):
         (d / "checkpoints" / f).write_bytes(b"junk")
     before = _snapshot(d / "logs")
     with pytest.raises(CheckpointError, match="cannot resume"):
-        run(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=8)), resume=True)
+        run(cfg, resume=True)
     assert _snapshot(d / "logs") == before
 
 
