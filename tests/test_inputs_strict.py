@@ -70,3 +70,17 @@ def test_retrieve_refuses_a_store_of_embeddings_and_writes_its_output_whole(tmp_
     lines = (tmp_path / "hits.jsonl").read_text().splitlines()
     assert len(lines) == n and len(json.loads(lines[0])["gallery_ids"]) == 3
     assert not list(tmp_path.glob(".hits.jsonl.*"))
+
+
+def test_method_x_plus_cal_is_accepted_where_tables_print_it(tmp_path, capsys):
+    from helpers import SIM, cli_args
+    from calmrl.cli import main
+
+    sets = [s for s in SIM if not s.startswith("method.name")] + [
+        "model.embed_dim=16", "model.hidden_dim=32", "train.epochs=1", "train.progress=false", "train.threads=1",
+        "data.views=[fourier, karhunen]"]
+    assert main(["train", "--method", "pairwise-infonce+cal"] + cli_args(tmp_path, *sets)) == 0
+    assert "pairwise-infonce+cal" in capsys.readouterr().out
+    res = json.loads((tmp_path / "pairwise-infonce+cal" / "results.json").read_text())
+    assert res["method"] == "pairwise-infonce+cal"
+    assert main(["train", "--method", "pmrl-drop+cal"] + cli_args(tmp_path / "x", *sets)) == 2

@@ -124,22 +124,32 @@ def cmd_train(args) -> int:
         ([f"output_dir={args.output_dir}"] if args.output_dir else []) + _short_flags(args)
     cfg = _load_cfg(args.config, args.set + extra)
     methods = args.method.split(",") if args.method else [cfg.method.name]
+    from dataclasses import replace
+
+    from .objectives import get as get_objective
+    from .objectives import parse_method
     from .train.config import METHODS
-    bad = [m for m in methods if m not in METHODS]
+
+    def known(m):           # 'X+cal' as every table prints it: objective X with calibration plugged in
+        base, cal = parse_method(m)
+        return base in METHODS and (not cal or (base != "auto" and get_objective(base).calibration == "plug-in"))
+    bad = [m for m in methods if not known(m)]
     if bad:
-        print(f"error: unknown method(s) {bad}; valid: {list(METHODS)}", file=sys.stderr)
+        cal_ok = [f"{n}+cal" for n in METHODS if n != "auto" and get_objective(n).calibration == "plug-in"]
+        print(f"error: unknown method(s) {bad}; valid: {list(METHODS) + cal_ok}", file=sys.stderr)
         return 2
     from .train.trainer import check_accelerator
     check_accelerator(cfg)                     # before any data is read
     results = []
-    first = prepare_data(cfg, methods[0])      # every data check before anything is written
+    first = prepare_data(cfg, parse_method(methods[0])[0])      # every data check before anything is written
     done, current, said = [], None, set()
     rank0 = int(os.environ.get("RANK", "0") or 0) == 0
     try:
         with output_lock(cfg.output_dir), _stop_on_signals():
             for i, m in enumerate(methods):
                 current = m
-                splits = first if i == 0 else prepare_data(cfg, m)
+                base, cal = parse_method(m)
+                splits = first if i == 0 else prepare_data(cfg, base)
                 what = f"candidates {', '.join(cfg.method.candidates)}, kept on validation" if m == "auto" else m
                 if rank0:
                     print(f"== training {what} on {_data_name(cfg)}: {describe_simulation(splits.simulated)}; train "
@@ -148,7 +158,11 @@ def cmd_train(args) -> int:
                     if note not in said and rank0:
                         said.add(note)
                         print(f"note: {note}", flush=True)
-                results.append(run(cfg, method=m, resume=args.resume, splits=splits))
+                if cal:      # X+cal: its own run directory beside a plain X of the same invocation
+                    results.append(run(replace(cfg, method=replace(cfg.method, calibrate=True)), method=base,
+                                       resume=args.resume, splits=splits, run_name=m))
+                else:
+                    results.append(run(cfg, method=m, resume=args.resume, splits=splits))
                 done.append(m)
     except Interrupted as e:
         left = methods[methods.index(current) + 1:] if current in methods else []

@@ -308,7 +308,8 @@ def run_auto(cfg, splits, *, resume: bool = False, max_epochs=None, extra_callba
         from .outdir import process_rank
         if process_rank() == 0 and choice["curves"]:
             plot_search(choice, run_dir / "search.png")
-    log.warning("auto: kept %s (validation R@1 %s; %d candidate-epochs for a %d-epoch model, %.2fx)", best.label,
-                ", ".join(f"{k} {v:.2f}" for k, v in choice["val_R@1"].items()), cost, epochs, cost / epochs)
+    log.warning("auto: kept %s (validation R@1 %.2f; %d candidate-epochs for a %d-epoch model, %.2fx; every "
+                "candidate's curve in %s)", best.label, _val(best), cost, epochs, cost / epochs,
+                run_dir / "search.png")
     return results, best.model
 
