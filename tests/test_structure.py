@@ -99,3 +99,17 @@ def test_every_config_key_has_help_and_the_reference_page_is_current():
     assert not missing, f"config keys without help: {missing}"
     page = (ROOT.parents[1] / "docs" / "config.md").read_text()
     assert config_reference() in page, "docs/config.md is out of date: regenerate it with calmrl config show --keys"
+
+
+def test_import_calmrl_and_version_do_not_import_torch_and_the_lazy_names_are_core_s():
+    import subprocess
+    import sys
+
+    code = ("import sys, calmrl; assert 'torch' not in sys.modules, 'import calmrl imported torch'; "
+            "from calmrl.cli import main; main(['--version']); assert 'torch' not in sys.modules")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.strip().startswith("calmrl "), r.stderr[-2000:]
+    import calmrl
+    import calmrl.core
+    assert set(calmrl._CORE) == set(calmrl.core.__all__)
+    assert calmrl.SharedLatentCalibrator is calmrl.core.SharedLatentCalibrator

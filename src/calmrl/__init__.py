@@ -5,17 +5,32 @@ shared-latent generative model (CalMRL).
 ``calmrl.train`` and ``calmrl.cli`` build the trainer, data and command line on top.
 """
 
-from .core import *  # noqa: F401,F403
-from .core import __all__ as _core_all
-
 __version__ = "0.3.0"
-__all__ = list(_core_all) + ["__version__", "fit", "CalMRL"]
+
+# calmrl.core's names, imported on first use (PEP 562): `import calmrl` and `calmrl --version` do
+# not import torch (tests/test_structure.py keeps this list equal to calmrl.core.__all__)
+_CORE = (
+    "SharedLatentCalibrator", "Posterior", "Imputation", "SufficientStats", "missing_patterns",
+    "select_latent_dim", "select_w_prior", "heldout_imputation_r2", "pmrl_loss", "gram_loss", "triangle_loss",
+    "pairwise_infonce_loss", "anchor_infonce_loss", "info_nce", "LearnableTemperature", "GRAMLoss",
+    "TriangleLoss", "PairwiseInfoNCELoss", "PMRLOutput", "gram_volume_matrix", "triangle_area_matrix",
+    "pair_similarity", "psd_det", "SIMILARITIES", "anchor", "anchor_shift", "anchor_distance", "shift_bounds",
+    "retrieval_ranks", "retrieval_metrics", "summarize_ranks", "imputation_quality", "fuse_observed",
+    "safe_eigh", "spectrum", "check_embeddings", "check_mask", "stack_modalities", "imputation_gain",
+    "gate_weights", "family_z", "MaskedCompleter", "MultimodalVAE", "poe",
+)
+__all__ = list(_CORE) + ["__version__", "fit", "CalMRL"]
 
 
 def __getattr__(name: str):
     if name == "CalMRL":      # imported on first use: `import calmrl` stays light
         from .estimator import CalMRL
         return CalMRL
+    if name in _CORE:
+        from . import core
+        value = getattr(core, name)
+        globals()[name] = value
+        return value
     raise AttributeError(f"module 'calmrl' has no attribute '{name}'")
 
 

@@ -680,6 +680,9 @@ class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
 def main(argv: list[str] | None = None) -> int:
     from . import __version__
 
+    if list(sys.argv[1:] if argv is None else argv) in (["--version"], ["-V"]):    # without importing torch
+        print(f"calmrl {__version__}")
+        return 0
     from . import objectives
 
     fmt = _DefaultsFormatter
