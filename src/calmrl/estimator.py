@@ -7,11 +7,24 @@
 >>> est.score({"image": X_img_test, "text": X_txt_test})                # cross-modal R@1 (%)
 >>> est.save("model_dir"); est2 = CalMRL.load("model_dir")
 
-Keyword hyperparameters map onto the configuration keys (``get_params`` / ``set_params``;
-``overrides`` takes any other ``key=value``); fitted attributes end in ``_`` (``model_``,
-``results_``, ``names_``, ``config_``). Nothing is written to the working directory: runs go
-to a temporary directory, removed after ``fit``, unless ``output_dir`` is given. Numpy (or
-pandas) in, numpy out.
+Keyword hyperparameters map onto the configuration keys (scikit-learn's own ``BaseEstimator``:
+``get_params`` / ``set_params`` / ``clone`` / ``check_is_fitted``; ``overrides`` takes any other
+``key=value``); fitted attributes end in ``_`` (``model_``, ``results_``, ``names_``,
+``config_``). Nothing is written to the working directory: runs go to a temporary directory,
+removed after ``fit``, unless ``output_dir`` is given. Numpy or pandas in, numpy out.
+
+**Pairing rows.** Numpy arrays are paired by position (row i of every modality is instance i).
+pandas DataFrames are paired by their index: the instances are the union of the index labels
+(in the order they first appear, modality by modality), a label absent from a modality's frame
+makes that modality missing for the instance, a label given twice is refused; the index
+labels are the instances' ids, and a pandas Series of labels is aligned the same way. Mixing
+frames with arrays is refused unless every frame's index is ``0..n-1`` (positional).
+
+**Cross-validation and grid search.** scikit-learn's splitters need one table of n rows: give
+``X`` as one DataFrame whose columns are a two-level index ``(modality, feature)``
+(``pd.concat({"image": img_df, "text": txt_df}, axis=1)``); a row of NaN in a modality's columns
+marks it missing. ``cross_val_score(CalMRL(...), X)`` and ``GridSearchCV`` then score with
+:meth:`CalMRL.score` (cross-modal R@1 on the held-out rows).
 """
 
 from __future__ import annotations
@@ -23,6 +36,7 @@ from typing import Mapping
 
 import numpy as np
 import torch
+from sklearn.base import BaseEstimator, TransformerMixin
 
 from .data import MultiViewData
 
@@ -47,8 +61,17 @@ def overrides_of(params: Mapping[str, object]) -> list[str]:
     return [f"{PARAMS[k]}={json.dumps(v)}" for k, v in params.items() if v is not None]
 
 
-class CalMRL:
-    """Multimodal representation learning with missing modalities (module docstring)."""
+class CalMRL(TransformerMixin, BaseEstimator):
+    """Multimodal representation learning with missing modalities: one embedding space for several
+    modalities, trained from instances that carry only some of them.
+
+    ``fit(X, y=None)`` trains on ``X = {modality: (n, d) array or DataFrame}`` (a row of NaN, or
+    for DataFrames an absent index label, marks the modality missing); by default it searches
+    the candidate objectives (``method="auto"``) and keeps the one best on validation.
+    ``transform(X)`` gives the fused embedding ``(n, embed_dim)``; ``embed``, ``retrieve``,
+    ``score`` (cross-modal R@1), ``save`` and ``load`` as in the module docstring of
+    :mod:`calmrl.estimator`. Every keyword is a configuration key (``calmrl config show
+    --keys``); ``None`` keeps the configuration's default."""
 
     def __init__(self, method: str | None = None, *, epochs: int | None = None, lr: float | None = None,
                  batch_size: int | None = None, weight_decay: float | None = None, seed: int | None = None,
@@ -65,22 +88,6 @@ class CalMRL:
         self.val_fraction, self.test_fraction, self.accelerator = val_fraction, test_fraction, accelerator
         self.threads, self.progress = threads, progress
         self.config, self.overrides, self.output_dir = config, overrides, output_dir
-
-    # -- scikit-learn's parameter protocol
-    def get_params(self, deep: bool = True) -> dict:
-        return {k: getattr(self, k) for k in [*PARAMS, "config", "overrides", "output_dir"]}
-
-    def set_params(self, **params) -> "CalMRL":
-        valid = self.get_params()
-        for k, v in params.items():
-            if k not in valid:
-                raise ValueError(f"invalid parameter {k!r} for CalMRL; valid: {sorted(valid)}")
-            setattr(self, k, v)
-        return self
-
-    def __repr__(self) -> str:
-        set_ = {k: v for k, v in self.get_params().items() if v not in (None, (), False) or k == "progress" and v}
-        return "CalMRL(" + ", ".join(f"{k}={v!r}" for k, v in set_.items()) + ")"
 
     def _config(self):
         from .train import Config, load_config
@@ -100,7 +107,19 @@ class CalMRL:
         from .train.splits import prepare_data
 
         cfg = self._config()
-        mv = as_multiview(_as_arrays(X), y, ids)
+        arrays, index = _aligned(X)
+        if index is not None:
+            if ids is None:
+                ids = np.asarray([str(i) for i in index])
+            if y is not None and hasattr(y, "reindex"):          # a Series: by its index, as the frames
+                _refuse_duplicate_labels(y.index, "y")
+                y = y.reindex(index).to_numpy()
+        if y is not None:
+            y = np.asarray(y)
+            if y.dtype.kind == "f" and np.isnan(y).any():
+                raise ValueError(f"y holds NaN for {int(np.isnan(y).sum())} instance(s) (e.g. row "
+                                 f"{int(np.nonzero(np.isnan(y))[0][0])}); give every instance a label, or none (y=None)")
+        mv = as_multiview(arrays, y, ids)
         with tempfile.TemporaryDirectory(prefix="calmrl-") as tmp:
             from dataclasses import replace
             cfg = replace(cfg, output_dir=str(self.output_dir or tmp))
@@ -119,14 +138,17 @@ class CalMRL:
         """``{"embeddings", "mask", "imputed", "confidence", "fused"}`` as numpy arrays (see
         :class:`calmrl.inference.Embedded`)."""
         self._check_fitted()
-        out = self.model_.embed(_as_arrays(X))
+        out = self.model_.embed(_aligned(X)[0])
         return {k: getattr(out, k).numpy() for k in ("embeddings", "mask", "imputed", "confidence", "fused")}
 
     def transform(self, X) -> np.ndarray:
         """The fused embedding of each instance, ``(n, d)``: its observed modalities and its imputed
         ones weighted by confidence, on the unit sphere."""
         self._check_fitted()
-        return self.model_.embed(_as_arrays(X)).fused.numpy()
+        arrays, _ = _aligned(X)
+        if all(v is None or len(v) == 0 for v in arrays.values()):      # zero rows: (0, d)
+            return np.zeros((0, self.model_.calibrator.D), np.float32)
+        return self.model_.embed(arrays).fused.numpy()
 
     def fit_transform(self, X, y=None, **kw) -> np.ndarray:
         return self.fit(X, y, **kw).transform(X)
@@ -135,8 +157,10 @@ class CalMRL:
         """Top-``k`` gallery items for each query: ``(scores, indices)``, numpy. ``gallery``: raw
         inputs by modality (each item its fused embedding) or embeddings ``(n, d)``."""
         self._check_fitted()
-        g = _as_arrays(gallery) if isinstance(gallery, Mapping) else np.asarray(gallery)
-        s, i = self.model_.retrieve(_as_arrays(query), g, k=k)
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise ValueError(f"k must be a positive integer, got {k!r}")
+        g = _aligned(gallery)[0] if isinstance(gallery, Mapping) else np.asarray(gallery)
+        s, i = self.model_.retrieve(_aligned(query)[0], g, k=k)
         return s.numpy(), i.numpy()
 
     def score(self, X, y=None) -> float:
@@ -145,7 +169,10 @@ class CalMRL:
         from .train.evaluate import retrieval_table
 
         self._check_fitted()
-        out = self.model_.embed(_as_arrays(X))
+        if y is not None:
+            raise ValueError("score(X) measures cross-modal retrieval, which reads no labels: call score(X) without y "
+                             "(for a classifier's accuracy, put CalMRL in a Pipeline before one)")
+        out = self.model_.embed(_aligned(X)[0])
         return float(retrieval_table(out.embeddings, self.names_, out.mask)["average"]["R@1"])
 
     # -- persistence
@@ -155,9 +182,13 @@ class CalMRL:
         from .model.export import export_model
 
         self._check_fitted()
+        # the estimator's own hyperparameters and the fit's figures travel in config.json (checksummed)
+        params = json.loads(json.dumps(self.get_params(deep=False), default=str))
+        results = json.loads(json.dumps(self.results_, default=float)) if self.results_ is not None else None
         return export_model(self.model_.encoder, self.model_.calibrator, self.config_, self.dims_, path,
                             [(m.numpy(), s.numpy()) for m, s in self.model_.standardization]
-                            if self.model_.standardization is not None else None)
+                            if self.model_.standardization is not None else None,
+                            extra={"estimator": {"params": params, "results": results}})
 
     @classmethod
     def load(cls, path) -> "CalMRL":
@@ -166,10 +197,11 @@ class CalMRL:
         from .train.config import Config, _build
 
         enc, cal, meta = load_exported(path)
-        est = cls()
+        saved = meta.get("estimator") or {}
+        est = cls(**{k: (tuple(v) if k == "overrides" else v) for k, v in (saved.get("params") or {}).items()})
         est.model_ = CalMRLModel(enc, cal, meta["names"], meta.get("standardization"))
         est.names_, est.dims_, est.config_ = list(meta["names"]), list(meta["dims"]), _build(Config, meta["config"])
-        est.results_ = None
+        est.results_ = saved.get("results")        # None for a model exported by `calmrl export`
         return est
 
 
@@ -202,6 +234,48 @@ def as_multiview(data, labels=None, ids=None) -> MultiViewData:
 
 
 
+def _refuse_duplicate_labels(index, what: str) -> None:
+    dup = index[index.duplicated()]
+    if len(dup):
+        raise ValueError(f"{what}'s index holds label {dup[0]!r} more than once; each instance once (rows are paired "
+                         "by their index labels)")
+
+
+def _aligned(X) -> tuple[dict, list | None]:
+    """``({name: array}, index labels)``: DataFrames paired by their index (module docstring),
+    arrays by position (``None`` for the labels)."""
+    columns = getattr(X, "columns", None)
+    if getattr(columns, "nlevels", 1) == 2:           # one DataFrame, columns (modality, feature): splitters see n rows
+        X = {m: X[m] for m in dict.fromkeys(columns.get_level_values(0))}
+    if not isinstance(X, Mapping):
+        raise ValueError("X must be a mapping {modality name: (n, d) array or DataFrame}, or one DataFrame whose "
+                         "columns are (modality, feature) pairs")
+    frames = {k: v for k, v in X.items() if hasattr(v, "index") and hasattr(v, "to_numpy")}
+    if not frames:
+        return _as_arrays(X), None
+    for k, f in frames.items():
+        _refuse_duplicate_labels(f.index, f"modality '{k}'")
+    others = {k: v for k, v in X.items() if k not in frames and v is not None}
+    if others:
+        n = {len(v) for v in others.values()}
+        positional = all(list(f.index) == list(range(len(f))) and {len(f)} == n for f in frames.values())
+        if not positional:
+            raise ValueError(f"modalities {sorted(frames)} are DataFrames (paired by index) and {sorted(others)} arrays "
+                             "(paired by position): give all as DataFrames with a shared index, or all as arrays")
+        return _as_arrays(X), None
+    index = list(dict.fromkeys(label for f in frames.values() for label in f.index))
+    # an index label a frame lacks: a row of NaN there, that modality missing for the instance
+    return _as_arrays({k: (None if v is None else v.reindex(index)) for k, v in X.items()}), index
+
+
+def _numeric_column(col) -> bool:
+    try:
+        np.asarray(col, dtype=np.float64)
+        return True
+    except (TypeError, ValueError):
+        return False
+
+
 def _as_arrays(X) -> dict:
     """``{name: array}`` from a mapping of numpy arrays, pandas DataFrames or tensors (``None`` kept)."""
     if not isinstance(X, Mapping):
@@ -210,6 +284,11 @@ def _as_arrays(X) -> dict:
     for k, v in X.items():
         if v is None or isinstance(v, torch.Tensor):
             out[k] = v
-        else:
-            out[k] = np.asarray(v.to_numpy() if hasattr(v, "to_numpy") else v, dtype=np.float64)
+            continue
+        try:
+            out[k] = np.array(v.to_numpy() if hasattr(v, "to_numpy") else v, dtype=np.float64, copy=True)
+        except (TypeError, ValueError) as e:
+            bad = next((c for c in getattr(v, "columns", []) if not _numeric_column(v[c])), None)
+            raise ValueError(f"modality '{k}'" + (f", column {bad!r}," if bad is not None else "") +
+                             f" holds a value that is not a number ({str(e).splitlines()[0]})") from None
     return out

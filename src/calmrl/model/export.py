@@ -22,7 +22,7 @@ CONFIG_KEY = "calmrl_config_sha256"      # the digest of config.json (names, dim
 
 
 def export_model(encoder: MultiModalEncoder, calibrator: SharedLatentCalibrator, cfg: Config, dims: list[int],
-                 out: str | os.PathLike, standardization: list | None = None) -> Path:
+                 out: str | os.PathLike, standardization: list | None = None, extra: dict | None = None) -> Path:
     """``standardization``: the training split's per-modality ``(mean, std)``; stored (float64)
     and applied by :class:`~calmrl.inference.CalMRLModel` to raw inputs, as training did."""
     out = Path(out)
@@ -37,7 +37,7 @@ def export_model(encoder: MultiModalEncoder, calibrator: SharedLatentCalibrator,
         tensors[f"standardize.{name}.mean"] = torch.as_tensor(np.asarray(mean, np.float64))
         tensors[f"standardize.{name}.std"] = torch.as_tensor(np.asarray(std, np.float64))
     meta = {"names": encoder.names, "dims": list(dims), "config": config_to_dict(cfg), "format_version": 2,
-            "standardized": bool(standardization)}
+            "standardized": bool(standardization), **(extra or {})}
     # the SHA-256 of the tensors in the header, checked by load_exported; both files written
     # under temporary names first and renamed only once both are whole
     import tempfile

@@ -1,0 +1,99 @@
+"""The estimator as a data scientist checks it: pandas by index, scikit-learn's own base
+classes, a loaded estimator that is the one saved, and errors that name what is wrong."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    import pandas as pd
+    from sklearn.datasets import load_digits
+
+    import calmrl
+
+    X, y = load_digits(return_X_y=True)
+    X, y = X[:400], y[:400]
+    idx = [f"d{i}" for i in range(len(y))]
+    frames = {"left": pd.DataFrame(X[:, :32], index=idx), "right": pd.DataFrame(X[:, 32:], index=idx)}
+    est = calmrl.CalMRL(method="pairwise-infonce", epochs=2, embed_dim=8, hidden_dim=16, threads=1)
+    est.fit(frames, pd.Series(y, index=idx))
+    return est, frames, y
+
+
+def test_sklearn_base_classes_clone_and_check_is_fitted(fitted):
+    from sklearn.base import BaseEstimator, TransformerMixin, clone
+    from sklearn.exceptions import NotFittedError
+    from sklearn.utils.validation import check_is_fitted
+
+    import calmrl
+
+    est, _, _ = fitted
+    assert isinstance(est, BaseEstimator) and isinstance(est, TransformerMixin)
+    check_is_fitted(est)
+    fresh = clone(est)
+    assert fresh.get_params() == est.get_params() and not hasattr(fresh, "model_")
+    with pytest.raises(NotFittedError):
+        check_is_fitted(calmrl.CalMRL())
+    assert "epochs=2" in repr(est)
+
+
+def test_dataframes_are_paired_by_their_index(fitted):
+    est, frames, _ = fitted
+    Z = est.transform(frames)
+    shuffled = {"left": frames["left"], "right": frames["right"].sample(frac=1.0, random_state=0)}
+    np.testing.assert_array_equal(est.transform(shuffled), Z)           # rows follow the labels, not positions
+    partial = {"left": frames["left"], "right": frames["right"].iloc[::2]}      # an absent label: right missing
+    emb = est.embed(partial)
+    assert (emb["mask"][:, 1] == (np.arange(len(Z)) % 2 == 0)).all()
+    dup = {"left": frames["left"], "right": frames["right"].iloc[[0, 0, 1]]}
+    with pytest.raises(ValueError, match="more than once"):
+        est.transform(dup)
+    with pytest.raises(ValueError, match="DataFrames .paired by index. and .* arrays"):
+        est.transform({"left": frames["left"], "right": frames["right"].to_numpy()[::-1]})
+    assert est.transform({"left": frames["left"].iloc[:0], "right": None}).shape == (0, 8)
+
+
+def test_a_loaded_estimator_is_the_one_saved(fitted, tmp_path):
+    import calmrl
+
+    est, frames, _ = fitted
+    back = calmrl.CalMRL.load(est.save(tmp_path / "m"))
+    assert back.get_params() == est.get_params()
+    assert back.results_["pairs"]["average"]["R@1"] == pytest.approx(est.results_["pairs"]["average"]["R@1"])
+    np.testing.assert_allclose(back.transform(frames), est.transform(frames), atol=1e-6)
+
+
+def test_errors_name_what_is_wrong(fitted):
+    import pandas as pd
+
+    import calmrl
+
+    est, frames, y = fitted
+    with pytest.raises(ValueError, match="reads no labels"):
+        est.score(frames, y)
+    with pytest.raises(ValueError, match="k must be a positive integer"):
+        est.retrieve(frames, est.transform(frames), k=-1)
+    bad = frames["left"].astype(object)
+    bad.iloc[3, 2] = "abc"
+    with pytest.raises(ValueError, match="modality 'left', column 2,"):
+        est.transform({"left": bad, "right": frames["right"]})
+    y_nan = np.asarray(y, float)
+    y_nan[5] = np.nan
+    with pytest.raises(ValueError, match="y holds NaN for 1 instance"):
+        calmrl.CalMRL(epochs=1).fit({k: v.to_numpy() for k, v in frames.items()}, y_nan)
+
+
+def test_cross_validation_on_one_dataframe_with_modality_columns(fitted):
+    import pandas as pd
+    from sklearn.model_selection import cross_val_score
+
+    import calmrl
+
+    _, frames, _ = fitted
+    X = pd.concat(frames, axis=1)                         # columns (modality, feature)
+    scores = cross_val_score(calmrl.CalMRL(method="pairwise-infonce", epochs=1, embed_dim=8, hidden_dim=16,
+                                           threads=1), X, cv=2)
+    assert scores.shape == (2,) and np.isfinite(scores).all() and (scores > 0).all()
