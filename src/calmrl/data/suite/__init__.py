@@ -16,6 +16,7 @@ all up front. Provenance and licences: the README's data table and each module's
 | ``cells`` | 2019 | ch1 (28), ch2 (2), ch3 (13), ch4 (13) | none | quality (2) |
 | ``wdbc`` | 569 | mean, error, worst (10 each: one width, three statistics) | none | diagnosis (2) |
 | ``vowels`` | 640 | c01 .. c12 (25 each: one width, twelve cepstrum coefficients) | none | speaker (9) |
+| ``gait`` | 440 | ankle, leg, trunk (48 each: one width, three accelerometers) | none | none |
 """
 
 from __future__ import annotations
@@ -62,6 +63,8 @@ SUITE: dict[str, SuiteDataset] = {
                          "mean"),
     "vowels": SuiteDataset(onewidth.build_vowels, f"PyPI {onewidth.AEON} (JapaneseVowels_eq, UCI)",
                            "BSD-3 (aeon); data CC BY 4.0 (UCI)", "c01"),
+    "gait": SuiteDataset(onewidth.build_gait, f"PyPI {onewidth.AEON} (Daphnet S06R02E0, UCI)",
+                         "BSD-3 (aeon); data CC BY 4.0 (UCI)", "ankle"),
 }
 
 

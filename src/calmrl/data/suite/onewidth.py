@@ -107,3 +107,26 @@ def build_vowels(*, log=print):
     names = [f"c{k + 1:02d}" for k in range(c)]
     return MultiViewData([X[:, k, :].copy() for k in range(c)], names, np.ones((n, c), bool), np.arange(n),
                          np.char.add("speaker ", y), {"source": f"PyPI {AEON} (JapaneseVowels_eq, UCI)"})
+
+
+def build_gait(*, log=print):
+    import csv
+    import io
+
+    from ..dataset import MultiViewData
+
+    with _pypi_wheel(AEON, log=log) as z:
+        text = z.read("aeon/datasets/data/Daphnet_S06R02E0/S06R02E0.csv").decode()
+    rows = list(csv.reader(io.StringIO(text)))
+    head, body = rows[0], rows[1:]
+    sensors = {"ankle": ["ankle_horiz_fwd", "ankle_vert", "ankle_horiz_lateral"],
+               "leg": ["leg_horiz_fwd", "leg_vert", "leg_horiz_lateral"],
+               "trunk": ["trunk_horiz_fwd", "trunk_vert", "trunk_horiz_lateral"]}
+    col = {c: i for i, c in enumerate(head)}
+    X = np.asarray([[float(r[col[c]]) for s in sensors.values() for c in s] for r in body], np.float32)
+    L = 16
+    n = len(X) // L
+    W = X[: n * L].reshape(n, L, 3, 3)                    # (window, time, sensor, axis)
+    views = [np.ascontiguousarray(W[:, :, k, :].transpose(0, 2, 1).reshape(n, 3 * L)) for k in range(3)]
+    return MultiViewData(views, list(sensors), np.ones((n, 3), bool), np.arange(n), None,
+                         {"source": f"PyPI {AEON} (Daphnet S06R02E0, UCI)"})
