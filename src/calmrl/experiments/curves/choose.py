@@ -8,6 +8,9 @@ noise of the best candidate). Among the schedules that hold on every dataset it 
 the cheapest (mean price over those datasets' cells) is chosen; where none holds, the one
 whose worst regret in units of that noise is smallest.
 
+Only schedules auto runs are chosen (one bracket of successive halving with ``method.halving_*``,
+or exhaustive); Hyperband's brackets are replayed for comparison.
+
 **Leave-one-dataset-out.** For each dataset D the rule chooses on all the others, and the
 choice is scored on D, which it never saw. The default is the rule applied to every dataset,
 kept only where every fold's choice also holds on the dataset it left out.
@@ -66,8 +69,8 @@ def _holds(summary: dict, half_std: dict, datasets) -> tuple[bool, float, float]
 
 
 def choose(summaries: dict, half_std: dict, datasets) -> str:
-    """The rule of the module docstring on ``datasets``."""
-    scored = {s: _holds(v, half_std, datasets) for s, v in summaries.items()}
+    """The rule of the module docstring on ``datasets``, among the schedules auto can run."""
+    scored = {s: _holds(v, half_std, datasets) for s, v in summaries.items() if SCHEDULES[s].runnable}
     holding = [s for s, (ok, _, _) in scored.items() if ok]
     if holding:
         return min(holding, key=lambda s: (scored[s][2], s))

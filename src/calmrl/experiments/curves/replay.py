@@ -47,6 +47,7 @@ class Bracket:
 class Schedule:
     name: str
     brackets: tuple = ()      # () = exhaustive: every candidate to the full budget
+    runnable: bool = True     # auto runs it (one bracket, or exhaustive); Hyperband's brackets are replayed only
 
 
 def _schedules() -> dict[str, Schedule]:
@@ -58,7 +59,7 @@ def _schedules() -> dict[str, Schedule]:
                 out[name] = Schedule(name, (Bracket(r0, eta, keep),))
     for r0s in ((1, 5), (1, 10), (2, 7), (3, 10), (1, 3, 10)):
         name = "hyperband r0=" + "+".join(map(str, r0s))
-        out[name] = Schedule(name, tuple(Bracket(r, 3, "none") for r in r0s))
+        out[name] = Schedule(name, tuple(Bracket(r, 3, "none") for r in r0s), runnable=False)
     return out
 
 
