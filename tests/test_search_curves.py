@@ -99,3 +99,18 @@ def test_a_real_search_makes_the_replayed_choice_on_the_same_curves(tmp_path):
     assert (tmp_path / "real" / "auto" / "search.png").stat().st_size > 0
     assert json.loads((tmp_path / "real" / "auto" / "results.json").read_text())["auto"]["curves"] == \
         json.loads(json.dumps(a["curves"]))
+
+
+def test_the_rule_chooses_the_cheapest_schedule_within_seed_noise_and_lodo_scores_the_left_out():
+    from calmrl.experiments.curves.choose import choose, lodo
+
+    half = {("a", "s"): 0.5, ("b", "s"): 0.5, ("c", "s"): 0.5}
+    summ = {"halving r0=1 eta=3": {("a", "s"): {"regret": 0.0, "price": 2.0}, ("b", "s"): {"regret": 0.1, "price": 2.0},
+                                   ("c", "s"): {"regret": 3.0, "price": 2.0}},
+            "halving r0=1 eta=3 keep=structure": {c: {"regret": 0.2, "price": 3.0} for c in half},
+            "exhaustive": {c: {"regret": 0.0, "price": 9.0} for c in half}}
+    assert choose(summ, half, ["a", "b"]) == "halving r0=1 eta=3"                 # holds on a, b; cheapest
+    assert choose(summ, half, ["a", "b", "c"]) == "halving r0=1 eta=3 keep=structure"
+    folds = {f["left_out"]: f for f in lodo(summ, half, ["a", "b", "c"])}
+    assert folds["c"]["chosen"] == "halving r0=1 eta=3" and not folds["c"]["holds"]  # chosen without c, fails on c
+    assert folds["a"]["chosen"] == "halving r0=1 eta=3 keep=structure" and folds["a"]["holds"]
