@@ -79,8 +79,10 @@ SIM = ["data.missing.kind=mcar", "data.missing.rate=0.5", "method.name=calmrl"]
 
 
 def cli_args(out, *sets) -> list[str]:
-    """``--set s`` for each setting, then ``--output-dir out``: the tail of a ``calmrl train`` command line."""
+    """``--set s`` for each setting, then ``--output-dir out``: the tail of a ``calmrl train`` command
+    line. A key set twice keeps its last value (the command line itself refuses repeated keys)."""
+    last = {s.split("=", 1)[0]: s for s in sets}
     a = []
-    for s in sets:
+    for s in last.values():
         a += ["--set", s]
     return a + ["--output-dir", str(out)]

@@ -103,7 +103,8 @@ def test_torchrun_ddp_training_and_resume_on_one_process(tmp_path):
     for key in ("R@1", "R@5", "MeanR"):
         assert abs(single["pairs"]["average"][key] - res["pairs"]["average"][key]) < 1e-4, key
     # more epochs on --resume would not be the longer run (the cosine schedule spans train.epochs): refused
-    cmd8 = [sys.executable, "-m", "calmrl.cli", "train", "--method", "calmrl", "--resume"] + args + [
+    no_epochs = sum((["--set", s] for s in sets if not s.startswith("train.epochs=")), [])
+    cmd8 = [sys.executable, "-m", "calmrl.cli", "train", "--method", "calmrl", "--resume"] + no_epochs + [
         "--set", "train.epochs=8", "--set", "train.devices=1"]
     r8 = subprocess.run(cmd8, env=env, capture_output=True, text=True, timeout=600)
     assert r8.returncode == 2 and "train.epochs: 6 -> 8" in r8.stderr, r8.stderr[-2000:]

@@ -43,8 +43,16 @@ def _run(line: str, env: dict) -> None:
     args = shlex.split(line, comments=True)
     assert args[0] == "calmrl", line
     args = args[1:]
-    if args[0] == "train":
-        args += FAST
+    if args[0] == "train":                                  # FAST's values replace the page's (one key once)
+        fast = {FAST[i + 1].split("=", 1)[0] for i in range(0, len(FAST), 2)}
+        kept, i = [], 0
+        while i < len(args):
+            if args[i] == "--set" and i + 1 < len(args) and args[i + 1].split("=", 1)[0] in fast:
+                i += 2
+                continue
+            kept.append(args[i])
+            i += 1
+        args = kept + FAST
     rc = main(args)
     assert rc == 0, f"documented command failed (rc {rc}): {line}"
 

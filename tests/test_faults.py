@@ -216,8 +216,7 @@ def test_yaml_float_without_dot_string_labels_and_version(tmp_path, capsys):
                                                            f"data.path={store}", "train.epochs=2")) == 0
     res = json.loads((tmp_path / "o" / "pmrl-drop" / "results.json").read_text())
     assert res["knn_accuracy"] > 50
-    with pytest.raises(SystemExit):
-        main(["--version"])
+    assert main(["--version"]) == 0                           # printed without importing torch
     from calmrl import __version__
     assert f"calmrl {__version__}" in capsys.readouterr().out
 

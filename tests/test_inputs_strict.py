@@ -41,8 +41,9 @@ def test_yaml_integers_as_yaml_1_2_and_duplicate_overrides_refused():
 
     assert strict_yaml("a: 012\nb: 0o17\nc: 0x1f") == {"a": 12, "b": 15, "c": 31}
     assert load_config(None, ["train.epochs=012"]).train.epochs == 12
-    with pytest.raises(ConfigError, match="--set train.epochs given twice"):
-        load_config(None, ["train.epochs=3", "train.epochs=4"])
+    assert load_config(None, ["train.epochs=3", "train.epochs=4"]).train.epochs == 4   # Python lists: in order
+    from calmrl.cli import main
+    assert main(["train", "--set", "train.epochs=3", "--set", "train.epochs=4", "--output-dir", "/nonexistent/x"]) == 2
 
 
 def test_retrieve_refuses_a_store_of_embeddings_and_writes_its_output_whole(tmp_path, capsys):

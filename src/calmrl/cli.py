@@ -80,8 +80,9 @@ def _load_cfg(path, overrides):
     """The run configuration: ``--config FILE`` if given; otherwise the tuned defaults, plus the
     bundled UCI demo (MCAR 0.5 simulated on its training split) when the data is the bundled
     UCI set. A user's own data is never given simulated gaps unless their config asks."""
-    from .config import load_config
+    from .config import load_config, refuse_repeated_keys
 
+    refuse_repeated_keys(overrides)
     if path:
         return load_config(path, overrides)
     cfg = load_config(None, overrides)

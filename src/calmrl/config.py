@@ -400,7 +400,9 @@ def _set_dotted(d: dict, key: str, value):
     cur[parts[-1]] = value
 
 
-def _apply(raw: dict, overrides: list[str] | None) -> dict:
+def refuse_repeated_keys(overrides: list[str] | None) -> None:
+    """One line for a command line that sets one key twice (``--set a=1 --set a=2``): a typed
+    command says each key once. Python callers that compose override lists get last-wins."""
     given: dict = {}
     for ov in overrides or []:
         if "=" not in ov:
@@ -409,6 +411,13 @@ def _apply(raw: dict, overrides: list[str] | None) -> dict:
         if k.strip() in given and given[k.strip()] != v:
             raise ConfigError(f"--set {k.strip()} given twice ({given[k.strip()]!r} and {v!r}); give each key once")
         given[k.strip()] = v
+
+
+def _apply(raw: dict, overrides: list[str] | None) -> dict:
+    for ov in overrides or []:
+        if "=" not in ov:
+            raise ConfigError(f"override '{ov}' must look like key.sub=value")
+        k, v = ov.split("=", 1)
         _set_dotted(raw, k.strip(), strict_yaml(v))
     return raw
 
@@ -421,7 +430,9 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Load a YAML file (or the defaults) and apply ``key=value`` overrides (YAML values)."""
+    """Load a YAML file (or the defaults) and apply ``key=value`` overrides (YAML values), in
+    order (a key given twice: the last wins; the command line refuses that, see
+    :func:`refuse_repeated_keys`)."""
     raw: dict = {}
     if path is not None:
         p = Path(path)
