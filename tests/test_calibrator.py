@@ -363,3 +363,19 @@ def test_w_prior_chosen_by_held_out_imputation_beats_maximum_likelihood_on_wide_
     assert r2[best].mean() > r2[0.0].mean() + 1.0 and r2[best].mean() > -0.1, r2   # ML: -1.79, chosen: -0.06
     with pytest.raises(ValueError, match="w_prior candidates"):
         select_w_prior(Z, mask, k=2, candidates=(-1.0,))
+
+
+def test_more_missingness_patterns_than_the_cache_holds():
+    """12 views at MCAR 0.5 have up to 4096 patterns: a batch whose patterns are partly cached
+    when the cache fills gives the same posterior as a fresh calibrator (once a KeyError)."""
+    cal = random_calibrator(M=12, D=3, k=2, seed=3)
+    Z, _ = sample_from(cal, 600, seed=4)
+    mask = random_mask(600, 12, 0.5, seed=5)
+    first = cal.posterior(Z[:250], mask[:250])            # fills most of the cache
+    both = cal.posterior(Z[200:600], mask[200:600])        # some cached, more new than room
+    fresh = SharedLatentCalibrator(12, 3, 2, dtype=torch.float64)
+    fresh.load_state_dict(cal.state_dict())
+    ref = fresh.posterior(Z, mask)
+    torch.testing.assert_close(first.mean, ref.mean[:250], atol=1e-12, rtol=0)
+    torch.testing.assert_close(both.mean, ref.mean[200:600], atol=1e-12, rtol=0)
+    assert len(cal._param_cache()["factors"]) <= SharedLatentCalibrator._MAX_CACHED_PATTERNS
