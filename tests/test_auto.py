@@ -54,7 +54,7 @@ def test_halving_keeps_the_best_at_the_last_rung_and_its_model_is_the_straight_r
     checkpoint, so the kept model is bit for bit the candidate trained alone for 6 epochs."""
     torch.set_num_threads(1)
     over = BASE + ["train.epochs=6", "method.candidates=[pmrl-drop, pairwise-infonce]", "method.auto_lrs=[2e-3, 5e-4]",
-                   "method.halving_min_epochs=2"]
+                   "method.halving_min_epochs=2", "method.halving_eta=3", "method.halving_keep=none"]
     res = run(load_config(None, over + [f"output_dir={tmp_path / 'h'}"]), method="auto")
     a = res["auto"]
     assert a["search"] == "halving" and a["rungs"] == [2, 6]
@@ -96,7 +96,7 @@ def test_an_interrupted_halving_resumes_to_the_same_choice_and_model(tmp_path):
 
     torch.set_num_threads(1)
     over = BASE + ["train.epochs=6", "method.candidates=[pmrl-drop, pairwise-infonce]", "method.auto_lrs=[2e-3, 5e-4]",
-                   "method.halving_min_epochs=2"]
+                   "method.halving_min_epochs=2", "method.halving_eta=3", "method.halving_keep=none"]
 
     class Stop(Exception):
         signum = 15

@@ -155,18 +155,21 @@ class MethodConfig:
                                "Each costs one training run, two where its guard acts. Chosen on the suite's "
                                "validation splits over the plain InfoNCE candidates (docs/results.md)")
     search: str = _f("halving", choices=("halving", "exhaustive"),
-                     help="auto: successive halving (every candidate a few epochs, the best third on validation "
-                          "continue from their checkpoints, one to the end; calibrated candidates' observed-only "
-                          "paths are candidates too) or exhaustive (every candidate to the end, each with its guard)")
-    halving_eta: int = _f(3, lo=2, help="auto, halving: the reduction factor (1/eta of the candidates continue "
-                                        "at each rung, with eta times the epochs)")
-    halving_keep: str = _f("none", choices=("none", "structure", "objective", "both"),
+                     help="auto: successive halving (every candidate a few epochs, the best half on validation "
+                          "and the best of each objective continue from their checkpoints, one to the end; "
+                          "calibrated candidates' observed-only paths are candidates too) or exhaustive (every "
+                          "candidate to the end, each with its guard)")
+    halving_eta: int = _f(2, lo=2, help="auto, halving: the reduction factor (1/eta of the candidates continue "
+                                        "at each rung, with eta times the epochs). 2, with halving_min_epochs 3 "
+                                        "and halving_keep objective: the cheapest schedule within seed noise of "
+                                        "the full-budget search on every dataset of the curve table (docs/search.md)")
+    halving_keep: str = _f("objective", choices=("none", "structure", "objective", "both"),
                            help="auto, halving: besides the best 1/eta, the best candidate of each encoder structure "
                                 "(one shared encoder or not), of each objective, or of both goes on to the next rung "
-                                "and to the last (docs/search.md)")
-    halving_min_epochs: int = _f(1, lo=1, help="auto, halving: epochs of the first rung at least (a calibrated "
-                                               "candidate and its observed-only twin are one run until "
-                                               "imputations take part, so early rungs need not wait for them)")
+                                "and to the last (objective: objectives' curves cross until late, docs/search.md)")
+    halving_min_epochs: int = _f(3, lo=1, help="auto, halving: epochs of the first rung at least (3: from there on "
+                                               "the encoder structure best on validation is the one best at the "
+                                               "full budget, in every cell of the curve table; docs/search.md)")
     lr_factors: list = _f([1.0, 0.25], help="auto: learning rates tried, as factors of train.lr (2e-3 and 5e-4 "
                                             "by default: the suite's grid); method.auto_lrs, when set, replaces them")
     auto_shared: bool = _f(True, help="auto: also try every group of undeclared views of one input width served "
