@@ -35,7 +35,9 @@ def _pairwise_loop(A, observed, w, tau):
             gal = [j for j in range(B) if w[j, n] > 0]
             for i in range(B):
                 if w[i, m] > 0 and w[i, n] > 0 and (observed[i, m] or observed[i, n]):
-                    logits = torch.stack([A[i, m] @ A[j, n] / tau for j in gal])
+                    # a candidate j != i counts w_jn e^s: its logit gains log w_jn (the gate is continuous)
+                    logits = torch.stack([A[i, m] @ A[j, n] / tau + (0 if j == i else math.log(w[j, n]))
+                                          for j in gal])
                     ce = -torch.log_softmax(logits, 0)[gal.index(i)]
                     num, den = num + w[i, m] * w[i, n] * ce, den + w[i, m] * w[i, n]
     return num / den if den else 0.0         # no scorable pair (every imputed cell at weight 0): no loss
@@ -50,9 +52,12 @@ def _anchor_loop(A, observed, w, anchor, tau):
         rows = [i for i in range(B) if w[i, anchor] > 0 and w[i, m] > 0 and (observed[i, anchor] or observed[i, m])]
         if len(rows) < 2:
             continue
-        L = torch.stack([torch.stack([A[i, anchor] @ A[j, m] / tau for j in rows]) for i in rows])
         for k, i in enumerate(rows):
-            ce = 0.5 * (-torch.log_softmax(L[k], 0)[k] - torch.log_softmax(L[:, k], 0)[k])
+            # an instance j != i takes part as a candidate through its pair: weight w_j,anchor w_jm
+            lw = [0 if j == i else math.log(w[j, anchor] * w[j, m]) for j in rows]
+            fwd = torch.stack([A[i, anchor] @ A[j, m] / tau + lw[k2] for k2, j in enumerate(rows)])
+            bwd = torch.stack([A[i, m] @ A[j, anchor] / tau + lw[k2] for k2, j in enumerate(rows)])
+            ce = 0.5 * (-torch.log_softmax(fwd, 0)[k] - torch.log_softmax(bwd, 0)[k])
             num, den = num + w[i, anchor] * w[i, m] * ce, den + w[i, anchor] * w[i, m]
     return num / den
 

@@ -185,6 +185,10 @@ class MethodConfig:
     tau2: float = _f(0.1, lo=1e-4, help="temperature of the instance-wise contrast (PMRL) and of anchor-infonce")
     tau_init: float = _f(0.07, lo=1e-2, help="gram / triangle / pairwise-infonce: initial value of the learnable "
                                             "temperature (authors: 0.07; kept >= 0.01)")
+    symile_negatives: str = _f("n", choices=("n", "n_squared", "joint"),
+                               help="symile: the negatives, as the authors' package draws them: n (each other "
+                                    "modality's rows permuted independently, O(n)), n_squared (every combination), "
+                                    "or joint (one other instance's product; not the authors' loss)")
     learn_temperature: bool = _f(True, help="gram / triangle / pairwise-infonce: learn the temperature (else fixed "
                                             "at tau_init)")
     label_smoothing: float = _f(0.1, lo=0.0, hi=0.5, help="gram / triangle: label smoothing of the contrast "

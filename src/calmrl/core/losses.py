@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .geometry import gram_volume_matrix, triangle_area_matrix
+from .reduce import candidate_log_weights, present_cells, weighted_mean, zero_absent
 from .spectral import spectrum
 
 __all__ = ["PMRLOutput", "pmrl_loss", "gram_loss", "triangle_loss", "pairwise_infonce_loss", "anchor_infonce_loss",
@@ -155,19 +156,28 @@ def pairwise_infonce_loss(A: Tensor, mask: Tensor | None = None, *, tau: float |
     Calibrated (imputed cells as extra pair members): ``mask`` then marks the cells present,
     observed or imputed (imputations detached by the caller), ``observed`` the observed ones
     and ``cell_weights`` ``(B, M)`` each cell's weight (1 observed, the gate's weight imputed).
-    A cell of weight 0 is excluded exactly, as a missing one (so a closed gate gives the plain
-    loss); a row enters only if one of its two cells is observed, with weight
-    :math:`w_{im} w_{in}`, and :math:`\mathcal L = \sum_P w\,\ell / \sum_P w`."""
-    mask = _full_mask(A, mask)
-    if cell_weights is not None:
-        mask = mask & (cell_weights > 0)
+    A cell's weight scales its whole contribution: as a query row, the row weighs
+    :math:`w_{im} w_{in}` and :math:`\mathcal L = \sum_P w\,\ell / \sum_P w`; as a candidate
+    (a negative of another row), its logit gains :math:`\log w_{jn}`, so it counts
+    :math:`w_{jn} e^{\ell}` in the softmax's denominator
+    (:func:`~calmrl.core.reduce.candidate_log_weights`). The loss is continuous in the weights
+    and a weight of 0 is a missing cell exactly (a closed gate gives the plain loss). A row
+    enters only if one of its two cells is observed. Missing cells are zeroed before any
+    arithmetic, so whatever they hold (NaN) never reaches the loss."""
+    present = present_cells(A, mask, cell_weights)
+    A = zero_absent(A, present)
     B, M, _ = A.shape
     if B < 2 or M < 2:
         return A.sum() * 0.0
     logits = torch.einsum("imd,jnd->mnij", A, A) / tau                   # (M, M, B, B)
-    gallery_ok = mask.T[None, :, None, :]                                # a_jn present
+    if cell_weights is not None:                                         # candidates j != i weigh w_jn
+        eye = torch.eye(B, dtype=torch.bool, device=A.device)
+        lw = candidate_log_weights(cell_weights.T.to(logits.dtype))     # (M, B)
+        logits = logits + torch.where(eye, torch.zeros((), dtype=logits.dtype, device=A.device),
+                                      lw[None, :, None, :])
+    gallery_ok = present.T[None, :, None, :]                             # a_jn present
     logits = logits.masked_fill(~gallery_ok, float("-inf"))
-    query_ok = mask.T[:, None, :] & mask.T[None, :, :]                   # (M, M, B): both present
+    query_ok = present.T[:, None, :] & present.T[None, :, :]             # (M, M, B): both present
     query_ok = query_ok & ~torch.eye(M, dtype=torch.bool, device=A.device)[..., None]
     if observed is not None:
         obs = observed.T.bool()
@@ -180,7 +190,7 @@ def pairwise_infonce_loss(A: Tensor, mask: Tensor | None = None, *, tau: float |
         return F.cross_entropy(rows, target, label_smoothing=label_smoothing)
     w = (cell_weights.T[:, None, :] * cell_weights.T[None, :, :])[query_ok].to(rows.dtype)
     ce = F.cross_entropy(rows, target, label_smoothing=label_smoothing, reduction="none")
-    return (w * ce).sum() / w.sum()
+    return weighted_mean(ce, w, A)
 
 
 def anchor_infonce_loss(A: Tensor, mask: Tensor | None = None, *, anchor: int = 0, tau: float = 0.1,
@@ -193,15 +203,18 @@ def anchor_infonce_loss(A: Tensor, mask: Tensor | None = None, *, anchor: int = 
     imputed; the imputed hub where the hub is missing), ``observed`` the observed ones and
     ``cell_weights`` their weights; an instance enters modality ``m``'s contrast if both cells
     are present with weight above 0 and one of them is observed, its two InfoNCE terms weighted
-    by :math:`w_{i,\text{anchor}} w_{im}`, and :math:`n_m` becomes the sum of those weights."""
-    mask = _full_mask(A, mask)
-    if cell_weights is not None:
-        mask = mask & (cell_weights > 0)
+    by :math:`w_{i,\text{anchor}} w_{im}`, and :math:`n_m` becomes the sum of those weights. As
+    a candidate of another instance's row, an instance's logit gains
+    :math:`\log w_{j,\text{anchor}} w_{jm}` (continuous in the weights; weight 0 is a missing
+    cell exactly). Missing cells are zeroed first."""
+    present = present_cells(A, mask, cell_weights)
+    A = zero_absent(A, present)
+    terms, weights = [], []
     total, weight = A.sum() * 0.0, 0.0
     for m in range(A.shape[1]):                                          # loop over modalities
         if m == anchor:
             continue
-        both = mask[:, anchor] & mask[:, m]
+        both = present[:, anchor] & present[:, m]
         if observed is not None:
             both = both & (observed[:, anchor].bool() | observed[:, m].bool())
         n = int(both.sum())
@@ -212,12 +225,22 @@ def anchor_infonce_loss(A: Tensor, mask: Tensor | None = None, *, anchor: int = 
             total = total + n * info_nce(logits)
             weight += n
             continue
-        w = (cell_weights[both, anchor] * cell_weights[both, m]).to(logits.dtype)
+        cw = cell_weights[both].to(logits.dtype)
+        eye = torch.eye(n, dtype=torch.bool, device=A.device)
+        zero = torch.zeros((), dtype=logits.dtype, device=A.device)
+        # an instance j takes part through its pair (anchor, m): as a candidate of another row,
+        # in either direction, it weighs w_j,anchor w_jm (weight 0: not in the contrast at all)
+        lw = candidate_log_weights(cw[:, anchor] * cw[:, m])[None, :]
+        rows = logits + torch.where(eye, zero, lw)
+        cols = logits.T + torch.where(eye, zero, lw)
         target = torch.arange(n, device=A.device)
-        ce = 0.5 * (F.cross_entropy(logits, target, reduction="none") + F.cross_entropy(logits.T, target,
-                                                                                        reduction="none"))
-        total = total + (w * ce).sum()
-        weight += float(w.sum())
+        terms.append(0.5 * (F.cross_entropy(rows, target, reduction="none")
+                            + F.cross_entropy(cols, target, reduction="none")))
+        weights.append(cw[:, anchor] * cw[:, m])
+    if cell_weights is not None:
+        if not terms:
+            return A.sum() * 0.0
+        return weighted_mean(torch.cat(terms), torch.cat(weights), A)
     return total / weight if weight > 0 else total
 
 

@@ -67,6 +67,22 @@ class Objective:
     fn: Callable | None = field(default=None, compare=False, repr=False)
 
     def loss(self, A: Tensor, mask: Tensor, ctx: LossContext) -> tuple[Tensor, dict[str, Tensor]]:
+        """The batch loss. Two things happen here, once for every objective, before its formula:
+        cells that take no part (missing, or imputed at weight 0) are set to 0, so that what
+        they hold (NaN, stale values) never reaches a loss or a gradient; and with
+        ``ctx.calibrated`` the imputed cells are detached (unless ``method.impute_grad``), so a
+        user's own loop gets the trainer's semantics: gradients reach observed cells only."""
+        if mask is not None:
+            from ..core.reduce import zero_absent
+
+            mask = mask.bool()
+            present = mask
+            if ctx.calibrated:
+                w = ctx.column_weights
+                present = torch.ones_like(mask) if w is None else mask | (w > 0)
+                if not getattr(ctx.method, "impute_grad", False):
+                    A = torch.where(mask[..., None], A, A.detach())
+            A = zero_absent(A, present)
         return self.fn(A, mask, ctx)
 
     def make_parameters(self, method) -> nn.Module | None:
@@ -84,9 +100,28 @@ class Objective:
 REGISTRY: dict[str, Objective] = {}
 
 
+_ALLOWED = {"temperature": ("fixed", "learned"), "calibration": ("never", "always", "plug-in"),
+            "needs": ("", "true_hidden", "no_missing"), "similarity": None}
+
+
 def register(obj: Objective) -> Objective:
+    """Add ``obj`` to the registry, after checking its declaration: every field one of its
+    allowed values (a typo such as ``calibration="plugin"`` would silently make an objective
+    uncalibratable), a loss to call, and for a plug-in an observed-only objective (itself by
+    default: its guard trains it without imputations)."""
+    if not obj.name or not isinstance(obj.name, str):
+        raise ValueError("an objective needs a name")
     if obj.name in REGISTRY:
         raise ValueError(f"objective '{obj.name}' is registered twice")
+    for key, allowed in _ALLOWED.items():
+        if allowed is not None and getattr(obj, key) not in allowed:
+            raise ValueError(f"objective '{obj.name}': {key}={getattr(obj, key)!r}; valid: "
+                             + ", ".join(repr(a) for a in allowed))
+    if obj.fn is None and type(obj).loss is Objective.loss:
+        raise ValueError(f"objective '{obj.name}' has no loss: pass fn=... or override loss()")
+    if obj.calibration == "plug-in" and obj.observed_only is None:
+        from dataclasses import replace
+        obj = replace(obj, observed_only=obj.name)
     REGISTRY[obj.name] = obj
     return obj
 

@@ -9,17 +9,25 @@ batch. For each unordered pair of modalities :math:`m < n`, instance :math:`i` o
     \ell_{mnij} = -\log\sigma\big(z_{ij}\,(t\,a_{im}^\top a_{jn} + b)\big),\qquad
     z_{ij} = +1 \text{ if } i = j \text{ else } -1,
 
-    \mathcal L = \frac{\sum_{m<n}\sum_{i \in S_m}\sum_{j\in S_n} \ell_{mnij}}{\sum_{m<n} |S_m\cap S_n|}
+    \mathcal L_{mn} = \frac{1}{N_{mn}} \sum_{i \in S_m}\sum_{j\in S_n} \ell_{mnij},\qquad
+    \mathcal L = \frac{\sum_{m<n} \pi_{mn}\, \mathcal L_{mn}}{\sum_{m<n} \pi_{mn}}
 
-(:math:`S_m`: the instances observing :math:`m`; the denominator counts the positives, the
-authors' division by the batch size when nothing is missing). :math:`t = e^{t'} = 1/\tau` and
-:math:`b` are learned, initialised as the authors do (:math:`t' = \log 10`, :math:`b = -10`);
-``method.learn_temperature=false`` fixes both.
+(:math:`S_m`: the instances observing :math:`m`). Each pair is normalised by
+:math:`N_{mn} = |S_m \cup S_n|`, the rows that observe either side, as open_clip's
+``SigLipLoss`` divides by the batch size (on complete data :math:`N_{mn} = B` and
+:math:`\mathcal L` is the mean over pairs of the authors' loss). A pair enters with weight
+:math:`\pi_{mn} = \min(1, |S_m \cap S_n|)`: **a pair that no instance of the batch observes
+together has no couples at all** (no gradient from similarities between modalities never seen
+together, as pairwise InfoNCE leaves such a pair out), and the normaliser cannot jump (one
+co-observed row among 64 divides the pair's couples by the 65 rows that see either side, not
+by its one positive). :math:`t = e^{t'} = 1/\tau` and :math:`b` are learned, initialised as the
+authors do (:math:`t' = \log 10`, :math:`b = -10`); ``method.learn_temperature=false`` fixes both.
 
-Calibration plugs in as for the InfoNCE objectives: imputed cells join as detached members
-with weight :math:`w` (the gate's), an entry weighs :math:`w_{im} w_{jn}`, enters only if one
-of its two cells is observed, and the sum is divided by the positives' weights; a closed gate
-gives the plain loss exactly.
+Calibration plugs in: imputed cells join as detached members with weight :math:`w` (the
+gate's); a couple weighs :math:`w_{im} w_{jn}` and enters only if one of its two cells is
+observed, :math:`|S_m \cup S_n|` counts a row :math:`w_{im} + w_{in} - w_{im} w_{in}` and
+:math:`|S_m \cap S_n|` the positives' weights, so the loss is continuous in the weights and a
+closed gate gives the plain loss exactly. Missing cells are zeroed before any arithmetic.
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..core import LearnableTemperature
+from ..core.reduce import present_cells, weighted_mean, zero_absent
 from .base import Objective, register
 
 __all__ = ["siglip_loss", "SigLIPParameters"]
@@ -38,10 +47,9 @@ __all__ = ["siglip_loss", "SigLIPParameters"]
 def siglip_loss(A: Tensor, mask: Tensor | None = None, *, tau: Tensor | float = 0.1, bias: Tensor | float = -10.0,
                 cell_weights: Tensor | None = None, observed: Tensor | None = None) -> Tensor:
     """The formula of the module docstring, for every pair at once (no loop over modalities or instances)."""
+    present = present_cells(A, mask, cell_weights)
+    A = zero_absent(A, present)
     B, M, _ = A.shape
-    present = torch.ones(B, M, dtype=torch.bool, device=A.device) if mask is None else mask.bool()
-    if cell_weights is not None:
-        present = present & (cell_weights > 0)
     if B < 2 or M < 2:
         return A.sum() * 0.0
     logits = torch.einsum("imd,jnd->mnij", A, A) / tau + bias                      # (M, M, B, B)
@@ -52,16 +60,16 @@ def siglip_loss(A: Tensor, mask: Tensor | None = None, *, tau: Tensor | float = 
         valid = valid & (obs[:, None, :, None] | obs[None, :, None, :])
     eye = torch.eye(B, dtype=torch.bool, device=A.device)
     sign = torch.where(eye, 1.0, -1.0).to(logits.dtype)
-    terms = -F.logsigmoid(sign * logits)
-    if cell_weights is None:
-        w = valid.to(logits.dtype)
-    else:
-        cw = cell_weights.T.to(logits.dtype)
-        w = (cw[:, None, :, None] * cw[None, :, None, :]) * valid
-    pos = (w * eye).sum()
-    if not bool(pos > 0):
+    terms = torch.where(valid, -F.logsigmoid(sign * logits), torch.zeros((), dtype=logits.dtype, device=A.device))
+    cw = present.T.to(logits.dtype) if cell_weights is None else cell_weights.T.to(logits.dtype) * present.T
+    w = (cw[:, None, :, None] * cw[None, :, None, :]) * valid                        # (M, M, B, B)
+    positives = (w * eye).sum((-2, -1))                                              # (M, M)
+    either = (cw[:, None, :] + cw[None, :, :] - cw[:, None, :] * cw[None, :, :]).sum(-1)   # (M, M): |S_m u S_n|
+    pair_weight = positives.clamp(max=1.0) * upper
+    if not bool(pair_weight.sum() > 0):
         return A.sum() * 0.0
-    return (w * terms).sum() / pos
+    pair_loss = (w * terms).sum((-2, -1)) / either.clamp_min(1e-12)
+    return weighted_mean(pair_loss[upper], pair_weight[upper], A)
 
 
 class SigLIPParameters(LearnableTemperature):
