@@ -97,3 +97,21 @@ def test_cross_validation_on_one_dataframe_with_modality_columns(fitted):
     scores = cross_val_score(calmrl.CalMRL(method="pairwise-infonce", epochs=1, embed_dim=8, hidden_dim=16,
                                            threads=1), X, cv=2)
     assert scores.shape == (2,) and np.isfinite(scores).all() and (scores > 0).all()
+
+
+def test_retrieve_answers_every_query_row_and_marks_those_with_nothing_observed(fitted):
+    """A query batch by one modality where some rows lack it: the others are answered as alone,
+    the empty rows get NaN scores and index -1; k beyond the gallery is refused."""
+    est, frames, _ = fitted
+    left = frames["left"].to_numpy().astype(float)
+    gallery = est.transform(frames)
+    q = left[:6].copy()
+    q[[1, 4]] = np.nan
+    s, i = est.retrieve({"left": q}, gallery, k=3)
+    assert s.shape == i.shape == (6, 3)
+    assert np.isnan(s[[1, 4]]).all() and (i[[1, 4]] == -1).all()
+    s_ok, i_ok = est.retrieve({"left": q[[0, 2, 3, 5]]}, gallery, k=3)
+    np.testing.assert_array_equal(i[[0, 2, 3, 5]], i_ok)
+    np.testing.assert_array_equal(s[[0, 2, 3, 5]], s_ok)
+    with pytest.raises(ValueError, match="more than the gallery"):
+        est.retrieve({"left": q}, gallery[:2], k=3)

@@ -635,9 +635,13 @@ def cmd_retrieve(args) -> int:
     gal_in = {n: (torch.as_tensor(np.asarray(g.views[m][rows])) if m == gm else None) for m, n in enumerate(g.names)}
     gallery = model.embed(gal_in).embeddings[:, model.names.index(args.gallery_modality)]
     # queries: each instance with whatever modalities it has (missing ones are imputed)
-    hits = []
+    hits, empty = [], 0
     for pattern in np.unique(q.mask, axis=0):                 # one batch per missing pattern
         idx = np.nonzero((q.mask == pattern).all(1))[0]
+        if not pattern.any():                                 # nothing observed: written, with no items
+            hits += [(int(i), [], []) for i in idx]
+            empty += len(idx)
+            continue
         inputs = {n: None for n in model.names}           # the model's modalities the store lacks: missing
         inputs.update({n: (torch.as_tensor(np.asarray(q.views[m][idx])) if pattern[m] else None)
                        for m, n in enumerate(q.names)})
@@ -648,7 +652,8 @@ def cmd_retrieve(args) -> int:
                                              "gallery_ids": [g.ids[rows[t]].item() for t in top],
                                              "scores": [round(x, 6) for x in sc]}) + "\n" for i, top, sc in hits))
     print(f"wrote top-{k} {args.gallery_modality} items for {q.n} queries to {args.out}"
-          + (f" (--k {args.k} asked; the gallery holds {len(rows)} items)" if k < args.k else ""))
+          + (f" (--k {args.k} asked; the gallery holds {len(rows)} items)" if k < args.k else "")
+          + (f"; {empty} queries observe no modality and have no items" if empty else ""))
     return 0
 
 

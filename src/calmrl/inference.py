@@ -78,7 +78,7 @@ class CalMRLModel:
             v = (v.to(torch.float64) - mean) / std
         return v.to(torch.float32), rows
 
-    def _views(self, inputs: Mapping[str, object]) -> tuple[list, Tensor]:
+    def _views(self, inputs: Mapping[str, object], allow_empty: bool = False) -> tuple[list, Tensor]:
         unknown = [k for k in inputs if k not in self.names]
         if unknown:
             raise ValueError(f"unknown modality name(s) {unknown}; valid names are {self.names}")
@@ -98,7 +98,7 @@ class CalMRLModel:
             x, rows = self._prepare(m, v)
             views.append(x)
             mask[:, m] = rows
-        if not bool(mask.any(1).all()):
+        if not allow_empty and not bool(mask.any(1).all()):
             raise ValueError(f"instance(s) {mask.any(1).logical_not().nonzero().flatten()[:5].tolist()} have no "
                              "observed modality (every given row is NaN)")
         return views, mask
@@ -121,7 +121,19 @@ class CalMRLModel:
         """Top-``k`` gallery items (cosine) for queries with any subset of modalities.
 
         ``gallery``: embeddings ``(n, d)`` (torch or numpy), or raw inputs as for :meth:`embed`
-        (a mapping; each gallery item is then its fused embedding). Returns ``(scores, indices)``."""
+        (a mapping; each gallery item is then its fused embedding). Returns ``(scores, indices)``,
+        ``(n_query, k)``. A query row with no observed modality (every given row NaN) is
+        answered with NaN scores and index -1; ``k`` larger than the gallery is refused."""
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise ValueError(f"k must be a positive integer, got {k!r}")
+        _, qmask = self._views(query, allow_empty=True)
+        has = qmask.any(1)
+        if not bool(has.any()):
+            raise ValueError("no query row has an observed modality (every given row is NaN)")
+        if not bool(has.all()):      # rows with nothing observed are answered with NaN / -1, the rest as usual
+            keep = has.numpy()
+            query = {name: (None if v is None else v[has] if isinstance(v, Tensor) else np.asarray(v)[keep])
+                     for name, v in query.items()}
         q = self.embed(query).fused
         if isinstance(gallery, Mapping):
             gallery = self.embed(gallery).fused
@@ -129,5 +141,13 @@ class CalMRLModel:
         if gallery.dim() != 2 or gallery.shape[1] != q.shape[1]:
             raise ValueError(f"gallery must be (n, {q.shape[1]}) embeddings or raw inputs by modality name, got "
                              f"shape {tuple(gallery.shape)}")
+        if k > gallery.shape[0]:
+            raise ValueError(f"k={k} is more than the gallery's {gallery.shape[0]} items")
+        if not bool(has.all()):
+            s_sub, i_sub = (q @ F.normalize(gallery.to(q.dtype), dim=-1).T).topk(k, dim=1)
+            scores = torch.full((len(has), k), float("nan"), dtype=s_sub.dtype)
+            index = torch.full((len(has), k), -1, dtype=i_sub.dtype)
+            scores[has], index[has] = s_sub, i_sub
+            return scores, index
         scores = q @ F.normalize(gallery.to(q.dtype), dim=-1).T
-        return scores.topk(min(k, gallery.shape[0]), dim=1)
+        return scores.topk(k, dim=1)
