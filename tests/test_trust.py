@@ -289,3 +289,41 @@ def test_newcomer_path_from_csv_tables_to_retrieval_with_an_incomplete_query(tmp
     assert len(rows) == 20 and all(len(r["gallery_ids"]) == 300 and isinstance(r["query_id"], str) for r in rows)
     found = [r["gallery_ids"].index(r["query_id"]) + 1 for r in rows if r["query_id"] in r["gallery_ids"]]
     assert len(found) == 15 and np.median(found) <= 30, found     # 15 queries have a match; chance median 150
+
+
+def test_a_table_with_its_columns_in_another_order_is_refused_by_eval_impute_and_retrieve(tmp_path, capsys):
+    """Checkpoints and exports keep each view's feature column names: a store imported from tables
+    whose columns come in another order (same names) would be read with the wrong meaning."""
+    files, _ = _tables(tmp_path)
+    store = tmp_path / "store"
+    tables = [f"--table={k}={v}" for k, v in files.items()]
+    assert main(["data", "import", *tables, "--label-column", "label", "--out", str(store)]) == 0
+    assert main(["train", "--method", "pmrl-drop"] + _args(tmp_path / "runs", "data.dataset=store",
+                                                           f"data.path={store}", "train.epochs=1")) == 0
+    run = tmp_path / "runs" / "pmrl-drop"
+    assert main(["export", "--checkpoint", str(run), "--out", str(tmp_path / "model")]) == 0
+    # the same tables, the fourier columns f1 and f0 swapped (header and values: a consistent table)
+    swapped = {}
+    for k, p in files.items():
+        rows = [r.split(",") for r in p.read_text().splitlines()]
+        if k == "fourier":
+            for r in rows:
+                r[1], r[2] = r[2], r[1]
+        q = tmp_path / f"swapped_{k}.csv"
+        q.write_text("\n".join(",".join(r) for r in rows) + "\n")
+        swapped[k] = q
+    other = tmp_path / "other"
+    assert main(["data", "import", *[f"--table={k}={v}" for k, v in swapped.items()], "--label-column", "label",
+                 "--out", str(other)]) == 0
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(run), "--store", str(store)]) == 0        # the same columns: fine
+    capsys.readouterr()
+    for argv in (["eval", "--checkpoint", str(run), "--store", str(other)],
+                 ["impute", "--checkpoint", str(run), "--store", str(other), "--out", str(tmp_path / "imp")],
+                 ["retrieve", "--model", str(tmp_path / "model"), "--query", str(other), "--gallery", str(store),
+                  "--gallery-modality", "karhunen", "--out", str(tmp_path / "hits.jsonl")]):
+        assert main(argv) == 2, argv[0]
+        err = capsys.readouterr().err
+        assert "modality 'fourier' has the training columns in another order (position 0: 'f1' where training " \
+               "had 'f0')" in err, err
+    assert not (tmp_path / "imp").exists() and not (tmp_path / "hits.jsonl").exists()

@@ -284,7 +284,7 @@ def _load_run(ckpt_path: str, with_data: bool = True):
     return cfg, splits, model
 
 
-def _store_for_model(store: str, names: list[str] | None, partial_views: str):
+def _store_for_model(store: str, names: list[str] | None, partial_views: str, columns: dict | None = None):
     """A feature store, checked: exactly the model's modalities ``names`` in the model's order
     (any store when ``None``), partial views resolved by ``partial_views``. Returns ``(data,
     partial-view report)``."""
@@ -295,6 +295,8 @@ def _store_for_model(store: str, names: list[str] | None, partial_views: str):
         if sorted(data.names) != sorted(names):
             raise ValueError(f"store modalities {data.names} differ from the model's {names}")
         data = data.select(names)
+    from .data.tables import check_columns
+    check_columns(columns, data, f"store {store}")
     data, report = data.resolve_partial_views(partial_views)
     return data.validate(), report
 
@@ -304,7 +306,7 @@ def _store_split(store: str, model, cfg):
     training split's statistics saved in the checkpoint."""
     from .train.splits import Splits
 
-    data, _ = _store_for_model(store, model.names, cfg.data.partial_views)
+    data, _ = _store_for_model(store, model.names, cfg.data.partial_views, getattr(model, "columns", None))
     if model.standardization is not None:
         data, _ = data.standardize(model.standardization)
     return Splits(data, data, data, data, list(model.names), data.dims, model.standardization)
@@ -363,7 +365,8 @@ def cmd_impute(args) -> int:
     model = cfg = None
     if args.checkpoint:
         cfg, _, model = _load_run(args.checkpoint, with_data=False)
-    data, report = _store_for_model(args.store, model.names if model is not None else None, args.partial_views)
+    data, report = _store_for_model(args.store, model.names if model is not None else None, args.partial_views,
+                                    getattr(model, "columns", None))
     if report:
         print(f"note: partial views treated per --partial-views={args.partial_views}: {report}")
     stats = model.standardization if model is not None else None
@@ -435,7 +438,8 @@ def cmd_export(args) -> int:
     from .model.export import export_model
 
     cfg, _, model = _load_run(args.checkpoint, with_data=False)
-    out = export_model(model.encoder, model.calibrator, cfg, model.dims, args.out, model.standardization)
+    out = export_model(model.encoder, model.calibrator, cfg, model.dims, args.out, model.standardization,
+                       extra={"columns": getattr(model, "columns", None)})
     print(f"exported encoders and calibrator to {out}/model.safetensors (+ config.json)")
     return 0
 
@@ -618,6 +622,9 @@ def cmd_retrieve(args) -> int:
     model = CalMRLModel.load(args.model)
     # stores of inputs only: an embedding-space store (impute --space embedding) is refused, as eval refuses it
     q, g = FeatureStore(args.query).read(inputs_only=True), FeatureStore(args.gallery).read(inputs_only=True)
+    from .data.tables import check_columns
+    check_columns(model.columns, q, f"query store {args.query}")
+    check_columns(model.columns, g, f"gallery store {args.gallery}")
     if args.gallery_modality not in model.names:
         raise ValueError(f"the model has no modality '{args.gallery_modality}'; it has {model.names}")
     if args.gallery_modality not in g.names:

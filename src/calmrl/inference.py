@@ -39,6 +39,7 @@ class CalMRLModel:
         are standardised with it exactly as in training (``None``: inputs are used as given)."""
         self.encoder, self.calibrator, self.names = encoder.eval(), calibrator, list(names)
         self.standardization = None
+        self.columns = None
         if standardization is not None:
             self.standardization = [(torch.as_tensor(m, dtype=torch.float64), torch.as_tensor(s, dtype=torch.float64))
                                     for m, s in standardization]
@@ -48,7 +49,9 @@ class CalMRLModel:
         from .model.export import load_exported
 
         enc, cal, meta = load_exported(path)
-        return cls(enc, cal, meta["names"], meta.get("standardization"))
+        model = cls(enc, cal, meta["names"], meta.get("standardization"))
+        model.columns = meta.get("columns")     # each view's feature column names, where training named them
+        return model
 
     def _prepare(self, m: int, v) -> tuple[Tensor, Tensor]:
         """numpy, pandas or torch input -> (float32 tensor standardised as in training, rows observed).

@@ -20,7 +20,7 @@ import numpy as np
 
 from .dataset import MultiViewData, first_repeat
 
-__all__ = ["read_table", "load_tables"]
+__all__ = ["read_table", "load_tables", "view_columns", "check_columns"]
 
 
 def _read_csv(path: Path) -> tuple[list[str], list[list[str]]]:
@@ -216,3 +216,33 @@ def load_tables(tables: Mapping[str, str | Path], id_column: str = "id", label_c
     data.meta.update({"source": "tables", "tables": {k: str(v) for k, v in tables.items()}, "columns": cols,
                       "notes": notes + data.meta.get("notes", [])})
     return data
+
+
+def view_columns(data) -> dict | None:
+    """``modality -> [feature column names]`` of the data's own tables (``meta["columns"]``),
+    for the modalities the data has; ``None`` where its source named no columns."""
+    cols = (data.meta or {}).get("columns")
+    if not isinstance(cols, dict):
+        return None
+    out = {n: [str(c) for c in cols[n]] for n in data.names if isinstance(cols.get(n), list)}
+    return out or None
+
+
+def check_columns(trained: dict | None, data, what: str) -> None:
+    """Refuse data whose feature columns are not those the model was trained on, in that order
+    (a table with its columns in another order would be read with the wrong meaning)."""
+    given = view_columns(data)
+    if not trained or not given:
+        return
+    for name, cols in trained.items():
+        if name not in given or given[name] == cols:
+            continue
+        new = given[name]
+        if sorted(new) == sorted(cols):
+            i = next(j for j, (a, b) in enumerate(zip(cols, new)) if a != b)
+            raise ValueError(f"{what}: modality '{name}' has the training columns in another order (position {i}: "
+                             f"'{new[i]}' where training had '{cols[i]}'); reorder the table's columns as in training")
+        extra, lack = [c for c in new if c not in cols][:3], [c for c in cols if c not in new][:3]
+        raise ValueError(f"{what}: modality '{name}' has other feature columns than training "
+                         f"(not in training: {extra}; missing: {lack}); it cannot be read with the model's meaning")
+

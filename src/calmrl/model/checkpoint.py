@@ -75,6 +75,7 @@ class TrainedModel(nn.Module):
                                                  sigma2_floor=c.sigma2_floor, sigma2_floor_rel=c.sigma2_floor_rel,
                                                  w_prior=c.w_prior)
         self.completer = None
+        self.columns = None
         if calibrates(cfg.method) and c.backend == "mlp":
             self.completer = MaskedCompleter(len(names), m.embed_dim, c.mlp_hidden, hide_rate=c.hide_rate)
         elif calibrates(cfg.method) and c.backend in ("mvae", "mopoe"):
@@ -108,4 +109,5 @@ def model_from_loaded(ckpt: dict, path: str | os.PathLike) -> tuple[Config, Trai
         raise CheckpointError(f"{path} does not match its own configuration: {str(e)[:300]}") from None
     if missing:
         raise CheckpointError(f"{path} does not match its own configuration (missing {missing[:5]})")
+    model.columns = ckpt.get("calmrl_columns")          # each view's feature column names, where the data named them
     return cfg, model

@@ -174,4 +174,5 @@ def model_from_loaded(ckpt: dict, path) -> tuple[Config, CalMRLModule]:
     except RuntimeError as e:
         raise CheckpointError(f"{path} does not match its own configuration: {str(e)[:300]}") from None
     model.standardization = std
+    model.columns = ckpt.get("calmrl_columns")
     return cfg, model

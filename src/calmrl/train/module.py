@@ -405,6 +405,7 @@ class CalMRLModule(L.LightningModule):
         # what it was trained on (eval refuses other data), and the label values in code order
         checkpoint["calmrl_fingerprint"] = getattr(self, "data_fingerprint", None)
         checkpoint["calmrl_classes"] = getattr(self, "classes", None)
+        checkpoint["calmrl_columns"] = getattr(self, "columns", None)    # each view's feature column names
         checkpoint["calmrl_history"] = {"loss": list(getattr(self, "loss_history", [])),
                                         "em": list(getattr(self, "em_history", [])), "gate": list(self.gate_history),
                                         "val": [list(x) for x in getattr(self, "val_history", [])]}
@@ -415,3 +416,4 @@ class CalMRLModule(L.LightningModule):
         self.em_history = [tuple(x) for x in hist.get("em", [])]
         self.gate_history = list(hist.get("gate", []))
         self.val_history = [tuple(x) for x in hist.get("val", [])]
+        self.columns = checkpoint.get("calmrl_columns")

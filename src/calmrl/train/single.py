@@ -79,6 +79,7 @@ def train_one(cfg: Config, splits: Splits, run_dir: Path, *, resume: bool = Fals
     model = CalMRLModule(cfg, splits.dims, splits.names)
     model.standardization = splits.standardization
     model.data_fingerprint, model.classes = splits.fingerprint, splits.classes
+    model.columns = splits.columns
     if cfg.method.gate != "none":
         model.gate_loader = make_loader(splits.val, cfg, False)
     if init_ckpt is not None:

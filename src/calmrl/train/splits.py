@@ -12,6 +12,7 @@ from .. import objectives
 from ..data import (FeatureStore, MultiViewData, load_tables, load_uci_mfeat, mcar_mask, paired_subsets_mask,
                     split_parts, stratified_split, suite, synthetic_multiview)
 from ..data.fingerprint import fingerprint, split_fingerprint
+from ..data.tables import check_columns, view_columns  # noqa: F401  (check_columns: re-exported)
 from ..data.dataset import standardization
 from ..data.rows import bounded_sample
 from .config import Config
@@ -34,6 +35,7 @@ class Splits:
     notes: list = field(default_factory=list)   # what was done to the data, for the user
     fingerprint: dict | None = None      # the data as given and the split (calmrl.data.fingerprint)
     simulated: dict | None = None        # what the missingness simulator hid, realised (None: nothing)
+    columns: dict | None = None          # modality -> its feature columns' names, where the data named them
 
 
 def _select_views(data: MultiViewData, views: list) -> MultiViewData:
@@ -159,7 +161,8 @@ def prepare_data(cfg: Config, method: str | None = None, data: MultiViewData | N
         if M > 1 and not has_scorable_pair(part.mask):
             raise ValueError(f"the {name} split ({part.n} instances) has no two modalities observed together in 2 "
                              "or more instances; retrieval cannot be evaluated (use more data or a larger fraction)")
-    return Splits(train, train_full, val, test, list(data.names), data.dims, stats, classes, notes, fp, simulated)
+    return Splits(train, train_full, val, test, list(data.names), data.dims, stats, classes, notes, fp, simulated,
+                  view_columns(data))
 
 
 def _capped(part: MultiViewData, name: str, cfg: Config, salt: int, notes: list) -> MultiViewData:
