@@ -115,3 +115,16 @@ def test_retrieve_answers_every_query_row_and_marks_those_with_nothing_observed(
     np.testing.assert_array_equal(s[[0, 2, 3, 5]], s_ok)
     with pytest.raises(ValueError, match="more than the gallery"):
         est.retrieve({"left": q}, gallery[:2], k=3)
+
+
+def test_transform_is_bit_identical_across_calls_and_batch_sizes(fitted):
+    """An instance's embedding does not depend on the batch around it (inference runs in
+    float64, rounded to float32 at the end), nor on earlier calls."""
+    est, frames, _ = fitted
+    arrays = {k: v.to_numpy().astype(float) for k, v in frames.items()}
+    arrays["right"][::3] = np.nan                                        # some rows miss a view
+    batch = est.transform(arrays)
+    assert np.array_equal(batch, est.transform(arrays))
+    for i in (0, 1, 2, 7):
+        one = est.transform({k: v[i:i + 1] for k, v in arrays.items()})
+        assert np.array_equal(one[0], batch[i]), i

@@ -111,13 +111,30 @@ class CalMRLModel:
         """Encode the given modalities (name -> batch of raw features: numpy, pandas or torch;
         missing: absent, ``None``, or a row of NaN) and impute the rest."""
         views, mask = self._views(inputs)
-        A = self.encoder(views, mask)
-        cal = self.calibrator
-        imp = cal.impute(A.to(cal.W.dtype), mask)
-        conf = torch.where(mask, torch.ones_like(imp.confidence), imp.confidence).to(A.dtype)
-        filled = imp.filled.to(A.dtype)
+        # computed in float64 and rounded to float32 at the end: the matrix kernels a batch of one
+        # row and a batch of thousands use differ in the last float32 bits, so an instance's
+        # embedding would depend on the batch around it; in float64 those differences stay far
+        # below float32's rounding
+        enc, cal = self._float64()
+        A = enc([v.to(torch.float64) for v in views], mask)
+        imp = cal.impute(A, mask)
+        conf = torch.where(mask, torch.ones_like(imp.confidence), imp.confidence).to(torch.float64)
+        filled = imp.filled.to(torch.float64)
         fused = F.normalize((F.normalize(filled, dim=-1) * conf[..., None]).sum(1), dim=-1)
-        return Embedded(A, mask, filled, conf, fused)
+        f32 = torch.float32
+        return Embedded(A.to(f32), mask, filled.to(f32), conf.to(f32), fused.to(f32))
+
+    def _float64(self):
+        """Float64 copies of the encoder and the calibrator, made once (and again if either was
+        replaced)."""
+        cached = getattr(self, "_f64", None)
+        if cached is None or cached[0] is not self.encoder or cached[1] is not self.calibrator:
+            import copy
+
+            cached = (self.encoder, self.calibrator, copy.deepcopy(self.encoder).double().eval(),
+                      copy.deepcopy(self.calibrator).double())
+            self._f64 = cached
+        return cached[2], cached[3]
 
     @torch.no_grad()
     def retrieve(self, query: Mapping[str, object], gallery, k: int = 10) -> tuple[Tensor, Tensor]:
