@@ -327,3 +327,21 @@ def test_a_table_with_its_columns_in_another_order_is_refused_by_eval_impute_and
         assert "modality 'fourier' has the training columns in another order (position 0: 'f1' where training " \
                "had 'f0')" in err, err
     assert not (tmp_path / "imp").exists() and not (tmp_path / "hits.jsonl").exists()
+
+
+def test_eval_from_another_directory_reads_the_runs_relative_data_path(tmp_path, capsys, monkeypatch):
+    """A relative data.path is relative to where training ran: eval from elsewhere reads it from
+    there, with a note; where it is found nowhere, one line says so and what to do."""
+    (tmp_path / "proj").mkdir()
+    _store(tmp_path / "proj" / "store1", n=300)
+    monkeypatch.chdir(tmp_path / "proj")
+    assert main(["train", "--method", "pmrl-drop"] + _args(tmp_path / "proj" / "runs", "data.dataset=store",
+                                                           "data.path=store1", "train.epochs=1")) == 0
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", "../proj/runs/pmrl-drop"]) == 0
+    assert "relative data paths read from the directory training ran in" in capsys.readouterr().out
+    (tmp_path / "proj" / "store1").rename(tmp_path / "proj" / "moved")
+    assert main(["eval", "--checkpoint", "../proj/runs/pmrl-drop"]) == 2
+    assert "data.path 'store1' of" in capsys.readouterr().err

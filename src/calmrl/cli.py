@@ -275,6 +275,8 @@ def _load_run(ckpt_path: str, with_data: bool = True):
     cfg, model = model_from_loaded(ckpt, ckpt_path)
     model.checkpoint_path = str(ckpt_path)
     _say_if_unfinished(ckpt, cfg, ckpt_path)
+    if with_data:
+        cfg = _data_paths_from_training(cfg, ckpt.get("calmrl_cwd"), ckpt_path)
     splits = prepare_data(cfg) if with_data else None
     if splits is not None and ckpt.get("calmrl_fingerprint"):
         diff = compare(ckpt["calmrl_fingerprint"], splits.fingerprint)
@@ -282,6 +284,39 @@ def _load_run(ckpt_path: str, with_data: bool = True):
             raise ValueError(f"the data at {_data_name(cfg)} is not what {ckpt_path} was trained on "
                              f"({'; '.join(diff)}); its test split cannot be rebuilt: evaluate new data with --store")
     return cfg, splits, model
+
+
+def _data_paths_from_training(cfg, cwd_then: str | None, ckpt_path):
+    """The run's data paths, read as training read them: a relative ``data.path`` or table
+    path is relative to the directory training ran in (kept in the checkpoint); where that
+    directory is known and the path is not found from here, it is taken from there, with a
+    note; where it is found nowhere, one line names both places."""
+    from .train.config import apply_overrides
+
+    here = Path.cwd()
+    then = Path(cwd_then) if cwd_then else None
+    sets = []
+
+    def resolve(p: str, key: str):
+        q = Path(p).expanduser()
+        if not p or q.is_absolute() or q.exists():
+            return None
+        if then is not None and (then / q).exists():
+            return str(then / q)
+        raise ValueError(f"{key} '{p}' of {ckpt_path} is relative to the directory training ran in"
+                         + (f" ({then})" if then else "") + f" and is found neither there nor here ({here}); "
+                         "run eval from that directory, or evaluate a store with --store PATH")
+
+    if cfg.data.dataset == "store" and (p := resolve(cfg.data.path, "data.path")):
+        sets.append(f"data.path={p}")
+    if cfg.data.dataset == "tables" and cfg.data.tables:
+        tables = {k: resolve(v, f"data.tables.{k}") or v for k, v in cfg.data.tables.items()}
+        if tables != cfg.data.tables:
+            sets.append("data.tables={" + ", ".join(f"{k}: '{v}'" for k, v in tables.items()) + "}")
+    if not sets:
+        return cfg
+    print(f"note: the run's relative data paths read from the directory training ran in ({then})")
+    return apply_overrides(cfg, sets)
 
 
 def _store_for_model(store: str, names: list[str] | None, partial_views: str, columns: dict | None = None):

@@ -14,6 +14,8 @@ encoders by back-propagation.
 
 from __future__ import annotations
 
+import os
+
 import lightning as L
 import torch
 import torch.distributed as dist
@@ -406,6 +408,7 @@ class CalMRLModule(L.LightningModule):
         checkpoint["calmrl_fingerprint"] = getattr(self, "data_fingerprint", None)
         checkpoint["calmrl_classes"] = getattr(self, "classes", None)
         checkpoint["calmrl_columns"] = getattr(self, "columns", None)    # each view's feature column names
+        checkpoint["calmrl_cwd"] = os.getcwd()          # relative data paths of the config are relative to it
         checkpoint["calmrl_history"] = {"loss": list(getattr(self, "loss_history", [])),
                                         "em": list(getattr(self, "em_history", [])), "gate": list(self.gate_history),
                                         "val": [list(x) for x in getattr(self, "val_history", [])]}
