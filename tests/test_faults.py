@@ -320,3 +320,30 @@ def test_embed_rerun_with_another_batch_size_resumes(tmp_path, monkeypatch):
         (tmp_path / "s.partial").mkdir()
         (tmp_path / "s.partial" / "manifest.json").write_text(json.dumps({"input": "x"}))
         embed_mod.embed_jsonl(src, tmp_path / "s", vector_fields=["a"], batch_size=7, progress=False)
+
+
+def test_a_damaged_embed_chunk_is_named_and_its_rows_alone_are_redone(tmp_path, monkeypatch):
+    from calmrl.train import embed as embed_mod
+    rows = [{"id": i, "a": [float(i), 1.0]} for i in range(30)]
+    src = tmp_path / "in.jsonl"
+    src.write_text("\n".join(json.dumps(r) for r in rows))
+    real, calls = np.savez, {"n": 0}
+
+    def stop_after_two(*a, **k):
+        calls["n"] += 1
+        if calls["n"] > 2:
+            raise OSError("disk full")
+        return real(*a, **k)
+    monkeypatch.setattr(embed_mod.np, "savez", stop_after_two)
+    with pytest.raises(OSError):
+        embed_mod.embed_jsonl(src, tmp_path / "s", vector_fields=["a"], batch_size=10, progress=False)
+    monkeypatch.setattr(embed_mod.np, "savez", real)
+    chunk = tmp_path / "s.partial" / "chunk_000001.npz"
+    raw = bytearray(chunk.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF                                          # one byte flipped in a finished chunk
+    chunk.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match=r"chunk_000001.npz \(a finished chunk of this embedding\) is damaged"):
+        embed_mod.embed_jsonl(src, tmp_path / "s", vector_fields=["a"], batch_size=10, progress=False)
+    chunk.unlink()                                                      # as the message says
+    data = embed_mod.embed_jsonl(src, tmp_path / "s", vector_fields=["a"], batch_size=10, progress=False).read()
+    np.testing.assert_array_equal(np.asarray(data.views[0])[:, 0], np.arange(30))

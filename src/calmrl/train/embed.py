@@ -117,8 +117,8 @@ def embed_jsonl(path: str | Path, out: str | Path, *, text_fields: Sequence[str]
         tmp = f_chunk.with_name(f_chunk.name + ".tmp.npz")
         np.savez(tmp, **arrays)
         tmp.replace(f_chunk)
-    chunks = [np.load(part / f"chunk_{c:06d}.npz") for c in range(n_chunks)]
-    views = [np.concatenate([ch[f] for ch in chunks]) for f in fields]
+    views = [np.concatenate(parts) for parts in zip(*(_read_chunk(part / f"chunk_{c:06d}.npz", fields)
+                                                       for c in range(n_chunks)))]
     mask = np.stack([~np.isnan(v).all(1) for v in views], 1)
     labels = np.array([r[label_field] for r in rows]) if label_field else None
     data = MultiViewData(views, fields, mask, np.array(ids), labels,
@@ -126,3 +126,15 @@ def embed_jsonl(path: str | Path, out: str | Path, *, text_fields: Sequence[str]
     store = FeatureStore.write(out, data)
     shutil.rmtree(part, ignore_errors=True)
     return store
+
+
+def _read_chunk(path: Path, fields) -> list:
+    """The arrays of one finished chunk; a damaged one is named, with what to do."""
+    import zipfile
+
+    try:
+        with np.load(path, allow_pickle=False) as ch:
+            return [np.asarray(ch[f]) for f in fields]
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as e:
+        raise ValueError(f"{path} (a finished chunk of this embedding) is damaged ({type(e).__name__}: {e}); delete "
+                         "that file and rerun the same command: only its rows are embedded again") from None
