@@ -186,3 +186,11 @@ def test_results_say_what_the_embedding_adds_over_a_knn_on_the_raw_features(tmp_
     X = lambda s: np.concatenate([np.asarray(v, float) for v in s.views], 1)
     ref = 100 * KNeighborsClassifier(5).fit(X(tr), tr.labels).score(X(te), te.labels)
     assert raw_knn_accuracy(tr, te, 5) == pytest.approx(ref)
+
+
+def test_a_knn_figure_from_too_few_neighbours_is_na_with_a_note(tmp_path):
+    torch.set_num_threads(1)
+    res = run(load_config(None, BASE + ["train.epochs=1", "eval.max_instances=3", f"output_dir={tmp_path}"]),
+              method="pmrl-drop")
+    assert res["knn_accuracy"] != res["knn_accuracy"]                   # NaN, printed n/a
+    assert any("kNN accuracy n/a: 10-NN needs at least 10 labelled training instances" in n for n in res["notes"])

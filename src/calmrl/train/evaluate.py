@@ -312,7 +312,12 @@ def evaluate_model(model: torch.nn.Module, splits: Splits, cfg: Config) -> dict:
         notes.append(note)
     train_full_A, full_mask = embed_data(enc, train_full)
     train_mask = torch.as_tensor(train.mask)
-    if train.labels is not None:
+    n_lab = int((np.asarray(train.labels) >= 0).sum()) if train.labels is not None else 0
+    if train.labels is not None and n_lab < e.knn_k:     # too few neighbours for the figure to mean anything
+        out["knn_accuracy"] = float("nan")
+        notes.append(f"kNN accuracy n/a: {e.knn_k}-NN needs at least {e.knn_k} labelled training instances, the "
+                     f"sample has {n_lab} (eval.max_instances = {e.max_instances})")
+    elif train.labels is not None:
         out["knn_accuracy"] = knn_accuracy(train_full_A, train_mask, train.labels, test_A,
                                            splits.test.labels, e.knn_k, test_mask=test_mask)
         if splits.classes is not None and len(splits.classes) < 2:
