@@ -114,3 +114,25 @@ def test_the_rule_chooses_the_cheapest_schedule_within_seed_noise_and_lodo_score
     folds = {f["left_out"]: f for f in lodo(summ, half, ["a", "b", "c"])}
     assert folds["c"]["chosen"] == "halving r0=1 eta=3" and not folds["c"]["holds"]  # chosen without c, fails on c
     assert folds["a"]["chosen"] == "halving r0=1 eta=3 keep=structure" and folds["a"]["holds"]
+
+
+def test_extend_gains_only_where_the_added_objective_is_chosen_and_better():
+    """Adding candidates from a second table: where the added one wins on validation and on test,
+    the gain is its test R@1 over the base choice's; where it wins on validation only, a loss;
+    a candidate repeated in both tables is refused."""
+    from calmrl.experiments.curves.extend import compare, merge
+
+    E = 9
+    ep = np.arange(1, E + 1)
+    base = _record({"a": (list(ep), list(ep), False, "pairwise-infonce"),
+                    "b": (list(0.5 * ep), list(0.5 * ep), False, "calmrl")}, E)
+    better = _record({"s": (list(1.2 * ep), list(1.3 * ep), False, "siglip")}, E)
+    overfit = _record({"s": (list(1.2 * ep), list(0.8 * ep), False, "siglip")}, E)
+    sched = Schedule("h", (Bracket(3, 2, "objective"),))
+    for extra, gain in ((better, 1.3 * E - E), (overfit, 0.8 * E - E)):
+        for r in (base, extra):
+            r["done"] = True
+        (row,) = compare([base], [extra], sched)
+        assert row["extra_chosen"] and row["gain"] == pytest.approx(gain)
+    with pytest.raises(ValueError, match="repeats candidates"):
+        merge(base, base)

@@ -87,7 +87,8 @@ def write_report(base: Path, extra: Path, out: Path | None = None) -> Path:
              f"candidates ({extra}), per cell (mean over seeds; `python -m calmrl.experiments.curves.extend`). "
              "Gain: test R@1 of the merged space's choice minus that of the base space's.", "",
              "| dataset | setting | seeds | half seed std | gain (per seed) | extra chosen | price base -> merged | "
-             "best extra candidate: val / test R@1 (mean) |", "|---|---|---|---|---|---|---|---|"]
+             "the base choice: test R@1 | best extra candidate on validation: val / test R@1 |",
+             "|---|---|---|---|---|---|---|---|---|"]
     up = down = 0
     for cell in sorted(cells):
         rs = cells[cell]
@@ -99,6 +100,7 @@ def write_report(base: Path, extra: Path, out: Path | None = None) -> Path:
         lines.append(f"| {cell[0]} | {cell[1]} | {len(rs)} | {h:.2f} | {g:+.2f} ({per_seed}) | "
                      f"{sum(r['extra_chosen'] for r in rs)} of {len(rs)} | "
                      f"{np.mean([r['base_price'] for r in rs]):.2f}x -> {np.mean([r['merged_price'] for r in rs]):.2f}x | "
+                     f"{np.mean([r['base_test'] for r in rs]):.2f} | "
                      f"{np.mean([r['best_extra_val'] for r in rs]):.2f} / {np.mean([r['best_extra_test'] for r in rs]):.2f} |")
     enters = up > 0 and down == 0
     lines += ["", f"Cells with a gain beyond half a seed std: {up}; with a loss beyond it: {down}. "
