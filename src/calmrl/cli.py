@@ -385,6 +385,7 @@ def cmd_impute(args) -> int:
     import numpy as np
 
     from .data import FeatureStore, MultiViewData
+    from .train.impute import impute_embeddings, impute_inputs
 
     if args.space == "embedding" and not args.checkpoint:
         raise ValueError("--space embedding needs --checkpoint (the trained encoders and calibrator)")
@@ -410,10 +411,10 @@ def cmd_impute(args) -> int:
     else:
         std = data
     if args.space == "embedding":
-        values, mask, conf = _impute_embeddings(model, cfg, std)
+        values, mask, conf = impute_embeddings(model, std, em_iters=cfg.calibrator.em_iters * 3)
         views = [values[:, m] for m in range(values.shape[1])]
     else:
-        views, mask, conf = _impute_inputs(std, stats, args.latent_dim, args.em_iters, args.noise_floor_rel)
+        views, mask, conf = impute_inputs(std, stats, args.latent_dim, args.em_iters, args.noise_floor_rel)
     out = MultiViewData(views, data.names, np.ones_like(data.mask), data.ids, data.labels,
                         {"imputed_from": str(args.store), "space": args.space})
     FeatureStore.write(args.out, out, extra={"observed_mask": data.mask, "confidence": conf})
@@ -421,52 +422,6 @@ def cmd_impute(args) -> int:
     print(f"imputed {n_missing} missing cells of {data.n} instances in the {args.space} space into {args.out} "
           f"(mean confidence of imputed cells {float(conf[~mask].mean()) if n_missing else 1.0:.3f})")
     return 0
-
-
-def _impute_embeddings(model, cfg, data):
-    from .train.evaluate import embed_data
-
-    A, mask = embed_data(model.encoder, data)
-    cal = model.calibrator
-    if not bool(cal.initialized):
-        cal.fit(A.to(cal.W.dtype), mask, n_iter=cfg.calibrator.em_iters * 3)
-    imp = cal.impute(A.to(cal.W.dtype), mask)
-    return imp.filled.float().numpy(), mask.numpy(), imp.confidence.float().numpy()
-
-
-def _impute_inputs(data, stats, latent_dim: int, em_iters: int, floor_rel: float = 0.01):
-    """A shared-latent model fitted by EM on the standardised input features themselves
-    (ragged widths, zero-padded), its latent size chosen by held-out likelihood unless given,
-    each view's noise kept above ``floor_rel`` of its variance; imputations mapped back to the
-    raw feature units."""
-    import numpy as np
-    import torch
-
-    from .core import SharedLatentCalibrator, select_latent_dim
-
-    dims, D = data.dims, max(data.dims)
-    Z = torch.zeros(data.n, len(dims), D, dtype=torch.float64)
-    for m, v in enumerate(data.views):                       # loop over modalities
-        Z[:, m, :dims[m]] = torch.as_tensor(np.asarray(v, dtype=np.float64))
-    mask = torch.as_tensor(data.mask)
-    if latent_dim > 0:
-        k = max(1, min(latent_dim, max(dims)))
-    else:
-        grid = (1, 2, 4, 8, 16, 32)
-        k, scores = select_latent_dim(Z, mask, grid, dims=dims, names=data.names,
-                                      n_iter=min(em_iters, 30), sigma2_floor_rel=floor_rel)
-        print(f"latent size {k} chosen by held-out log-likelihood "
-              f"({', '.join(f'k={c}: {v:.1f}' for c, v in scores.items())})")
-        if k == grid[-1]:
-            print(f"note: k = {k} is the largest size tried and the held-out log-likelihood was still rising; a "
-                  f"larger --latent-dim may fit better (e.g. --latent-dim {2 * k})")
-    cal = SharedLatentCalibrator(len(dims), D, k, dims=dims, names=data.names, dtype=torch.float64,
-                                 sigma2_floor_rel=floor_rel)
-    cal.fit(Z, mask, n_iter=em_iters)
-    imp = cal.impute(Z, mask)
-    filled = imp.filled.numpy()
-    views = [(filled[:, m, :dims[m]] * sd + mu).astype(np.float32) for m, (mu, sd) in enumerate(stats)]
-    return views, mask.numpy(), imp.confidence.float().numpy()
 
 
 def cmd_export(args) -> int:
@@ -648,11 +603,8 @@ def _write_out(path, text: str) -> None:
 
 
 def cmd_retrieve(args) -> int:
-    import numpy as np
-    import torch
-
     from .data import FeatureStore
-    from .inference import CalMRLModel
+    from .inference import CalMRLModel, retrieve_stores
 
     model = CalMRLModel.load(args.model)
     # stores of inputs only: an embedding-space store (impute --space embedding) is refused, as eval refuses it
@@ -669,27 +621,8 @@ def cmd_retrieve(args) -> int:
         raise ValueError(f"query store {args.query} has modalities {unknown} the model does not know ({model.names})")
     if args.k < 1:
         raise ValueError(f"--k must be at least 1, got {args.k}")
-    gm = g.index(args.gallery_modality)
-    rows = np.nonzero(g.mask[:, gm])[0]
-    if len(rows) == 0:
-        raise ValueError(f"no instance of gallery store {args.gallery} observes '{args.gallery_modality}'")
+    hits, rows, empty = retrieve_stores(model, q, g, args.gallery_modality, args.k)
     k = min(args.k, len(rows))
-    gal_in = {n: (torch.as_tensor(np.asarray(g.views[m][rows])) if m == gm else None) for m, n in enumerate(g.names)}
-    gallery = model.embed(gal_in).embeddings[:, model.names.index(args.gallery_modality)]
-    # queries: each instance with whatever modalities it has (missing ones are imputed)
-    hits, empty = [], 0
-    for pattern in np.unique(q.mask, axis=0):                 # one batch per missing pattern
-        idx = np.nonzero((q.mask == pattern).all(1))[0]
-        if not pattern.any():                                 # nothing observed: written, with no items
-            hits += [(int(i), [], []) for i in idx]
-            empty += len(idx)
-            continue
-        inputs = {n: None for n in model.names}           # the model's modalities the store lacks: missing
-        inputs.update({n: (torch.as_tensor(np.asarray(q.views[m][idx])) if pattern[m] else None)
-                       for m, n in enumerate(q.names)})
-        scores, top = model.retrieve(inputs, gallery, k=k)
-        hits += [(int(i), top[j].tolist(), scores[j].tolist()) for j, i in enumerate(idx)]
-    hits.sort()
     _write_out(args.out, "".join(json.dumps({"query_id": q.ids[i].item() if hasattr(q.ids[i], "item") else q.ids[i],
                                              "gallery_ids": [g.ids[rows[t]].item() for t in top],
                                              "scores": [round(x, 6) for x in sc]}) + "\n" for i, top, sc in hits))

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from .core import SharedLatentCalibrator
 
-__all__ = ["CalMRLModel", "Embedded"]
+__all__ = ["CalMRLModel", "Embedded", "retrieve_stores"]
 
 
 @dataclass
@@ -171,3 +171,43 @@ class CalMRLModel:
             return scores, index
         scores = q @ F.normalize(gallery.to(q.dtype), dim=-1).T
         return scores.topk(k, dim=1)
+
+
+def retrieve_stores(model: CalMRLModel, query, gallery, gallery_modality: str, k: int):
+    """Top-``k`` items of ``gallery`` (a :class:`~calmrl.data.MultiViewData`, each item its
+    ``gallery_modality`` embedding) for every instance of ``query`` (a MultiViewData), each
+    query with whatever modalities it has, one batch per missingness pattern (missing ones are
+    imputed). Returns ``(hits, gallery_rows, n_empty)``: ``hits`` sorted by query row, each
+    ``(query row, [gallery positions in gallery_rows], [scores])``; a query with nothing observed
+    has no items (``n_empty`` counts them); ``k`` is capped at the gallery's size."""
+    if gallery_modality not in model.names:
+        raise ValueError(f"the model has no modality '{gallery_modality}'; it has {model.names}")
+    if gallery_modality not in gallery.names:
+        raise ValueError(f"the gallery has no modality '{gallery_modality}'; it has {gallery.names}")
+    unknown = [n for n in query.names if n not in model.names]
+    if unknown:
+        raise ValueError(f"the queries have modalities {unknown} the model does not know ({model.names})")
+    if k < 1:
+        raise ValueError(f"k must be at least 1, got {k}")
+    gm = gallery.index(gallery_modality)
+    rows = np.nonzero(gallery.mask[:, gm])[0]
+    if len(rows) == 0:
+        raise ValueError(f"no gallery instance observes '{gallery_modality}'")
+    k = min(k, len(rows))
+    gal_in = {n: (torch.as_tensor(np.asarray(gallery.views[m][rows])) if m == gm else None)
+              for m, n in enumerate(gallery.names)}
+    emb = model.embed(gal_in).embeddings[:, model.names.index(gallery_modality)]
+    hits, empty = [], 0
+    for pattern in np.unique(query.mask, axis=0):                 # one batch per missing pattern
+        idx = np.nonzero((query.mask == pattern).all(1))[0]
+        if not pattern.any():                                     # nothing observed: no items
+            hits += [(int(i), [], []) for i in idx]
+            empty += len(idx)
+            continue
+        inputs = {n: None for n in model.names}                   # the model's modalities the queries lack
+        inputs.update({n: (torch.as_tensor(np.asarray(query.views[m][idx])) if pattern[m] else None)
+                       for m, n in enumerate(query.names)})
+        scores, top = model.retrieve(inputs, emb, k=k)
+        hits += [(int(i), top[j].tolist(), scores[j].tolist()) for j, i in enumerate(idx)]
+    hits.sort()
+    return hits, rows, empty
