@@ -255,13 +255,26 @@ def validation_score(model: torch.nn.Module, splits: Splits, cfg: Config) -> dic
     return split_score(model, splits.val, splits.names, cfg)
 
 
-def split_score(model: torch.nn.Module, split, names: list[str], cfg: Config) -> dict[str, float]:
+def val_galleries(e, n: int) -> tuple[int, int]:
+    """``(gallery_size, galleries)`` of a validation score over ``n`` instances: ``eval.gallery_size``
+    when set; galleries of ``eval.val_gallery_size`` when the split is larger than that (the
+    score every epoch, every rung and ``val_average`` read, bounded whatever the data's size);
+    else the whole split."""
+    if e.gallery_size or not e.val_gallery_size or n <= e.val_gallery_size:
+        return e.gallery_size, e.galleries
+    return e.val_gallery_size, e.galleries
+
+
+def split_score(model: torch.nn.Module, split, names: list[str], cfg: Config, *, validation: bool = True
+                ) -> dict[str, float]:
     """The average over ordered view pairs of retrieval (cosine) on one split, scored as
-    :func:`validation_score` scores validation (``eval.gallery_size`` galleries included)."""
+    :func:`validation_score` scores validation (:func:`val_galleries`; ``validation=False``:
+    as the test split is scored)."""
     e = cfg.eval
     A, mask = embed_data(model.encoder, split)
+    size, draws = val_galleries(e, len(A)) if validation else (e.gallery_size, e.galleries)
     return retrieval_table(A, names, mask, ks=tuple(e.ks), chunk_size=e.chunk_size,
-                           backend=e.backend, gallery_size=e.gallery_size, galleries=e.galleries)["average"]
+                           backend=e.backend, gallery_size=size, galleries=draws)["average"]
 
 
 def diagnostic_split(splits: Splits, cfg: Config) -> tuple[MultiViewData, MultiViewData, str | None]:
@@ -300,7 +313,8 @@ def evaluate_model(model: torch.nn.Module, splits: Splits, cfg: Config) -> dict:
     out = evaluate_embeddings(test_A, splits.names, test_mask, ks=tuple(e.ks), chunk_size=e.chunk_size,
                               backend=e.backend, similarity=own, gallery_size=e.gallery_size, galleries=e.galleries)
     val_A, val_mask = embed_data(enc, splits.val)         # validation: the pair tables only (what choices read)
-    kw = dict(ks=tuple(e.ks), chunk_size=e.chunk_size, gallery_size=e.gallery_size, galleries=e.galleries)
+    size, draws = val_galleries(e, len(val_A))
+    kw = dict(ks=tuple(e.ks), chunk_size=e.chunk_size, gallery_size=size, galleries=draws)
     out["val_average"] = retrieval_table(val_A, splits.names, val_mask, backend=e.backend, **kw)["average"]
     out["val_own_average"] = (out["val_average"] if own == "cosine" else
                               retrieval_table(val_A, splits.names, val_mask, similarity=own, **kw)["average"])

@@ -53,7 +53,7 @@ class CurveRecorder(L.Callback):
         t0 = time.perf_counter()
         val = split_score(pl_module, self.splits.val, self.splits.names, self.cfg)["R@1"]
         t1 = time.perf_counter()
-        test = split_score(pl_module, self.splits.test, self.splits.names, self.cfg)["R@1"]
+        test = split_score(pl_module, self.splits.test, self.splits.names, self.cfg, validation=False)["R@1"]
         self.rows.append({"epoch": int(trainer.current_epoch) + 1, "val": float(val), "test": float(test),
                           "train_seconds": seconds, "val_seconds": t1 - t0})
 
