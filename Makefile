@@ -30,7 +30,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 bench: $(STAMP)
-	cd benchmarks && for b in bench_core bench_training_overhead bench_trainer bench_threads bench_highdim bench_imputers bench_scaling bench_retrieval; do ../$(PY) $$b.py; done
+	cd benchmarks && for b in bench_core bench_training_overhead bench_trainer bench_threads bench_highdim bench_imputers bench_scaling bench_retrieval bench_validation; do ../$(PY) $$b.py; done
 
 # the benchmark suite's datasets, built once into $$CALMRL_DATA (default ~/.cache/calmrl); emoji needs npm
 data: $(STAMP)
