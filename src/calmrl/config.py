@@ -149,11 +149,11 @@ class MethodConfig:
     name: str = _f("auto", choices=METHODS,
                    help="the objective; auto (the default) trains each of method.candidates on the training split "
                         "and keeps the one with the highest validation R@1 (results.json 'auto')")
-    candidates: list = _f(["calmrl", "pairwise-infonce+cal", "anchor-infonce+cal"],
+    candidates: list = _f(["calmrl", "pairwise-infonce+cal", "anchor-infonce+cal", "siglip+cal"],
                           help="auto: the methods tried, each calibrated with the gate and guard (calmrl: PMRL; "
                                "'X+cal': objective X with calibration plugged in; plain names train without). "
-                               "Each costs one training run, two where its guard acts. Chosen on the suite's "
-                               "validation splits over the plain InfoNCE candidates (docs/results.md)")
+                               "Each costs one training run, two where its guard acts. siglip entered by the rule of "
+                               "the learning-curve tables (docs/search.md); symile did not")
     search: str = _f("halving", choices=("halving", "exhaustive"),
                      help="auto: successive halving (every candidate a few epochs, the best half on validation "
                           "and the best of each objective continue from their checkpoints, one to the end; "
