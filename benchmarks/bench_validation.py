@@ -2,8 +2,9 @@
 
 Per-epoch validation (learning curves, auto's rungs) scores retrieval over every ordered pair
 of views: over the whole split that is n^2 similarities per pair; above
-``eval.val_gallery_size`` (5000) it reads ``eval.galleries`` (5) galleries of that size. Random
-unit embeddings, 4 views, d = 64, each cell missing with probability 0.3, 2 threads.
+``eval.val_gallery_size`` (5000) it reads one fixed random sample of that size
+(:func:`calmrl.train.evaluate.validation_table`). Random unit embeddings, 4 views, d = 64,
+each cell missing with probability 0.3, 2 threads.
 
     python benchmarks/bench_validation.py --sizes 5000,20000
 """
@@ -16,7 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from common import best_time, machine
-from calmrl.train.evaluate import retrieval_table
+from calmrl.train.config import load_config
+from calmrl.train.evaluate import retrieval_table, validation_table
 
 
 def main(argv=None) -> int:
@@ -27,15 +29,15 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     print(machine())
-    print(f"{'n':>7} {'whole split':>12} {'galleries':>10} {'ratio':>6}")
+    e = load_config(None, [f"eval.val_gallery_size={a.gallery}"]).eval
+    print(f"{'n':>7} {'whole split':>12} {'sample':>10} {'ratio':>6}")
     names = ["v0", "v1", "v2", "v3"]
     for n in (int(x) for x in a.sizes.split(",")):
         g = torch.Generator().manual_seed(0)
         A = F.normalize(torch.randn(n, 4, 64, generator=g), dim=-1)
         mask = torch.rand(n, 4, generator=g) > 0.3
         whole = best_time(lambda: retrieval_table(A, names, mask), repeat=2)
-        size = min(a.gallery, n)
-        gal = best_time(lambda: retrieval_table(A, names, mask, gallery_size=size, galleries=5), repeat=2)
+        gal = best_time(lambda: validation_table(A, names, mask, e), repeat=2)
         print(f"{n:>7} {whole:>11.2f}s {gal:>9.2f}s {whole / gal:>6.2f}")
     return 0
 

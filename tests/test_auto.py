@@ -196,15 +196,21 @@ def test_a_knn_figure_from_too_few_neighbours_is_na_with_a_note(tmp_path):
     assert any("kNN accuracy n/a: 10-NN needs at least 10 labelled training instances" in n for n in res["notes"])
 
 
-def test_validation_on_a_large_split_is_scored_on_bounded_galleries_everywhere_alike(tmp_path):
+def test_validation_on_a_large_split_is_scored_on_a_bounded_sample_everywhere_alike(tmp_path):
     """A validation split larger than eval.val_gallery_size: every epoch's score, the search's
-    rung scores and val_average read galleries of that size, and agree with each other."""
-    from calmrl.train.evaluate import val_galleries
+    rung scores and val_average read one fixed sample of that size, and agree with each other;
+    the test split is scored as before."""
+    from calmrl.train.evaluate import retrieval_table, validation_table
 
     torch.set_num_threads(1)
     cfg = load_config(None, BASE + ["train.epochs=1", "train.check_val_every=1", "eval.val_gallery_size=50",
                                     f"output_dir={tmp_path}"])
-    assert val_galleries(cfg.eval, 300) == (50, 5) and val_galleries(cfg.eval, 40) == (0, 5)
+    g = torch.Generator().manual_seed(0)
+    A = torch.nn.functional.normalize(torch.randn(300, 3, 8, generator=g), dim=-1)
+    mask = torch.ones(300, 3, dtype=torch.bool)
+    assert validation_table(A, ["a", "b", "c"], mask, cfg.eval)["a->b"]["n"] == 50
+    small = load_config(None, ["eval.val_gallery_size=500"]).eval
+    assert validation_table(A, ["a", "b", "c"], mask, small) == retrieval_table(A, ["a", "b", "c"], mask)
     res = run(cfg, method="pmrl-drop")
     assert res["val_curve"][-1][1] == pytest.approx(res["val_average"]["R@1"], abs=1e-9)
     whole = run(load_config(None, BASE + ["train.epochs=1", "eval.val_gallery_size=0",

@@ -255,26 +255,30 @@ def validation_score(model: torch.nn.Module, splits: Splits, cfg: Config) -> dic
     return split_score(model, splits.val, splits.names, cfg)
 
 
-def val_galleries(e, n: int) -> tuple[int, int]:
-    """``(gallery_size, galleries)`` of a validation score over ``n`` instances: ``eval.gallery_size``
-    when set; galleries of ``eval.val_gallery_size`` when the split is larger than that (the
-    score every epoch, every rung and ``val_average`` read, bounded whatever the data's size);
-    else the whole split."""
-    if e.gallery_size or not e.val_gallery_size or n <= e.val_gallery_size:
-        return e.gallery_size, e.galleries
-    return e.val_gallery_size, e.galleries
+def validation_table(A: Tensor, names: list[str], mask: Tensor, e, **kw) -> dict:
+    """The retrieval table of a validation score (every epoch's, auto's rungs, ``val_average``):
+    on a split larger than ``eval.val_gallery_size``, on one fixed random sample of that many
+    instances (queries and gallery the same instances, as one gallery; retrieval over the whole
+    split costs n^2 per ordered view pair); ``eval.gallery_size``, when set, is used instead."""
+    n = len(A)
+    if not e.gallery_size and e.val_gallery_size and n > e.val_gallery_size:
+        rows = torch.as_tensor(np.sort(np.random.default_rng(0).choice(n, e.val_gallery_size, replace=False)))
+        A, mask = A[rows], mask[rows]
+    return retrieval_table(A, names, mask, ks=tuple(e.ks), chunk_size=e.chunk_size, backend=e.backend,
+                           gallery_size=e.gallery_size, galleries=e.galleries, **kw)
 
 
 def split_score(model: torch.nn.Module, split, names: list[str], cfg: Config, *, validation: bool = True
                 ) -> dict[str, float]:
     """The average over ordered view pairs of retrieval (cosine) on one split, scored as
-    :func:`validation_score` scores validation (:func:`val_galleries`; ``validation=False``:
+    :func:`validation_score` scores validation (:func:`validation_table`; ``validation=False``:
     as the test split is scored)."""
     e = cfg.eval
     A, mask = embed_data(model.encoder, split)
-    size, draws = val_galleries(e, len(A)) if validation else (e.gallery_size, e.galleries)
+    if validation:
+        return validation_table(A, names, mask, e)["average"]
     return retrieval_table(A, names, mask, ks=tuple(e.ks), chunk_size=e.chunk_size,
-                           backend=e.backend, gallery_size=size, galleries=draws)["average"]
+                           backend=e.backend, gallery_size=e.gallery_size, galleries=e.galleries)["average"]
 
 
 def diagnostic_split(splits: Splits, cfg: Config) -> tuple[MultiViewData, MultiViewData, str | None]:
@@ -313,11 +317,9 @@ def evaluate_model(model: torch.nn.Module, splits: Splits, cfg: Config) -> dict:
     out = evaluate_embeddings(test_A, splits.names, test_mask, ks=tuple(e.ks), chunk_size=e.chunk_size,
                               backend=e.backend, similarity=own, gallery_size=e.gallery_size, galleries=e.galleries)
     val_A, val_mask = embed_data(enc, splits.val)         # validation: the pair tables only (what choices read)
-    size, draws = val_galleries(e, len(val_A))
-    kw = dict(ks=tuple(e.ks), chunk_size=e.chunk_size, gallery_size=size, galleries=draws)
-    out["val_average"] = retrieval_table(val_A, splits.names, val_mask, backend=e.backend, **kw)["average"]
+    out["val_average"] = validation_table(val_A, splits.names, val_mask, e)["average"]
     out["val_own_average"] = (out["val_average"] if own == "cosine" else
-                              retrieval_table(val_A, splits.names, val_mask, similarity=own, **kw)["average"])
+                              validation_table(val_A, splits.names, val_mask, e, similarity=own)["average"])
     out["test_complete_fraction"] = float(test_mask.all(1).float().mean())
     notes = list(out.pop("notes", []))
     # cells hidden by the simulator are known (train_full); cells missing in the data itself are not

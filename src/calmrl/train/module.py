@@ -25,7 +25,7 @@ from ..core import MaskedCompleter, MultimodalVAE, SharedLatentCalibrator, famil
 from ..core.distributed import all_reduce_stats, gather_nograd, gather_with_grad, global_loss_scale, is_distributed
 from .config import Config, calibrates, config_to_dict
 from .encoders import MultiModalEncoder
-from .evaluate import retrieval_table, val_galleries
+from .evaluate import validation_table
 from .methods import alignment_loss, fill_missing
 
 __all__ = ["CalMRLModule", "resolve_gate"]
@@ -379,9 +379,7 @@ class CalMRLModule(L.LightningModule):
             A = self.all_gather(A.to(self.device)).reshape(-1, *A.shape[1:]).cpu()
             mask = self.all_gather(mask.to(self.device)).reshape(-1, mask.shape[1]).cpu()
         e = self.cfg.eval         # scored as validation_score scores it (bounded galleries included)
-        size, draws = val_galleries(e, len(A))
-        table = retrieval_table(A, self.names, mask, ks=tuple(e.ks), chunk_size=e.chunk_size, backend=e.backend,
-                                gallery_size=size, galleries=draws)
+        table = validation_table(A, self.names, mask, e)
         # the learning curve (epoch, validation R@1), kept in the checkpoint: auto's curves read it
         self.val_history = [*getattr(self, "val_history", []), (int(self.current_epoch) + 1,
                                                                  float(table["average"]["R@1"]))]
