@@ -324,3 +324,18 @@ def test_registration_checks_the_declaration():
     finally:
         REGISTRY.pop("plug-default", None)
     assert "typo-objective" not in REGISTRY and "lossless-objective" not in REGISTRY
+
+
+def test_a_fixed_temperature_objective_reading_ctx_tau_is_an_error():
+    from calmrl.objectives.base import REGISTRY, register
+
+    def reads_tau(A, mask, ctx):
+        return A.sum() * 0.0 + ctx.tau, {}
+
+    try:
+        obj = register(objectives.Objective("tau-reader", "x", "x", temperature="fixed", fn=reads_tau))
+        A, mask = _case(0)
+        with pytest.raises(ValueError, match="declares a fixed temperature but reads ctx.tau"):
+            obj.loss(A, mask, LossContext(MethodConfig(name="pairwise-infonce")))
+    finally:
+        REGISTRY.pop("tau-reader", None)

@@ -45,9 +45,16 @@ class LossContext:
     calibrated: bool = False
     column_weights: Tensor | None = None
     params: nn.Module | None = None
+    temperature: str | None = None      # set by Objective.loss: the objective's declared temperature
 
     @property
     def tau(self):
+        """The learned temperature (``params.tau``; ``method.tau_init`` before one exists). An
+        objective that declared ``temperature="fixed"`` reads its own setting instead: asking
+        for ``ctx.tau`` there is an error, never a silent ``method.tau_init``."""
+        if self.temperature == "fixed":
+            raise ValueError("this objective declares a fixed temperature but reads ctx.tau: declare "
+                             "temperature='learned' or read its own setting (e.g. ctx.method.tau2)")
         p = self.params
         return p.tau if p is not None and hasattr(p, "tau") else self.method.tau_init
 
@@ -72,6 +79,7 @@ class Objective:
         they hold (NaN, stale values) never reaches a loss or a gradient; and with
         ``ctx.calibrated`` the imputed cells are detached (unless ``method.impute_grad``), so a
         user's own loop gets the trainer's semantics: gradients reach observed cells only."""
+        ctx.temperature = self.temperature
         if mask is not None:
             from ..core.reduce import zero_absent
 
