@@ -110,7 +110,10 @@ class CalMRLModel:
     def embed(self, inputs: Mapping[str, object]) -> Embedded:
         """Encode the given modalities (name -> batch of raw features: numpy, pandas or torch;
         missing: absent, ``None``, or a row of NaN) and impute the rest."""
-        views, mask = self._views(inputs)
+        return self._embed(*self._views(inputs))
+
+    def _embed(self, views: list, mask: Tensor) -> Embedded:
+        """:meth:`embed` on inputs already prepared by :meth:`_views`."""
         # computed in float64 and rounded to float32 at the end: the matrix kernels a batch of one
         # row and a batch of thousands use differ in the last float32 bits, so an instance's
         # embedding would depend on the batch around it; in float64 those differences stay far
@@ -146,15 +149,13 @@ class CalMRLModel:
         answered with NaN scores and index -1; ``k`` larger than the gallery is refused."""
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise ValueError(f"k must be a positive integer, got {k!r}")
-        _, qmask = self._views(query, allow_empty=True)
+        views, qmask = self._views(query, allow_empty=True)
         has = qmask.any(1)
         if not bool(has.any()):
             raise ValueError("no query row has an observed modality (every given row is NaN)")
         if not bool(has.all()):      # rows with nothing observed are answered with NaN / -1, the rest as usual
-            keep = has.numpy()
-            query = {name: (None if v is None else v[has] if isinstance(v, Tensor) else np.asarray(v)[keep])
-                     for name, v in query.items()}
-        q = self.embed(query).fused
+            views, qmask = [v[has] for v in views], qmask[has]
+        q = self._embed(views, qmask).fused
         if isinstance(gallery, Mapping):
             gallery = self.embed(gallery).fused
         gallery = torch.as_tensor(np.asarray(gallery) if not isinstance(gallery, Tensor) else gallery)
