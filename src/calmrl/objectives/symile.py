@@ -83,7 +83,6 @@ def symile_loss(A: Tensor, mask: Tensor | None = None, *, tau: Tensor | float = 
     query_ok = present if observed is None else present & observed.bool()
     if B < 2 or M < 2:
         return A.sum() * 0.0
-    lw = None if cell_weights is None else candidate_log_weights(cell_weights.to(A.dtype))
     bits = 2 ** torch.arange(M, device=A.device)
     code = (present.long() * bits).sum(1)                                   # (B,) pattern of each instance
     # the rows: (i, m) over its full context (imputed cells included), weighing the product of
@@ -100,8 +99,10 @@ def symile_loss(A: Tensor, mask: Tensor | None = None, *, tau: Tensor | float = 
     # order (anchor by anchor, the others ascending), so the draws do not depend on the masks
     perm = [[torch.randperm(B, generator=generator).to(A.device) if n != m else None for n in range(M)]
             for m in range(M)] if negatives == "n" else None
+    # log of each cell's weight as a candidate's: 0 observed, log w imputed, -inf absent
     cell_lw = candidate_log_weights(present.to(A.dtype) if cell_weights is None
                                     else cell_weights.to(A.dtype) * present)
+    weighted = cell_weights is not None
     terms, weights = [], []
     for (row_code, imp_w), m in itertools.product(variants, range(M)):     # loop over anchors
         ctx_code = row_code & ~int(bits[m])
@@ -123,11 +124,10 @@ def symile_loss(A: Tensor, mask: Tensor | None = None, *, tau: Tensor | float = 
                 if C ** len(idx) > _MAX_PRODUCTS:
                     raise ValueError(f"symile negatives n_squared: {C}^{len(idx)} candidate products in one batch; "
                                      f"use a smaller batch or method.symile_negatives=n")
-                prod, clw = A[cand, idx[0]], (lw[cand, idx[0]] if lw is not None else None)
+                prod, clw = A[cand, idx[0]], cell_lw[cand, idx[0]]
                 for n in idx[1:]:
                     prod = (prod[:, None, :] * A[cand, n][None, :, :]).reshape(-1, d)
-                    if clw is not None:
-                        clw = (clw[:, None] + lw[cand, n][None, :]).reshape(-1)
+                    clw = (clw[:, None] + cell_lw[cand, n][None, :]).reshape(-1)
                 k = len(idx)
                 col = target * ((C ** k - 1) // (C - 1)) if k > 1 else target   # the column (i, ..., i)
             else:
@@ -144,11 +144,10 @@ def symile_loss(A: Tensor, mask: Tensor | None = None, *, tau: Tensor | float = 
                     col = rows
                 else:
                     prod = torch.ones(C, d, dtype=A.dtype, device=A.device)
-                    clw = None if lw is None else torch.zeros(C, dtype=A.dtype, device=A.device)
+                    clw = torch.zeros(C, dtype=A.dtype, device=A.device)
                     for n in idx:
                         prod = prod * A[cand, n]
-                        if clw is not None:
-                            clw = clw + lw[cand, n]
+                        clw = clw + cell_lw[cand, n]
             logits = q @ prod.T                                              # (R, columns)
             hit = torch.zeros_like(logits, dtype=torch.bool)
             hit[torch.arange(len(rows), device=A.device), col] = True
@@ -158,7 +157,7 @@ def symile_loss(A: Tensor, mask: Tensor | None = None, *, tau: Tensor | float = 
                     own = own * A[rows, n]
                 logits = torch.where(hit, (q * own).sum(-1, keepdim=True), logits)
             logits = logits / tau
-            if clw is not None:                                              # candidates weigh w: + log w
+            if weighted or negatives == "n":      # candidates weigh w: + log w (n: absent cells, -inf)
                 logits = logits + torch.where(hit, torch.zeros((), dtype=logits.dtype, device=A.device),
                                               clw[None, :])
             terms.append(F.cross_entropy(logits, col, reduction="none"))
@@ -167,9 +166,8 @@ def symile_loss(A: Tensor, mask: Tensor | None = None, *, tau: Tensor | float = 
             else:
                 cw = cell_weights[rows].to(A.dtype)
                 rw = cw[:, m] * cw[:, idx].prod(1)
-                if imp_w is not None:                                        # the observed-context row
-                    full = torch.tensor([n for n in range(M) if n != m], device=A.device)
-                    rw = rw * (1 - imp_w[rows][:, full].prod(1))
+                if imp_w is not None:      # the observed-context row (imp_w is 1 at the observed anchor m)
+                    rw = rw * (1 - imp_w[rows].prod(1))
                 weights.append(rw)
     if not terms:
         return A.sum() * 0.0
