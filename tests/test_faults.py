@@ -296,9 +296,10 @@ def test_impute_in_input_space_beats_mean_fill(tmp_path, capsys):
         assert sse_model < 0.8 * sse_mean, (d.names[m], sse_model / sse_mean)
 
 
-def test_embed_rerun_with_another_batch_size_resumes(tmp_path, monkeypatch):
+def _embed_stopped_after_two_chunks(tmp_path, monkeypatch, rows, fields):
+    """``calmrl embed`` of ``rows`` (chunks of 10) stopped by a full disk after its second chunk;
+    returns the module and the input file."""
     from calmrl.train import embed as embed_mod
-    rows = [{"id": i, "a": [float(i), 1.0], "b": None if i % 4 == 0 else [float(-i)]} for i in range(50)]
     src = tmp_path / "in.jsonl"
     src.write_text("\n".join(json.dumps(r) for r in rows))
     real, calls = np.savez, {"n": 0}
@@ -310,8 +311,14 @@ def test_embed_rerun_with_another_batch_size_resumes(tmp_path, monkeypatch):
         return real(*a, **k)
     monkeypatch.setattr(embed_mod.np, "savez", failing)
     with pytest.raises(OSError):
-        embed_mod.embed_jsonl(src, tmp_path / "s", vector_fields=["a", "b"], batch_size=10, progress=False)
+        embed_mod.embed_jsonl(src, tmp_path / "s", vector_fields=fields, batch_size=10, progress=False)
     monkeypatch.setattr(embed_mod.np, "savez", real)
+    return embed_mod, src
+
+
+def test_embed_rerun_with_another_batch_size_resumes(tmp_path, monkeypatch):
+    rows = [{"id": i, "a": [float(i), 1.0], "b": None if i % 4 == 0 else [float(-i)]} for i in range(50)]
+    embed_mod, src = _embed_stopped_after_two_chunks(tmp_path, monkeypatch, rows, ["a", "b"])
     store = embed_mod.embed_jsonl(src, tmp_path / "s", vector_fields=["a", "b"], batch_size=7, progress=False)
     data = store.read()
     assert data.n == 50 and data.mask[:, 1].sum() == 37
@@ -323,21 +330,8 @@ def test_embed_rerun_with_another_batch_size_resumes(tmp_path, monkeypatch):
 
 
 def test_a_damaged_embed_chunk_is_named_and_its_rows_alone_are_redone(tmp_path, monkeypatch):
-    from calmrl.train import embed as embed_mod
     rows = [{"id": i, "a": [float(i), 1.0]} for i in range(30)]
-    src = tmp_path / "in.jsonl"
-    src.write_text("\n".join(json.dumps(r) for r in rows))
-    real, calls = np.savez, {"n": 0}
-
-    def stop_after_two(*a, **k):
-        calls["n"] += 1
-        if calls["n"] > 2:
-            raise OSError("disk full")
-        return real(*a, **k)
-    monkeypatch.setattr(embed_mod.np, "savez", stop_after_two)
-    with pytest.raises(OSError):
-        embed_mod.embed_jsonl(src, tmp_path / "s", vector_fields=["a"], batch_size=10, progress=False)
-    monkeypatch.setattr(embed_mod.np, "savez", real)
+    embed_mod, src = _embed_stopped_after_two_chunks(tmp_path, monkeypatch, rows, ["a"])
     chunk = tmp_path / "s.partial" / "chunk_000001.npz"
     raw = bytearray(chunk.read_bytes())
     raw[len(raw) // 2] ^= 0xFF                                          # one byte flipped in a finished chunk
