@@ -612,16 +612,9 @@ def cmd_retrieve(args) -> int:
     from .data.tables import check_columns
     check_columns(model.columns, q, f"query store {args.query}")
     check_columns(model.columns, g, f"gallery store {args.gallery}")
-    if args.gallery_modality not in model.names:
-        raise ValueError(f"the model has no modality '{args.gallery_modality}'; it has {model.names}")
-    if args.gallery_modality not in g.names:
-        raise ValueError(f"gallery store {args.gallery} has no modality '{args.gallery_modality}'; it has {g.names}")
-    unknown = [n for n in q.names if n not in model.names]
-    if unknown:
-        raise ValueError(f"query store {args.query} has modalities {unknown} the model does not know ({model.names})")
-    if args.k < 1:
-        raise ValueError(f"--k must be at least 1, got {args.k}")
-    hits, rows, empty = retrieve_stores(model, q, g, args.gallery_modality, args.k)
+    hits, rows, empty = retrieve_stores(model, q, g, args.gallery_modality, args.k,
+                                        query_name=f"query store {args.query}",
+                                        gallery_name=f"gallery store {args.gallery}")
     k = min(args.k, len(rows))
     _write_out(args.out, "".join(json.dumps({"query_id": q.ids[i].item() if hasattr(q.ids[i], "item") else q.ids[i],
                                              "gallery_ids": [g.ids[rows[t]].item() for t in top],

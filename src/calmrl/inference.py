@@ -174,26 +174,28 @@ class CalMRLModel:
         return scores.topk(k, dim=1)
 
 
-def retrieve_stores(model: CalMRLModel, query, gallery, gallery_modality: str, k: int):
+def retrieve_stores(model: CalMRLModel, query, gallery, gallery_modality: str, k: int, *,
+                    query_name: str = "the queries", gallery_name: str = "the gallery"):
     """Top-``k`` items of ``gallery`` (a :class:`~calmrl.data.MultiViewData`, each item its
     ``gallery_modality`` embedding) for every instance of ``query`` (a MultiViewData), each
     query with whatever modalities it has, one batch per missingness pattern (missing ones are
     imputed). Returns ``(hits, gallery_rows, n_empty)``: ``hits`` sorted by query row, each
     ``(query row, [gallery positions in gallery_rows], [scores])``; a query with nothing observed
-    has no items (``n_empty`` counts them); ``k`` is capped at the gallery's size."""
+    has no items (``n_empty`` counts them); ``k`` is capped at the gallery's size. Errors name
+    the data as ``query_name`` / ``gallery_name``."""
     if gallery_modality not in model.names:
         raise ValueError(f"the model has no modality '{gallery_modality}'; it has {model.names}")
     if gallery_modality not in gallery.names:
-        raise ValueError(f"the gallery has no modality '{gallery_modality}'; it has {gallery.names}")
+        raise ValueError(f"{gallery_name} has no modality '{gallery_modality}'; it has {gallery.names}")
     unknown = [n for n in query.names if n not in model.names]
     if unknown:
-        raise ValueError(f"the queries have modalities {unknown} the model does not know ({model.names})")
+        raise ValueError(f"{query_name} has modalities {unknown} the model does not know ({model.names})")
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}")
     gm = gallery.index(gallery_modality)
     rows = np.nonzero(gallery.mask[:, gm])[0]
     if len(rows) == 0:
-        raise ValueError(f"no gallery instance observes '{gallery_modality}'")
+        raise ValueError(f"no instance of {gallery_name} observes '{gallery_modality}'")
     k = min(k, len(rows))
     gal_in = {n: (torch.as_tensor(np.asarray(gallery.views[m][rows])) if m == gm else None)
               for m, n in enumerate(gallery.names)}
