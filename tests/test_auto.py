@@ -63,7 +63,7 @@ def test_halving_keeps_the_best_at_the_last_rung_and_its_model_is_the_straight_r
     assert a["chosen"] == max(first, key=first.get)               # the best at the rung is the one that went on
     assert [len(v["rungs"]) for v in a["candidates"].values()].count(2) == 1
     assert a["candidate_epochs"] == 4 * 2 + 4 and a["cost_ratio"] == 2.0
-    assert "auto: rung 1 of 2 (2 epochs)" in caplog.text and "1 continue" in caplog.text
+    assert "auto: rung 1 of 2 (2 epochs): best " in caplog.text and "1 of 4 continue" in caplog.text
     assert set(a["test_R@1"]) == {a["chosen"]}                     # the losers never see the test split
     base, lr = a["chosen"].rsplit("-lr", 1)
     alone = run(load_config(None, over + ["train.lr=" + lr, f"output_dir={tmp_path / 's'}"]), method=base)
@@ -217,3 +217,20 @@ def test_validation_on_a_large_split_is_scored_on_a_bounded_sample_everywhere_al
                                           f"output_dir={tmp_path / 'w'}"]), method="pmrl-drop")
     assert whole["val_average"]["R@1"] < res["val_average"]["R@1"]     # 300 candidates are harder than 50
     assert whole["pairs"] == res["pairs"]                                # the test split is scored as before
+
+
+def test_a_search_shows_one_progress_bar_counting_every_candidates_epochs(tmp_path, capfd):
+    """In a notebook or a terminal, auto shows one bar for the whole search (tqdm.auto), not
+    Lightning's bars per candidate; it ends at the epochs the search trained."""
+    torch.set_num_threads(1)
+    over = [o for o in BASE if not o.startswith("train.progress")] + [
+        "train.progress=true", "train.epochs=2", "method.candidates=[pmrl-drop, pairwise-infonce]",
+        "method.lr_factors=[1]", "method.halving_min_epochs=1", "method.halving_keep=none",
+        f"output_dir={tmp_path}"]
+    res = run(load_config(None, over), method="auto")
+    err = capfd.readouterr().err
+    n = res["auto"]["candidate_epochs"]
+    assert n == 2 * 1 + 1
+    assert f"{n}/{n}" in err and "auto rung 2/2: " in err and "best val R@1" in err
+    assert "calmrl: auto: rung 1 of 2 (1 epochs): best " in err          # the rung's line, above the bar
+    assert "Epoch 0" not in err and "epoch 0" not in err                  # no candidate's own bar

@@ -70,9 +70,11 @@ def test_the_estimator_from_a_notebook(tmp_path):
 
 
 def test_estimator_errors_speak_python():
+    from sklearn.exceptions import NotFittedError
+
     import calmrl
 
-    with pytest.raises(RuntimeError, match="not fitted yet"):
+    with pytest.raises(NotFittedError, match="not fitted yet"):
         calmrl.CalMRL().transform({"a": np.zeros((2, 3))})
     with pytest.raises(TypeError, match="unknown parameter"):
         from calmrl.estimator import overrides_of

@@ -128,3 +128,59 @@ def test_transform_is_bit_identical_across_calls_and_batch_sizes(fitted):
     for i in (0, 1, 2, 7):
         one = est.transform({k: v[i:i + 1] for k, v in arrays.items()})
         assert np.array_equal(one[0], batch[i]), i
+
+
+def test_the_estimator_holds_back_validation_only_and_says_its_figures_are_validations(fitted):
+    """Its own data policy: a validation split for the choices, no test split held back (the
+    user scores on data of their own); ``test_fraction`` restores one."""
+    import calmrl
+    from calmrl.data.sources import stratified_split
+
+    est, frames, y = fitted
+    r = est.results_
+    assert est.get_params()["test_fraction"] == 0.0
+    assert r["evaluated_on"] == "validation" and r["n_test"] == 0 and r["n_train"] + r["n_val"] == len(y)
+    assert any("no test split (data.test_fraction=0)" in n for n in r["data_notes"])
+    tr, va, te = stratified_split(400, y, 0.15, 0.0, 0)
+    assert len(te) == 0 and len(va) == 60 and len(np.intersect1d(tr, va)) == 0 and len(tr) + len(va) == 400
+    held = calmrl.CalMRL(method="pairwise-infonce", epochs=1, embed_dim=8, hidden_dim=16, threads=1,
+                         test_fraction=0.15).fit(frames)
+    assert held.results_["evaluated_on"] == "test" and held.results_["n_test"] == 60
+
+
+def test_scikit_learns_check_estimator_passes_but_for_the_listed_choices():
+    """scikit-learn's own checks on a 2-D table cut into views: each fails only where it is
+    listed, with its reason (a check that starts to pass, or a new failure, fails this test)."""
+    from sklearn.utils.estimator_checks import check_estimator
+
+    import calmrl
+    from calmrl.estimator import EXPECTED_FAILED_CHECKS
+
+    est = calmrl.CalMRL(method="pairwise-infonce", epochs=1, embed_dim=4, hidden_dim=8, threads=1, views=2,
+                        val_fraction=0.3, partial_views="missing")
+    out = check_estimator(est, on_fail=None)
+    failed = {r["check_name"]: str(r["exception"]).splitlines()[0] for r in out if r["status"] == "failed"}
+    assert set(failed) == set(EXPECTED_FAILED_CHECKS), failed
+    assert sum(r["status"] == "passed" for r in out) >= 40
+
+
+def test_one_table_with_views_is_cut_into_modalities_and_checked_against_the_fit(fitted):
+    import pandas as pd
+
+    import calmrl
+
+    est0, frames, y = fitted
+    table = pd.concat([frames["left"], frames["right"]], axis=1)
+    table.columns = [f"f{i}" for i in range(64)]
+    est = calmrl.CalMRL(method="pairwise-infonce", epochs=1, embed_dim=8, hidden_dim=16, threads=1,
+                        views={"left": 32, "right": 32}).fit(table)
+    assert est.n_features_in_ == 64 and list(est.feature_names_in_) == list(table.columns)
+    assert est.names_ == ["left", "right"]
+    np.testing.assert_array_equal(est.transform(table), est.transform(frames))      # the same instances
+    with pytest.raises(ValueError, match="X has 63 features, but CalMRL is expecting 64"):
+        est.transform(table.to_numpy()[:, :63])
+    with pytest.raises(ValueError, match=r"views=\[40, 20\] add up to 60 columns; X has 64"):
+        calmrl.CalMRL(views=[40, 20]).fit(table.to_numpy())
+    with pytest.raises(TypeError, match="Sparse data was passed"):
+        import scipy.sparse as sp
+        est.transform(sp.csr_matrix(table.to_numpy()))

@@ -101,6 +101,13 @@ def test_every_config_key_has_help_and_the_reference_page_is_current():
     assert config_reference() in page, "docs/config.md is out of date: regenerate it with calmrl config show --keys"
 
 
+def test_the_objectives_table_of_the_docs_is_the_registrys():
+    from calmrl.objectives import registry_table
+
+    page = (ROOT.parents[1] / "docs" / "objectives.md").read_text()
+    assert registry_table() in page, "docs/objectives.md's table is out of date: calmrl config show --objectives"
+
+
 def test_import_calmrl_and_version_do_not_import_torch_and_the_lazy_names_are_core_s():
     import subprocess
     import sys

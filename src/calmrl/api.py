@@ -23,7 +23,8 @@ def fit(data, config=None, *, labels=None, ids=None, method: str | None = None,
         overrides: Sequence[str] = (), output_dir: str | None = None, **params) -> CalMRLModel:
     """Train ``method`` (default: the config's, ``auto``) on in-memory data and return the trained
     :class:`~calmrl.inference.CalMRLModel` (raw inputs standardised as in training); its
-    ``results`` attribute holds the evaluation on the held-out test split, and
+    ``results`` attribute holds the evaluation on the validation split (the estimator keeps no
+    test split: ``test_fraction=0.15`` holds one out and reports it instead), and
     ``results["simulated"]`` what was hidden (``None``: nothing). ``config``: a
     :class:`~calmrl.train.Config`, a YAML path or ``None`` (the bundled defaults); keyword
     hyperparameters (``epochs=20``, ``lr=1e-3``, ``embed_dim=128``, ...: the keys of
@@ -42,5 +43,7 @@ def fit(data, config=None, *, labels=None, ids=None, method: str | None = None,
 def describe(results: dict) -> str:
     from .train.splits import describe_simulation
 
+    test = ("no test split (figures on validation)" if results.get("evaluated_on") == "validation"
+            else f"test {results['n_test']}")
     return (f"{describe_simulation(results.get('simulated'))}; train {results['n_train']}, val {results['n_val']}, "
-            f"test {results['n_test']} instances")
+            f"{test} instances")

@@ -128,8 +128,10 @@ def cmd_train(args) -> int:
     from dataclasses import replace
 
     from .objectives import get as get_objective
+    from .objectives import names as objective_names
     from .objectives import parse_method
-    from .train.config import METHODS
+
+    METHODS = ("auto", *objective_names())        # read now: objectives registered after import count too
 
     def known(m):           # 'X+cal' as every table prints it: objective X with calibration plugged in
         base, cal = parse_method(m)
@@ -154,7 +156,9 @@ def cmd_train(args) -> int:
                 what = f"candidates {', '.join(cfg.method.candidates)}, kept on validation" if m == "auto" else m
                 if rank0:
                     print(f"== training {what} on {_data_name(cfg)}: {describe_simulation(splits.simulated)}; train "
-                          f"{splits.train.n}, val {splits.val.n}, test {splits.test.n} instances ==", flush=True)
+                          f"{splits.train.n}, val {splits.val.n}, "
+                          + ("no test split" if splits.test_is_validation else f"test {splits.test.n} instances")
+                          + " ==", flush=True)
                 for note in splits.notes:              # each note once, before training (rank 0 only)
                     if note not in said and rank0:
                         said.add(note)
@@ -216,6 +220,10 @@ def cmd_config(args) -> int:
 
     if args.keys:
         print(config_reference())
+        return 0
+    if args.objectives:
+        from .objectives import registry_table
+        print(registry_table())
         return 0
     cfg = _load_cfg(args.config, args.set)
     from .train.config import config_to_dict
@@ -790,6 +798,8 @@ def main(argv: list[str] | None = None) -> int:
     cf.add_argument("--config", default=None, help="YAML config (default: the bundled UCI demo's)")
     cf.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
     cf.add_argument("--keys", action="store_true", help="every key with its type, default and help instead")
+    cf.add_argument("--objectives", action="store_true",
+                    help="every registered objective (temperature, calibration, guard, own settings) instead")
     cf.set_defaults(fn=cmd_config)
     args = p.parse_args(argv)
     if getattr(args, "fn", None) is None:       # `calmrl` alone: the help, not an error

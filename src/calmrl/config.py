@@ -117,8 +117,12 @@ class DataConfig:
     stratify: bool = _f(True, help="stratify the train/val/test split by label (when labels exist)")
     val_fraction: float = _f(0.15, lo=0.01, hi=0.5, help="share of instances held out for validation (choices: "
                                                           "auto's candidate, the gate, the guard)")
-    test_fraction: float = _f(0.15, lo=0.01, hi=0.5, help="share of instances held out for the reported test "
-                                                           "figures (never used for a choice)")
+    test_fraction: float = _f(0.15, lo=0.0, hi=0.5, help="share of instances held out for the reported test "
+                                                          "figures (never used for a choice); 0: no test split, "
+                                                          "the figures are then the validation split's, which chose "
+                                                          "the model (said in a note and in results.json "
+                                                          "'evaluated_on'; calmrl.CalMRL's default: you score on "
+                                                          "data of your own)")
     standardize: bool = _f(True, help="standardise each feature with the training split's mean and std (saved "
                                       "with the model and applied to raw inputs at inference)")
     missing: MissingConfig = field(default_factory=MissingConfig)
@@ -145,8 +149,10 @@ class ModelConfig:
 
 
 @dataclass
-class MethodConfig:
-    name: str = _f("auto", choices=METHODS,
+class _MethodKeys:
+    """The method keys every objective shares (its own settings: the sections below)."""
+
+    name: str = _f("auto", choices=lambda: ("auto", *objectives.names()),   # read when checked: late registrations too
                    help="the objective; auto (the default) trains each of method.candidates on the training split "
                         "and keeps the one with the highest validation R@1 (results.json 'auto')")
     candidates: list = _f(["calmrl", "pairwise-infonce+cal", "anchor-infonce+cal", "siglip+cal"],
@@ -185,10 +191,6 @@ class MethodConfig:
     tau2: float = _f(0.1, lo=1e-4, help="temperature of the instance-wise contrast (PMRL) and of anchor-infonce")
     tau_init: float = _f(0.07, lo=1e-2, help="gram / triangle / pairwise-infonce: initial value of the learnable "
                                             "temperature (authors: 0.07; kept >= 0.01)")
-    symile_negatives: str = _f("n", choices=("n", "n_squared", "joint"),
-                               help="symile: the negatives, as the authors' package draws them: n (each other "
-                                    "modality's rows permuted independently, O(n)), n_squared (every combination), "
-                                    "or joint (one other instance's product; not the authors' loss)")
     learn_temperature: bool = _f(True, help="gram / triangle / pairwise-infonce: learn the temperature (else fixed "
                                             "at tau_init)")
     label_smoothing: float = _f(0.1, lo=0.0, hi=0.5, help="gram / triangle: label smoothing of the contrast "
@@ -221,6 +223,35 @@ class MethodConfig:
                            help="gate: chance that any imputed column opens over a run where no imputation beats its "
                                 "fallback (two-sided; Bonferroni over the modalities and calibrated epochs: each "
                                 "measurement uses z = Phi^-1(1 - alpha / (2 M T)), calmrl.core.gate.family_z)")
+
+
+def _objective_sections() -> list:
+    """One config section per objective that declares settings (``method.<section>.<key>``),
+    built from the registry: an objective's own keys are checked, documented and saved like
+    every other key without a line here."""
+    out = []
+    for o in objectives.REGISTRY.values():
+        if not o.settings:
+            continue
+        cls_name = "".join(p.capitalize() for p in o.section.split("_")) + "Settings"
+        cls = dataclasses.make_dataclass(
+            cls_name, [(st.name, type(st.default), _f(st.default, choices=st.choices, lo=st.lo, hi=st.hi,
+                                                         help=f"{o.name}: {st.help}"))
+                       for st in o.settings])
+        cls.__doc__ = f"The settings objective '{o.name}' declares (calmrl.objectives.{o.name})."
+        cls.__module__ = __name__
+        globals()[cls_name] = cls          # picklable by name
+        out.append((o.section, cls, field(default_factory=cls)))
+    return out
+
+
+MethodConfig = dataclasses.make_dataclass("MethodConfig", _objective_sections(), bases=(_MethodKeys,))
+MethodConfig.__module__ = __name__
+MethodConfig.__doc__ = ("The method: the keys every objective shares, and a section per objective that declares "
+                        "settings of its own (method.<objective>.<key>, e.g. method.symile.negatives).")
+_SECTION_NAMES = {f.name for f in dataclasses.fields(MethodConfig) if dataclasses.is_dataclass(f.type)}
+# keys an earlier release had elsewhere: read from stored configs and files, written in the new place
+_MOVED = {("method", "symile_negatives"): ("method", "symile", "negatives")}
 
 
 @dataclass
@@ -332,13 +363,18 @@ def config_reference() -> str:
                 continue
             m = f.metadata
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            allowed = (" / ".join(map(str, m["choices"])) if m.get("choices") else
+            allowed = (" / ".join(map(str, _choices(m))) if m.get("choices") else
                        (f">= {m['lo']}" if m.get("lo") is not None else "")
                        + (f", <= {m['hi']}" if m.get("hi") is not None else ""))
             rows.append(f"| `{prefix}{f.name}` | `{default!r}` | {allowed} | "
                         f"{(m.get('help') or '').replace('|', '/')} |")
     walk(Config)
     return "\n".join(rows)
+
+
+def _choices(meta) -> tuple:
+    c = meta["choices"]
+    return tuple(c()) if callable(c) else tuple(c)
 
 
 def _check_value(path: str, f: dataclasses.Field, typ, value):
@@ -369,8 +405,8 @@ def _check_value(path: str, f: dataclasses.Field, typ, value):
     elif typ is list or get_origin(typ) is list:
         if not isinstance(value, list):
             raise ConfigError(f"{path} must be a list, got {value!r}")
-    if meta.get("choices") and value not in meta["choices"]:
-        raise ConfigError(f"{path} = {value!r} is not valid; choose one of {list(meta['choices'])}")
+    if meta.get("choices") and value not in _choices(meta):
+        raise ConfigError(f"{path} = {value!r} is not valid; choose one of {list(_choices(meta))}")
     if meta.get("lo") is not None and value < meta["lo"]:
         raise ConfigError(f"{path} = {value!r} is below its minimum {meta['lo']}")
     if meta.get("hi") is not None and value > meta["hi"]:
@@ -378,9 +414,33 @@ def _check_value(path: str, f: dataclasses.Field, typ, value):
     return value
 
 
+def _migrate(raw: dict) -> dict:
+    """Keys an earlier release kept elsewhere (``_MOVED``), moved to where they live now, so a
+    checkpoint or a YAML file written then still loads; given in both places: refused."""
+    for (sec, old), new in _MOVED.items():
+        part = raw.get(sec)
+        if not isinstance(part, dict) or old not in part:
+            continue
+        part = raw[sec] = dict(part)
+        dest = part.setdefault(new[1], {})
+        if not isinstance(dest, dict):
+            continue
+        dest = part[new[1]] = dict(dest)
+        if new[2] in dest:
+            raise ConfigError(f"{sec}.{old} and {'.'.join(new)} are one key (it moved); give it once, as "
+                              f"{'.'.join(new)}")
+        dest[new[2]] = part.pop(old)
+    return raw
+
+
 def _build(cls, raw: dict, prefix: str = ""):
     if not isinstance(raw, dict):
         raise ConfigError(f"{prefix or 'config'} must be a mapping, got {type(raw).__name__}")
+    if cls is Config:
+        raw = _migrate(raw)
+    if cls is MethodConfig:     # an objective's section may be spelled with its name: method.pairwise-infonce.x
+        raw = {(k.replace("-", "_") if isinstance(k, str) and k.replace("-", "_") in _SECTION_NAMES else k): v
+               for k, v in raw.items()}
     hints = get_type_hints(cls)
     fmap = {f.name: f for f in dataclasses.fields(cls)}
     unknown = [k for k in raw if k not in fmap]

@@ -10,7 +10,12 @@
 Keyword hyperparameters map onto the configuration keys (scikit-learn's own ``BaseEstimator``:
 ``get_params`` / ``set_params`` / ``clone`` / ``check_is_fitted``; ``overrides`` takes any other
 ``key=value``); fitted attributes end in ``_`` (``model_``, ``results_``, ``names_``,
-``config_``). Nothing is written to the working directory: runs go to a temporary directory,
+``config_``). **Data policy**: ``fit`` holds back a validation split (``val_fraction``, 15%) for
+auto's choice, the gate and the guard, and trains on the rest; it keeps **no test split**
+(``test_fraction=0``, unlike ``calmrl train``'s 15%): score the model on data of your own
+(``score``, ``cross_val_score``). ``results_`` then holds the validation split's figures, said in
+its ``notes`` and ``evaluated_on``; ``test_fraction=0.15`` restores a held-out test.
+Nothing is written to the working directory: runs go to a temporary directory,
 removed after ``fit``, unless ``output_dir`` is given. Numpy or pandas in, numpy out.
 
 **Pairing rows.** Numpy arrays are paired by position (row i of every modality is instance i).
@@ -23,7 +28,10 @@ frames with arrays is refused unless every frame's index is ``0..n-1`` (position
 **Cross-validation and grid search.** scikit-learn's splitters need one table of n rows: give
 ``X`` as one DataFrame whose columns are a two-level index ``(modality, feature)``
 (``pd.concat({"image": img_df, "text": txt_df}, axis=1)``); a row of NaN in a modality's columns
-marks it missing. ``cross_val_score(CalMRL(...), X)`` and ``GridSearchCV`` then score with
+marks it missing. Or one 2-D array (or flat DataFrame) with ``views=``: an int (that many groups
+of consecutive columns), a list of widths or ``{name: width}``; it goes through scikit-learn's
+``validate_data`` (``n_features_in_``, ``feature_names_in_``, sparse and complex refused), and
+``check_estimator`` passes on it but for :data:`EXPECTED_FAILED_CHECKS`. ``cross_val_score(CalMRL(...), X)`` and ``GridSearchCV`` then score with
 :meth:`CalMRL.score` (cross-modal R@1 on the held-out rows).
 """
 
@@ -40,7 +48,16 @@ from sklearn.base import BaseEstimator, TransformerMixin
 
 from .data import MultiViewData
 
-__all__ = ["CalMRL", "PARAMS", "as_multiview"]
+__all__ = ["CalMRL", "PARAMS", "as_multiview", "split_views", "EXPECTED_FAILED_CHECKS"]
+
+# scikit-learn's check_estimator on CalMRL(views=2, partial_views="missing"): every check passes but
+# these, each a choice (tests/test_estimator_sklearn.py keeps this list exact)
+EXPECTED_FAILED_CHECKS = {
+    "check_fit_score_takes_y": "score(X) is cross-modal retrieval R@1, which reads no labels: a y is refused, "
+                               "not ignored",
+    "check_pipeline_consistency": "calls score(X, y): refused for the same reason (the pipeline's transform and "
+                                  "fit are consistent; tested separately)",
+}
 
 # estimator keyword -> configuration key
 PARAMS = {"method": "method.name", "epochs": "train.epochs", "lr": "train.lr", "batch_size": "train.batch_size",
@@ -78,15 +95,15 @@ class CalMRL(TransformerMixin, BaseEstimator):
                  embed_dim: int | None = None, hidden_dim: int | None = None, layers: int | None = None,
                  dropout: float | None = None, shared_encoders: list | None = None, candidates: list | None = None,
                  search: str | None = None, latent_dim: int | None = None, partial_views: str | None = None,
-                 val_fraction: float | None = None, test_fraction: float | None = None,
+                 val_fraction: float | None = None, test_fraction: float | None = 0.0,
                  accelerator: str | None = None, threads: int | None = None, progress: bool | None = False,
-                 config=None, overrides=(), output_dir: str | None = None):
+                 views=None, config=None, overrides=(), output_dir: str | None = None):
         self.method, self.epochs, self.lr, self.batch_size = method, epochs, lr, batch_size
         self.weight_decay, self.seed, self.embed_dim, self.hidden_dim = weight_decay, seed, embed_dim, hidden_dim
         self.layers, self.dropout, self.shared_encoders, self.candidates = layers, dropout, shared_encoders, candidates
         self.search, self.latent_dim, self.partial_views = search, latent_dim, partial_views
         self.val_fraction, self.test_fraction, self.accelerator = val_fraction, test_fraction, accelerator
-        self.threads, self.progress = threads, progress
+        self.threads, self.progress, self.views = threads, progress, views
         self.config, self.overrides, self.output_dir = config, overrides, output_dir
 
     def _config(self):
@@ -107,7 +124,7 @@ class CalMRL(TransformerMixin, BaseEstimator):
         from .train.splits import prepare_data
 
         cfg = self._config()
-        arrays, index = _aligned(X)
+        arrays, index = self._aligned(X, fitting=True)
         if index is not None:
             if ids is None:
                 ids = np.asarray([str(i) for i in index])
@@ -125,27 +142,58 @@ class CalMRL(TransformerMixin, BaseEstimator):
             cfg = replace(cfg, output_dir=str(self.output_dir or tmp))
             splits = prepare_data(cfg, data=mv)
             results, module = run(cfg, splits=splits, return_model=True)
-        self.model_ = CalMRLModel(module.encoder, module.calibrator, splits.names, splits.standardization)
+        self.model_ = CalMRLModel(module.encoder, module.calibrator, splits.names, splits.standardization,
+                                  cfg.data.partial_views)
         self.results_, self.names_, self.dims_, self.config_ = results, list(splits.names), list(splits.dims), module.cfg
         return self
 
     def _check_fitted(self):
         if not hasattr(self, "model_"):
-            raise RuntimeError("this CalMRL is not fitted yet: call fit(X) first, or CalMRL.load(path)")
+            from sklearn.exceptions import NotFittedError    # scikit-learn's own (a ValueError)
+
+            raise NotFittedError("this CalMRL is not fitted yet: call fit(X) first, or CalMRL.load(path)")
+
+    def _aligned(self, X, fitting: bool = False):
+        """``({modality: array}, index labels or None)`` from any input the estimator takes; one
+        2-D table with ``views`` goes through scikit-learn's own ``validate_data`` (dtype, 2-D,
+        sparse and complex refused, ``n_features_in_`` / ``feature_names_in_`` set by ``fit`` and
+        checked afterwards), then is cut into modalities by :func:`split_views`."""
+        from scipy.sparse import issparse
+
+        if issparse(X) or (isinstance(X, Mapping) and any(issparse(v) for v in X.values())):
+            raise TypeError("Sparse data was passed, but dense data is required: give X.toarray() (each modality a "
+                            "dense (n, d) array; a row of NaN marks it missing)")
+        if self.views is None or isinstance(X, Mapping) or getattr(getattr(X, "columns", None), "nlevels", 1) == 2:
+            return _aligned(X, None)
+        from sklearn.utils.validation import validate_data
+
+        index = None
+        if hasattr(X, "iloc"):                    # a DataFrame: its index labels are the instances' ids
+            _refuse_duplicate_labels(X.index, "X")
+            index = list(X.index)
+        table = validate_data(self, X, reset=fitting, dtype=[np.float64, np.float32], ensure_all_finite="allow-nan",
+                              ensure_min_samples=2 if fitting else 0, ensure_min_features=2 if fitting else 1)
+        return _aligned(split_views(table, self.views), None)[0], index
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = True                     # a row of NaN in a modality: that modality missing
+        tags.transformer_tags.preserves_dtype = ["float32"]  # embeddings are float32 whatever comes in
+        return tags
 
     # -- using
     def embed(self, X) -> dict[str, np.ndarray]:
         """``{"embeddings", "mask", "imputed", "confidence", "fused"}`` as numpy arrays (see
         :class:`calmrl.inference.Embedded`)."""
         self._check_fitted()
-        out = self.model_.embed(_aligned(X)[0])
+        out = self.model_.embed(self._aligned(X)[0])
         return {k: getattr(out, k).numpy() for k in ("embeddings", "mask", "imputed", "confidence", "fused")}
 
     def transform(self, X) -> np.ndarray:
         """The fused embedding of each instance, ``(n, d)``: its observed modalities and its imputed
         ones weighted by confidence, on the unit sphere."""
         self._check_fitted()
-        arrays, _ = _aligned(X)
+        arrays, _ = self._aligned(X)
         if all(v is None or len(v) == 0 for v in arrays.values()):      # zero rows: (0, d)
             return np.zeros((0, self.model_.calibrator.D), np.float32)
         return self.model_.embed(arrays).fused.numpy()
@@ -159,8 +207,9 @@ class CalMRL(TransformerMixin, BaseEstimator):
         self._check_fitted()
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise ValueError(f"k must be a positive integer, got {k!r}")
-        g = _aligned(gallery)[0] if isinstance(gallery, Mapping) else np.asarray(gallery)
-        s, i = self.model_.retrieve(_aligned(query)[0], g, k=k)
+        g = self._aligned(gallery)[0] if isinstance(gallery, Mapping) or self.views is not None \
+            else np.asarray(gallery)
+        s, i = self.model_.retrieve(self._aligned(query)[0], g, k=k)
         return s.numpy(), i.numpy()
 
     def score(self, X, y=None) -> float:
@@ -169,10 +218,11 @@ class CalMRL(TransformerMixin, BaseEstimator):
         from .train.evaluate import retrieval_table
 
         self._check_fitted()
+        arrays = self._aligned(X)[0]            # X checked first (its width against the fit's), then y
         if y is not None:
             raise ValueError("score(X) measures cross-modal retrieval, which reads no labels: call score(X) without y "
                              "(for a classifier's accuracy, put CalMRL in a Pipeline before one)")
-        out = self.model_.embed(_aligned(X)[0])
+        out = self.model_.embed(arrays)
         return float(retrieval_table(out.embeddings, self.names_, out.mask)["average"]["R@1"])
 
     # -- persistence
@@ -199,8 +249,8 @@ class CalMRL(TransformerMixin, BaseEstimator):
         enc, cal, meta = load_exported(path)
         saved = meta.get("estimator") or {}
         est = cls(**{k: (tuple(v) if k == "overrides" else v) for k, v in (saved.get("params") or {}).items()})
-        est.model_ = CalMRLModel(enc, cal, meta["names"], meta.get("standardization"))
         est.names_, est.dims_, est.config_ = list(meta["names"]), list(meta["dims"]), _build(Config, meta["config"])
+        est.model_ = CalMRLModel(enc, cal, meta["names"], meta.get("standardization"), est.config_.data.partial_views)
         est.results_ = saved.get("results")        # None for a model exported by `calmrl export`
         return est
 
@@ -241,9 +291,43 @@ def _refuse_duplicate_labels(index, what: str) -> None:
                          "by their index labels)")
 
 
-def _aligned(X) -> tuple[dict, list | None]:
+def split_views(X, views) -> dict:
+    """One 2-D table (array or DataFrame, ``(n, sum of widths)``) cut into modalities by
+    ``views``: an int ``k`` (``k`` groups of consecutive columns, as equal as they come: ``np.array_split``),
+    a list of widths (``[64, 76]``) or ``{name: width}`` in column order."""
+    if hasattr(X, "iloc"):
+        table = X
+        width = X.shape[1]
+    else:
+        table = np.asarray(X)
+        if table.ndim != 2:
+            raise ValueError(f"X must be a 2-D (instances, features) table when views= is given, got shape {table.shape}")
+        width = table.shape[1]
+    if isinstance(views, (bool, float)) or not isinstance(views, (int, np.integer, list, tuple, Mapping)):
+        raise ValueError(f"views must be an int, a list of widths or a {{name: width}} mapping, got {views!r}")
+    if isinstance(views, (int, np.integer)):
+        if not 2 <= views <= width:
+            raise ValueError(f"views={views}: X has {width} feature column(s); it needs at least one per modality and "
+                             "at least two modalities")
+        cuts = [len(c) for c in np.array_split(np.arange(width), int(views))]
+        names = [f"view{i}" for i in range(int(views))]
+    else:
+        names = list(views) if isinstance(views, Mapping) else [f"view{i}" for i in range(len(views))]
+        cuts = list(views.values()) if isinstance(views, Mapping) else list(views)
+        if len(cuts) < 2 or any(isinstance(c, bool) or not isinstance(c, (int, np.integer)) or c < 1 for c in cuts):
+            raise ValueError(f"views={views!r}: at least two modalities, each a positive number of columns")
+        if sum(cuts) != width:
+            raise ValueError(f"views={views!r} add up to {sum(cuts)} columns; X has {width}")
+    edges = np.cumsum([0, *cuts])
+    return {n: (table.iloc[:, a:b] if hasattr(table, "iloc") else table[:, a:b])
+            for n, a, b in zip(names, edges[:-1], edges[1:])}
+
+
+def _aligned(X, views=None) -> tuple[dict, list | None]:
     """``({name: array}, index labels)``: DataFrames paired by their index (module docstring),
-    arrays by position (``None`` for the labels)."""
+    arrays by position (``None`` for the labels); one 2-D table cut by ``views``."""
+    if views is not None and not isinstance(X, Mapping):
+        X = split_views(X, views)
     columns = getattr(X, "columns", None)
     if getattr(columns, "nlevels", 1) == 2:           # one DataFrame, columns (modality, feature): splitters see n rows
         X = {m: X[m] for m in dict.fromkeys(columns.get_level_values(0))}

@@ -34,9 +34,16 @@ class Embedded:
 class CalMRLModel:
     """A trained encoder set and calibrator, with modality names."""
 
-    def __init__(self, encoder, calibrator: SharedLatentCalibrator, names: list[str], standardization=None):
+    def __init__(self, encoder, calibrator: SharedLatentCalibrator, names: list[str], standardization=None,
+                 partial_views: str = "error"):
         """``standardization``: per-modality ``(mean, std)`` of the training split; raw inputs
-        are standardised with it exactly as in training (``None``: inputs are used as given)."""
+        are standardised with it exactly as in training (``None``: inputs are used as given).
+        ``partial_views``: a row with NaN in some features, as training's ``data.partial_views``
+        treated it: ``error`` (refused, naming it), ``missing`` (that modality missing for the
+        row) or ``fill`` (the NaN features at the training split's mean)."""
+        if partial_views not in ("error", "missing", "fill"):
+            raise ValueError(f"partial_views must be error, missing or fill, got {partial_views!r}")
+        self.partial_views = partial_views
         self.encoder, self.calibrator, self.names = encoder.eval(), calibrator, list(names)
         self.standardization = None
         self.columns = None
@@ -49,7 +56,8 @@ class CalMRLModel:
         from .model.export import load_exported
 
         enc, cal, meta = load_exported(path)
-        model = cls(enc, cal, meta["names"], meta.get("standardization"))
+        model = cls(enc, cal, meta["names"], meta.get("standardization"),
+                    ((meta.get("config") or {}).get("data") or {}).get("partial_views", "error"))
         model.columns = meta.get("columns")     # each view's feature column names, where training named them
         return model
 
@@ -67,6 +75,11 @@ class CalMRLModel:
         if v.dim() != 2:
             raise ValueError(f"modality '{name}' must be a 2-D (instances, features) array, got shape {tuple(v.shape)}")
         nan_rows = torch.isnan(v).all(1) if v.shape[1] else torch.zeros(v.shape[0], dtype=torch.bool)
+        partial = torch.isnan(v).any(1) & ~nan_rows
+        if bool(partial.any()) and self.partial_views == "missing":
+            nan_rows = nan_rows | partial
+        elif bool(partial.any()) and self.partial_views == "fill" and self.standardization is not None:
+            v = torch.where(torch.isnan(v) & partial[:, None], self.standardization[m][0].to(v.dtype), v)
         rows = ~nan_rows
         bad = ~torch.isfinite(v[rows]).all(1) if bool(rows.any()) else torch.zeros(0, dtype=torch.bool)
         if bool(bad.any()):

@@ -87,13 +87,28 @@ def synthetic_multiview(n: int = 2000, dims: Sequence[int] = (32, 32, 32, 32), l
 
 def stratified_split(n: int, labels: np.ndarray | None, val: float, test: float, seed: int
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Sorted ``(train, val, test)`` index arrays, stratified by ``labels`` when given."""
+    """Sorted ``(train, val, test)`` index arrays, stratified by ``labels`` when given; ``test``
+    0: no test split (an empty third array)."""
     from sklearn.model_selection import train_test_split
 
-    if not (0 < val < 1 and 0 < test < 1 and val + test < 1):
-        raise ValueError(f"val and test fractions must be in (0, 1) with a sum below 1, got {val}, {test}")
+    if not (0 < val < 1 and 0 <= test < 1 and val + test < 1):
+        raise ValueError(f"val fraction must be in (0, 1), test in [0, 1), their sum below 1; got {val}, {test}")
     idx = np.arange(n)
     n_rest = n - int(np.floor(n * (1 - val - test)))
+    if test == 0:
+        if n < 4 or round(n * val) < 2:
+            raise ValueError(f"{n} instances are too few to split into train / validation with fractions "
+                             f"{1 - val:.2f} / {val:.2f} (the validation split needs at least 2)")
+        try:
+            train, v = train_test_split(idx, test_size=val, random_state=seed, stratify=labels)
+        except ValueError as e:
+            if labels is None:
+                raise
+            counts = np.unique(labels, return_counts=True)[1]
+            raise ValueError(f"cannot stratify {n} instances with {len(counts)} classes (smallest class: "
+                             f"{counts.min()} instance(s)) into a validation split of about {n_rest} instances; use "
+                             f"more data, a larger data.val_fraction, or data.stratify=false ({e})") from None
+        return np.sort(train), np.sort(v), np.zeros(0, dtype=idx.dtype)
     if n < 6 or round(n * test) < 2:
         raise ValueError(f"{n} instances are too few to split into train / validation / test with fractions "
                          f"{1 - val - test:.2f} / {val:.2f} / {test:.2f} (the test split needs at least 2)")

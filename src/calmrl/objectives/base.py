@@ -14,7 +14,9 @@ An objective says, in one place, everything the rest of calmrl needs to know abo
 - ``observed_only``: the objective the guard trains in its place without imputations;
 - ``needs``: what it takes from the data besides the observed cells: ``"true_hidden"`` (the
   simulator's hidden cells, ``pmrl-truefill``), ``"no_missing"`` (``oracle``: nothing hidden);
-- ``candidate``: whether auto may train it (objectives that need the simulator's truth may not).
+- ``candidate``: whether auto may train it (objectives that need the simulator's truth may not);
+- ``settings``: its own configuration keys (:class:`Setting`), ``method.<section>.<key>`` in the
+  config (``section``: the name with ``-`` as ``_``), read in the loss as ``ctx.settings.<key>``.
 
 ``parse_method("X+cal")`` splits a candidate name into ``(objective, calibrate)`` once.
 """
@@ -27,10 +29,22 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-__all__ = ["Objective", "LossContext", "REGISTRY", "register", "get", "names", "parse_method", "method_label",
-           "CAL_SUFFIX", "candidate_names"]
+__all__ = ["Objective", "Setting", "LossContext", "REGISTRY", "register", "get", "names", "parse_method",
+           "method_label", "CAL_SUFFIX", "candidate_names", "registry_table"]
 
 CAL_SUFFIX = "+cal"
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One configuration key an objective owns: ``method.<section>.<name>`` with a default, a
+    help line and, optionally, its choices or range (checked like every other key)."""
+    name: str
+    default: object
+    help: str
+    choices: tuple | None = None
+    lo: float | None = None
+    hi: float | None = None
 
 
 @dataclass
@@ -46,6 +60,15 @@ class LossContext:
     column_weights: Tensor | None = None
     params: nn.Module | None = None
     temperature: str | None = None      # set by Objective.loss: the objective's declared temperature
+    objective: "Objective | None" = None  # set by Objective.loss: the objective being computed
+
+    @property
+    def settings(self):
+        """The objective's own settings (``method.<section>``; its declared defaults where the
+        method config has no such section, e.g. a plain namespace in a user's loop)."""
+        if self.objective is None:
+            raise ValueError("ctx.settings is read inside Objective.loss (it names the objective)")
+        return self.objective.own_settings(self.method)
 
     @property
     def tau(self):
@@ -71,7 +94,22 @@ class Objective:
     needs: str = ""                            # "" | true_hidden | no_missing
     candidate: bool = True
     anchored: bool = False                     # uses method.anchor (a hub modality)
+    settings: tuple = ()                       # Setting(...) each: keys method.<section>.<name>
     fn: Callable | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def section(self) -> str:
+        """The config section of its settings: ``method.<name with - as _>``."""
+        return self.name.replace("-", "_")
+
+    def own_settings(self, method):
+        """Its settings as ``method.<section>`` holds them, or its declared defaults where the
+        method config has no such section (a plain namespace in a user's loop)."""
+        own = getattr(method, self.section, None)
+        if own is not None:
+            return own
+        from types import SimpleNamespace
+        return SimpleNamespace(**{s.name: s.default for s in self.settings})
 
     def loss(self, A: Tensor, mask: Tensor, ctx: LossContext) -> tuple[Tensor, dict[str, Tensor]]:
         """The batch loss. Two things happen here, once for every objective, before its formula:
@@ -80,6 +118,7 @@ class Objective:
         ``ctx.calibrated`` the imputed cells are detached (unless ``method.impute_grad``), so a
         user's own loop gets the trainer's semantics: gradients reach observed cells only."""
         ctx.temperature = self.temperature
+        ctx.objective = self
         if mask is not None:
             from ..core.reduce import zero_absent
 
@@ -127,11 +166,33 @@ def register(obj: Objective) -> Objective:
                              + ", ".join(repr(a) for a in allowed))
     if obj.fn is None and type(obj).loss is Objective.loss:
         raise ValueError(f"objective '{obj.name}' has no loss: pass fn=... or override loss()")
+    _check_settings(obj)
     if obj.calibration == "plug-in" and obj.observed_only is None:
         from dataclasses import replace
         obj = replace(obj, observed_only=obj.name)
     REGISTRY[obj.name] = obj
     return obj
+
+
+def _check_settings(obj: Objective) -> None:
+    seen = set()
+    for st in obj.settings:
+        where = f"objective '{obj.name}', setting {getattr(st, 'name', st)!r}"
+        if not isinstance(st, Setting):
+            raise ValueError(f"{where}: settings are Setting(name, default, help, ...)")
+        if not st.name.isidentifier() or st.name in seen:
+            raise ValueError(f"{where}: a name is a Python identifier, given once")
+        seen.add(st.name)
+        if type(st.default) not in (bool, int, float, str):
+            raise ValueError(f"{where}: the default must be a bool, int, float or str, got {st.default!r}")
+        if not st.help:
+            raise ValueError(f"{where}: needs a help line (it is the config reference's text)")
+        if st.choices is not None and st.default not in st.choices:
+            raise ValueError(f"{where}: the default {st.default!r} is not one of its choices {list(st.choices)}")
+        if (st.lo is not None and st.default < st.lo) or (st.hi is not None and st.default > st.hi):
+            raise ValueError(f"{where}: the default {st.default!r} is outside [{st.lo}, {st.hi}]")
+    if obj.settings and any(o.section == obj.section for o in REGISTRY.values()):
+        raise ValueError(f"objective '{obj.name}': its settings' section method.{obj.section} is taken")
 
 
 def get(name: str) -> Objective:
@@ -168,6 +229,21 @@ def candidate_names() -> list[str]:
             if o.calibratable:
                 out.append(o.name + CAL_SUFFIX)
     return out
+
+
+def registry_table() -> str:
+    """Every registered objective as a Markdown table, from its declaration (the source of the
+    table in docs/objectives.md; ``calmrl config show --objectives`` prints it)."""
+    rows = ["| name | family | temperature | calibration | guard trains | auto candidate | own settings | "
+            "also scored by | what it is |", "|---|---|---|---|---|---|---|---|---|"]
+    for o in REGISTRY.values():
+        cal = {"never": "never", "always": "always", "plug-in": f"plug-in (`{o.name}{CAL_SUFFIX}`)"}[o.calibration]
+        own = ", ".join(f"`method.{o.section}.{s.name}`" for s in o.settings) or ""
+        cand = "yes" if o.candidate else f"no ({o.needs.replace('_', ' ')})" if o.needs else "no"
+        rows.append(f"| `{o.name}` | {o.family} | {o.temperature} | {cal} | {f'`{o.observed_only}`' if o.observed_only else ''} "
+                    f"| {cand} | {own} | {'' if o.similarity == 'cosine' else o.similarity} "
+                    f"| {o.summary.replace('|', '/')} |")
+    return "\n".join(rows)
 
 
 def zero(A: Tensor) -> Tensor:

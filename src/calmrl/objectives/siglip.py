@@ -21,7 +21,8 @@ together has no couples at all** (no gradient from similarities between modaliti
 together, as pairwise InfoNCE leaves such a pair out), and the normaliser cannot jump (one
 co-observed row among 64 divides the pair's couples by the 65 rows that see either side, not
 by its one positive). :math:`t = e^{t'} = 1/\tau` and :math:`b` are learned, initialised as the
-authors do (:math:`t' = \log 10`, :math:`b = -10`); ``method.learn_temperature=false`` fixes both.
+authors do (:math:`t' = \log 10`, :math:`b = -10`: ``method.siglip.t_init`` and
+``method.siglip.bias_init``); ``method.learn_temperature=false`` fixes both.
 
 Calibration plugs in: imputed cells join as detached members with weight :math:`w` (the
 gate's); a couple weighs :math:`w_{im} w_{jn}` and enters only if one of its two cells is
@@ -39,7 +40,7 @@ from torch import Tensor, nn
 
 from ..core import LearnableTemperature
 from ..core.reduce import present_cells, weighted_mean, zero_absent
-from .base import Objective, register
+from .base import Objective, Setting, register
 
 __all__ = ["siglip_loss", "SigLIPParameters"]
 
@@ -82,12 +83,13 @@ class SigLIPParameters(LearnableTemperature):
 
 class _SigLIP(Objective):
     def make_parameters(self, method):
-        return SigLIPParameters(10.0, -10.0, learnable=method.learn_temperature)
+        own = self.own_settings(method)
+        return SigLIPParameters(own.t_init, own.bias_init, learnable=method.learn_temperature)
 
 
 def _loss(A, mask, ctx):
     p = ctx.params
-    tau, bias = (p.tau, p.bias) if p is not None else (0.1, -10.0)
+    tau, bias = (p.tau, p.bias) if p is not None else (1.0 / ctx.settings.t_init, ctx.settings.bias_init)
     if ctx.calibrated:
         return siglip_loss(A, None, tau=tau, bias=bias, cell_weights=ctx.column_weights, observed=mask), {}
     return siglip_loss(A, mask, tau=tau, bias=bias), {}
@@ -95,4 +97,8 @@ def _loss(A, mask, ctx):
 
 register(_SigLIP("siglip", "siglip", "SigLIP: a sigmoid loss on every (query, candidate) couple of every "
                  "co-observed pair, learned temperature and bias", temperature="learned", calibration="plug-in",
-                 observed_only="siglip", fn=_loss))
+                 observed_only="siglip", fn=_loss,
+                 settings=(Setting("t_init", 10.0, "initial inverse temperature t = 1/tau (the authors' 10; learned "
+                                   "with the encoders unless method.learn_temperature is false)", lo=1e-3),
+                           Setting("bias_init", -10.0, "initial bias b of the logits t*s + b (the authors' -10, which "
+                                   "starts the loss near its value at chance for large batches)"))))

@@ -4,7 +4,7 @@ Learning for Unlimited Modalities", NeurIPS 2024), with masks.
 Symile scores an instance by the multilinear inner product of its modalities,
 :math:`\mathrm{MIP}(a, b, c) = \sum_k a_k b_k c_k`, and contrasts each modality (the anchor of
 its row) against products of the other modalities; the objective is a lower bound on total
-correlation. **Negatives** (``method.symile_negatives``), as the authors' ``symile`` package
+correlation. **Negatives** (``method.symile.negatives``), as the authors' ``symile`` package
 (0.1.0, ``loss.py``) draws them:
 
 - ``n`` (the authors' default, O(n)): for each anchor modality, the rows of each other modality
@@ -61,7 +61,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..core.reduce import candidate_log_weights, present_cells, weighted_mean, zero_absent
-from .base import Objective, register
+from .base import Objective, Setting, register
 
 __all__ = ["symile_loss", "NEGATIVES"]
 
@@ -123,7 +123,7 @@ def symile_loss(A: Tensor, mask: Tensor | None = None, *, tau: Tensor | float = 
             if negatives == "n_squared":
                 if C ** len(idx) > _MAX_PRODUCTS:
                     raise ValueError(f"symile negatives n_squared: {C}^{len(idx)} candidate products in one batch; "
-                                     f"use a smaller batch or method.symile_negatives=n")
+                                     f"use a smaller batch or method.symile.negatives=n")
                 prod, clw = A[cand, idx[0]], cell_lw[cand, idx[0]]
                 for n in idx[1:]:
                     prod = (prod[:, None, :] * A[cand, n][None, :, :]).reshape(-1, d)
@@ -175,7 +175,7 @@ def symile_loss(A: Tensor, mask: Tensor | None = None, *, tau: Tensor | float = 
 
 
 def _loss(A, mask, ctx):
-    neg = getattr(ctx.method, "symile_negatives", "n")
+    neg = ctx.settings.negatives
     if ctx.calibrated:
         return symile_loss(A, None, tau=ctx.tau, cell_weights=ctx.column_weights, observed=mask, negatives=neg), {}
     return symile_loss(A, mask, tau=ctx.tau, negatives=neg), {}
@@ -183,4 +183,8 @@ def _loss(A, mask, ctx):
 
 register(Objective("symile", "symile", "Symile: each modality against the element-wise product of the others "
                    "(multilinear inner product; a missing modality is the product's identity)",
-                   temperature="learned", calibration="plug-in", observed_only="symile", fn=_loss))
+                   temperature="learned", calibration="plug-in", observed_only="symile", fn=_loss,
+                   settings=(Setting("negatives", "n", "the negatives, as the authors' package draws them: n (each "
+                                     "other modality's rows permuted independently, O(n)), n_squared (every "
+                                     "combination), or joint (one other instance's product; not the authors' loss)",
+                                     choices=NEGATIVES),)))

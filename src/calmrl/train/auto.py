@@ -49,6 +49,7 @@ from .config import calibrates
 from .encoders import equal_width_groups
 from .guard import guard, imputations_took_part
 from .outdir import copy_kept, replacing
+from .progress import SearchBar
 from .results import plot_search, write_results
 from .schedule import halving_rungs, promote
 from .single import train_one
@@ -216,17 +217,38 @@ def _train(c: Candidate, splits, run_dir: Path, *, resume, max_epochs, final, ex
 
 def run_auto(cfg, splits, *, resume: bool = False, max_epochs=None, extra_callbacks=()):
     """The search of the module docstring on prepared ``splits``; returns ``(results, model)``."""
+    bar = SearchBar(enabled=cfg.train.progress)
+    try:
+        return _run_auto(cfg, splits, bar, resume=resume, max_epochs=max_epochs,
+                         extra_callbacks=(*extra_callbacks, bar))
+    finally:
+        bar.close()
+
+
+def _say(bar: SearchBar, msg: str, *args) -> None:
+    """A short line of the search: above the bar where one is shown, else to the log."""
+    if not bar.write("calmrl: " + msg % args):
+        log.warning(msg, *args)
+
+
+def _run_auto(cfg, splits, bar: SearchBar, *, resume, max_epochs, extra_callbacks):
     run_dir = Path(cfg.output_dir) / "auto"
     search = cfg.method.search
     cands = candidate_space(cfg, splits, search)
+    if cfg.train.progress:      # one bar for the search (SearchBar) instead of Lightning's per candidate
+        for c in cands:
+            c.cfg = replace(c.cfg, train=replace(c.cfg.train, progress=False))
     epochs = max_epochs or cfg.train.epochs
     with replacing(run_dir, keep=resume):
         if search == "exhaustive":
             rungs = [epochs]
+            bar.plan(len(cands) * epochs, "exhaustive")
             for c in cands:
-                log.warning("auto: training candidate %s", c.label)
-                _train(c, splits, run_dir, resume=resume, max_epochs=max_epochs, final=True,
-                       extra_callbacks=extra_callbacks)
+                bar.candidate(c.label)
+                log.info("auto: training candidate %s", c.label)
+                if _train(c, splits, run_dir, resume=resume, max_epochs=max_epochs, final=True,
+                          extra_callbacks=extra_callbacks):
+                    bar.scored(_val(c))
             alive = [c for c in cands if c.error is None]
         else:
             arms = [c for c in cands if c.twin_of is None]
@@ -242,6 +264,11 @@ def run_auto(cfg, splits, *, resume: bool = False, max_epochs=None, extra_callba
                 if k < start:
                     continue
                 final = k == len(rungs) - 1
+                arms_now = [c for c in alive if c.twin_of is None or c.trained]
+                eta = cfg.method.halving_eta     # later rungs: an estimate, set again when they start
+                bar.plan(sum(budget - c.trained for c in arms_now)
+                         + sum(-(-len(arms_now) // eta ** (j - k)) * (rungs[j] - rungs[j - 1])
+                               for j in range(k + 1, len(rungs))), f"rung {k + 1}/{len(rungs)}")
                 for c in alive:
                     parent = c.twin_of
                     if parent is not None and parent in alive and not parent.error and not parent.took_part \
@@ -253,9 +280,11 @@ def run_auto(cfg, splits, *, resume: bool = False, max_epochs=None, extra_callba
                         if final:
                             c.results, c.model = parent.results, parent.model
                         continue
+                    bar.candidate(c.label)
                     if _train(c, splits, run_dir, resume=resume or c.trained > 0, max_epochs=budget, final=final,
                               extra_callbacks=extra_callbacks):
                         c.trained = budget
+                        bar.scored(_val(c))
                         res = c.results if final else c.last
                         c.took_part = budget > warmup and calibrates(c.cfg.method) and imputations_took_part(res)
                 ranked = sorted([c for c in alive if c.error is None], key=lambda c: -_val(c))   # stable on ties
@@ -266,9 +295,11 @@ def run_auto(cfg, splits, *, resume: bool = False, max_epochs=None, extra_callba
                 kept = promote(arms_alive, last=k == len(rungs) - 2, eta=cfg.method.halving_eta,
                                groups={c: _groups(c, cfg.method.halving_keep) for c in arms_alive})
                 alive = [c for c in ranked if c in kept or (_virtual(c) and c.twin_of in kept)]
-                log.warning("auto: rung %d of %d (%d epochs): %s; %d continue", k + 1, len(rungs), budget,
-                            ", ".join(f"{c.label} {_val(c):.2f}" + (" (=)" if _virtual(c) else "") for c in ranked),
-                            len(kept))
+                _say(bar, "auto: rung %d of %d (%d epochs): best %s %.2f; %d of %d continue", k + 1, len(rungs),
+                     budget, ranked[0].label if ranked else "-", _val(ranked[0]) if ranked else float("nan"),
+                     len(kept), len(arms_alive))
+                log.info("auto: rung %d scores: %s", k + 1,
+                         ", ".join(f"{c.label} {_val(c):.2f}" + (" (=)" if _virtual(c) else "") for c in ranked))
                 _save(state_file, rungs, k, alive, cands, schedule)
                 if not alive:
                     break

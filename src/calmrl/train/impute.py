@@ -1,4 +1,4 @@
-"""Filling the missing modalities of a feature store, as library functions (``calmrl impute`` is
+r"""Filling the missing modalities of a feature store, as library functions (``calmrl impute`` is
 a thin layer over them).
 
 - :func:`impute_embeddings`: in the shared embedding space, by a trained run's encoders and

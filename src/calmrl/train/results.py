@@ -130,6 +130,11 @@ def format_table(results: list[dict], eval_only: bool = False) -> str:
                      f"{num(an.get('fallback_identification'), 9, '.1f')}"
                      f"{num(r.get('eval_seconds' if eval_only else 'train_seconds'), 8, '.1f')}")
     n_test = {r.get("n_test") for r in results if r.get("n_test")}
+    on_val = {r.get("n_val") for r in results if r.get("evaluated_on") == "validation"}
+    if on_val:
+        lines.append("(no test split, data.test_fraction=0: these figures are on the validation split, which chose "
+                     "the model)")
+        n_test = on_val
     gal = {(r.get("gallery") or {}).get("size") for r in results} - {None}
     if len(gal) == 1:
         g = gal.pop()
@@ -138,5 +143,5 @@ def format_table(results: list[dict], eval_only: bool = False) -> str:
                      f"chance R@1 at most {100 / g:.2f}%; n/a: not measured)")
     elif len(n_test) == 1:
         n = n_test.pop()
-        lines.append(f"(chance R@1: {100 / n:.2f}%, one correct item among the {n} test instances; n/a: not measured)")
+        lines.append(f"(chance R@1: {100 / n:.2f}%, one correct item among the {n} {'validation' if on_val else 'test'} instances; n/a: not measured)")
     return "\n".join(lines)

@@ -124,7 +124,9 @@ def train_one(cfg: Config, splits: Splits, run_dir: Path, *, resume: bool = Fals
                     "val_curve": [list(x) for x in getattr(model, "val_history", [])],
                     "missing_fraction_train": float(1 - splits.train.mask.mean()),
                     "simulated": splits.simulated, "classes": splits.classes, "names": splits.names,
-                    "n_train": splits.train.n, "n_val": splits.val.n, "n_test": splits.test.n,
+                    "n_train": splits.train.n, "n_val": splits.val.n,
+                    "n_test": 0 if splits.test_is_validation else splits.test.n,
+                    "evaluated_on": "validation" if splits.test_is_validation else "test",
                     "data_notes": splits.notes})
     if trainer.is_global_zero and results["gate_history"]:
         plot_gate(results["gate_history"], splits.names, run_dir / "gate.png")

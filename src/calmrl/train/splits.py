@@ -36,6 +36,7 @@ class Splits:
     fingerprint: dict | None = None      # the data as given and the split (calmrl.data.fingerprint)
     simulated: dict | None = None        # what the missingness simulator hid, realised (None: nothing)
     columns: dict | None = None          # modality -> its feature columns' names, where the data named them
+    test_is_validation: bool = False     # data.test_fraction 0: no test split; ``test`` is the validation split
 
 
 def _select_views(data: MultiViewData, views: list) -> MultiViewData:
@@ -111,9 +112,15 @@ def prepare_data(cfg: Config, method: str | None = None, data: MultiViewData | N
         data.validate()
         if report:
             notes.append(f"partial views filled with training-split feature means: {report}")
-    train, val, test = data.subset(tr), data.subset(va), data.subset(te)
-    fp["split"] = split_fingerprint(train.ids, val.ids, test.ids)
-    val, test = (_capped(part, name, cfg, salt, notes) for part, name, salt in ((val, "validation", 1), (test, "test", 2)))
+    no_test = cfg.data.test_fraction == 0
+    train, val = data.subset(tr), data.subset(va)
+    test = val if no_test else data.subset(te)
+    fp["split"] = split_fingerprint(train.ids, val.ids, val.ids[:0] if no_test else test.ids)
+    val = _capped(val, "validation", cfg, 1, notes)
+    test = val if no_test else _capped(test, "test", cfg, 2, notes)
+    if no_test:
+        notes.append(f"no test split (data.test_fraction=0): the figures reported are the validation split's "
+                     f"({val.n} instances), which chose the model and so flatter it; score on data of your own")
     if cfg.data.train_part:
         i, n_parts = cfg.data.train_part
         parts = split_parts(train.n, n_parts, labels=train.labels, order=cfg.data.train_part_order, seed=seed)
@@ -126,6 +133,8 @@ def prepare_data(cfg: Config, method: str | None = None, data: MultiViewData | N
         train, _ = train.standardize(stats)
         val, _ = val.standardize(stats)
         test, _ = test.standardize(stats)
+    if no_test:
+        test = val
     M = len(data.names)
     miss = cfg.data.missing
     train_full = train
@@ -162,7 +171,7 @@ def prepare_data(cfg: Config, method: str | None = None, data: MultiViewData | N
             raise ValueError(f"the {name} split ({part.n} instances) has no two modalities observed together in 2 "
                              "or more instances; retrieval cannot be evaluated (use more data or a larger fraction)")
     return Splits(train, train_full, val, test, list(data.names), data.dims, stats, classes, notes, fp, simulated,
-                  view_columns(data))
+                  view_columns(data), test_is_validation=no_test)
 
 
 def _capped(part: MultiViewData, name: str, cfg: Config, salt: int, notes: list) -> MultiViewData:
