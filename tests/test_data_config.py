@@ -2,6 +2,8 @@ from helpers import SIM  # noqa: E402
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from calmrl.data import (FeatureStore, MultiViewData, load_uci_mfeat, mcar_mask, paired_subsets_mask,
                          stratified_split, synthetic_multiview)
@@ -23,6 +25,30 @@ def test_split_is_stratified_and_disjoint():
     tr, va, te = stratified_split(d.n, d.labels, 0.15, 0.15, 0)
     assert len(set(tr) | set(va) | set(te)) == 2000 and len(tr) == 1400
     assert np.bincount(d.labels[te]).tolist() == [30] * 10
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(8, 300), classes=st.integers(1, 6), share=st.floats(0.05, 0.6), seed=st.integers(0, 10_000),
+       stratify=st.booleans(), skew=st.floats(0.0, 2.0))
+def test_the_split_draws_are_scikit_learns_train_test_split(n, classes, share, seed, stratify, skew):
+    """calmrl draws its splits itself (reading a split back imports no scikit-learn), the same
+    draws as scikit-learn's train_test_split, stratified or not, or the same refusal."""
+    from sklearn.model_selection import train_test_split
+
+    from calmrl.data.sources import shuffle_split
+
+    rng = np.random.default_rng(seed)
+    p = np.exp(-skew * np.arange(classes))
+    y = rng.choice(classes, size=n, p=p / p.sum()) if stratify else None
+    try:
+        ref = train_test_split(np.arange(n), test_size=share, random_state=seed, stratify=y)
+    except ValueError:
+        with pytest.raises(ValueError):
+            shuffle_split(n, share, seed, y)
+        return
+    got = shuffle_split(n, share, seed, y)
+    np.testing.assert_array_equal(got[0], ref[0])
+    np.testing.assert_array_equal(got[1], ref[1])
 
 
 def test_mcar_rate_and_floor():

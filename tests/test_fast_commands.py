@@ -1,6 +1,6 @@
-"""Commands that do not train never import Lightning (their fixed cost is the trainer's import
-otherwise: benchmarks/bench_fixed_cost.py), and the model package imports neither Lightning
-nor the trainer."""
+"""Commands that do not train never import Lightning, nor scikit-learn and scipy (their fixed
+cost is those imports otherwise: benchmarks/bench_fixed_cost.py; scikit-learn's alone is 1.7 s),
+and the model package imports neither Lightning nor the trainer."""
 
 from __future__ import annotations
 
@@ -21,8 +21,8 @@ for args in json.loads(sys.argv[1]):          # several commands in one interpre
             rc = rc or main(args)
     except SystemExit as e:
         rc = rc or (e.code or 0)
-bad = sorted(m for m in sys.modules if m == "lightning" or m.startswith(("lightning.", "pytorch_lightning",
-                                                                        "calmrl.train.module", "calmrl.train.trainer")))
+bad = sorted(m for m in sys.modules if m in ("lightning", "sklearn", "scipy") or m.startswith((
+    "lightning.", "pytorch_lightning", "calmrl.train.module", "calmrl.train.trainer", "sklearn.", "scipy.")))
 print("IMPORTED", bad)
 sys.exit(rc)
 """

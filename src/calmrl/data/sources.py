@@ -85,12 +85,60 @@ def synthetic_multiview(n: int = 2000, dims: Sequence[int] = (32, 32, 32, 32), l
     return data, {"W": W, "mu": mu, "sigma2": noise ** 2, "beta": beta}
 
 
+def shuffle_split(n: int, test_size: float, seed: int, labels: np.ndarray | None = None
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """``(train, test)`` positions of scikit-learn's ``train_test_split(range(n),
+    test_size=test_size, random_state=seed, stratify=labels)``, the same draws in the same order
+    (``ShuffleSplit`` / ``StratifiedShuffleSplit`` with ``_approximate_mode``; equality with
+    scikit-learn 1.9 is tested), written here so that reading a split back (``calmrl eval``)
+    does not import scikit-learn and scipy (1.7 s). ``ValueError`` where scikit-learn's would be."""
+    from math import ceil
+
+    n_test = ceil(test_size * n)
+    n_train = n - n_test
+    if n_train <= 0 or n_test <= 0:
+        raise ValueError(f"with {n} instances a test share of {test_size} leaves an empty side")
+    rng = np.random.RandomState(seed)
+    if labels is None:
+        perm = rng.permutation(n)
+        return perm[n_test:n_test + n_train], perm[:n_test]
+    classes, y_idx, counts = np.unique(np.asarray(labels), return_inverse=True, return_counts=True)
+    if counts.min() < 2:
+        raise ValueError(f"the least populated class(es) {classes[counts < 2].tolist()} have only 1 member")
+    if n_train < len(classes) or n_test < len(classes):
+        raise ValueError(f"{min(n_train, n_test)} instances on one side cannot hold the {len(classes)} classes")
+    class_idx = np.split(np.argsort(y_idx, kind="stable"), np.cumsum(counts)[:-1])
+
+    def approximate_mode(class_counts, n_draws):
+        continuous = class_counts / class_counts.sum() * n_draws
+        floored = np.floor(continuous)
+        need = int(n_draws - floored.sum())
+        if need > 0:
+            remainder = continuous - floored
+            for value in np.sort(np.unique(remainder))[::-1]:
+                (inds,) = np.where(remainder == value)
+                add = min(len(inds), need)
+                floored[rng.choice(inds, size=add, replace=False)] += 1
+                need -= add
+                if need == 0:
+                    break
+        return floored.astype(int)
+
+    n_i = approximate_mode(counts, n_train)
+    t_i = approximate_mode(counts - n_i, n_test)
+    train, test = [], []
+    for i in range(len(classes)):
+        perm = class_idx[i].take(rng.permutation(counts[i]), mode="clip")
+        train.extend(perm[:n_i[i]])
+        test.extend(perm[n_i[i]:n_i[i] + t_i[i]])
+    return rng.permutation(train), rng.permutation(test)
+
+
 def stratified_split(n: int, labels: np.ndarray | None, val: float, test: float, seed: int
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Sorted ``(train, val, test)`` index arrays, stratified by ``labels`` when given; ``test``
-    0: no test split (an empty third array)."""
-    from sklearn.model_selection import train_test_split
-
+    0: no test split (an empty third array). Two draws of :func:`shuffle_split` (scikit-learn's
+    ``train_test_split``): the rest from the training split, then the test split from the rest."""
     if not (0 < val < 1 and 0 <= test < 1 and val + test < 1):
         raise ValueError(f"val fraction must be in (0, 1), test in [0, 1), their sum below 1; got {val}, {test}")
     idx = np.arange(n)
@@ -100,7 +148,7 @@ def stratified_split(n: int, labels: np.ndarray | None, val: float, test: float,
             raise ValueError(f"{n} instances are too few to split into train / validation with fractions "
                              f"{1 - val:.2f} / {val:.2f} (the validation split needs at least 2)")
         try:
-            train, v = train_test_split(idx, test_size=val, random_state=seed, stratify=labels)
+            train, v = shuffle_split(n, val, seed, labels)
         except ValueError as e:
             if labels is None:
                 raise
@@ -113,9 +161,10 @@ def stratified_split(n: int, labels: np.ndarray | None, val: float, test: float,
         raise ValueError(f"{n} instances are too few to split into train / validation / test with fractions "
                          f"{1 - val - test:.2f} / {val:.2f} / {test:.2f} (the test split needs at least 2)")
     try:
-        train, rest = train_test_split(idx, test_size=val + test, random_state=seed, stratify=labels)
+        train, rest = shuffle_split(n, val + test, seed, labels)
         rest_y = labels[rest] if labels is not None else None
-        v, t = train_test_split(rest, test_size=test / (val + test), random_state=seed, stratify=rest_y)
+        v, t = shuffle_split(len(rest), test / (val + test), seed, rest_y)
+        v, t = rest[v], rest[t]
     except ValueError as e:
         if labels is None:
             raise
