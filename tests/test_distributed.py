@@ -1,5 +1,7 @@
 """Two CPU processes (gloo): exact statistics, global-batch losses, and DDP training via torchrun."""
 
+import contextlib
+import io
 import json
 import os
 import socket
@@ -103,19 +105,18 @@ def test_torchrun_ddp_training_and_resume_on_one_process(tmp_path):
     for key in ("R@1", "R@5", "MeanR"):
         assert abs(single["pairs"]["average"][key] - res["pairs"]["average"][key]) < 1e-4, key
     # more epochs on --resume would not be the longer run (the cosine schedule spans train.epochs): refused
+    # (one process from here on: this one, as a user's second command would be; the imports are paid once)
     no_epochs = sum((["--set", s] for s in sets if not s.startswith("train.epochs=")), [])
-    cmd8 = [sys.executable, "-m", "calmrl.cli", "train", "--method", "calmrl", "--resume"] + no_epochs + [
-        "--set", "train.epochs=8", "--set", "train.devices=1"]
-    r8 = subprocess.run(cmd8, env=env, capture_output=True, text=True, timeout=600)
-    assert r8.returncode == 2 and "train.epochs: 6 -> 8" in r8.stderr, r8.stderr[-2000:]
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        rc8 = main(["train", "--method", "calmrl", "--resume"] + no_epochs + ["--set", "train.epochs=8",
+                                                                           "--set", "train.devices=1"])
+    assert rc8 == 2 and "train.epochs: 6 -> 8" in err.getvalue(), err.getvalue()[-2000:]
     # the 2-process run as if stopped after its 5th epoch (its last checkpoint gone), resumed on 1 process
     ck = out / "calmrl" / "checkpoints"
     for f in [ck / "last.ckpt", *ck.glob("epoch=5-*.ckpt")]:
         f.unlink()
-    cmd1 = [sys.executable, "-m", "calmrl.cli", "train", "--method", "calmrl", "--resume"] + args + [
-        "--set", "train.devices=1"]
-    r1 = subprocess.run(cmd1, env=env, capture_output=True, text=True, timeout=600)
-    assert r1.returncode == 0, r1.stderr[-3000:]
+    assert main(["train", "--method", "calmrl", "--resume"] + args + ["--set", "train.devices=1"]) == 0
     res1 = json.loads((out / "calmrl" / "results.json").read_text())
     assert res1["epochs"] == 6 and res1["resumed_from_epoch"] == 5
 
