@@ -108,12 +108,14 @@ def test_the_objectives_table_of_the_docs_is_the_registrys():
     assert registry_table() in page, "docs/objectives.md's table is out of date: calmrl config show --objectives"
 
 
-def test_import_calmrl_and_version_do_not_import_torch_and_the_lazy_names_are_core_s():
+def test_import_calmrl_version_and_help_do_not_import_torch_and_the_lazy_names_are_core_s():
     import subprocess
     import sys
 
     code = ("import sys, calmrl; assert 'torch' not in sys.modules, 'import calmrl imported torch'; "
-            "from calmrl.cli import main; main(['--version']); assert 'torch' not in sys.modules")
+            "from calmrl.cli import main; main(['--version']); assert 'torch' not in sys.modules\n"
+            "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "assert 'torch' not in sys.modules, '--help imported torch'")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0 and r.stdout.strip().startswith("calmrl "), r.stderr[-2000:]
     import calmrl

@@ -659,16 +659,36 @@ class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+class _Parser(argparse.ArgumentParser):
+    """An epilog may be a function, called when the help is shown: ``train``'s lists the
+    registry's objectives, which imports torch; ``calmrl --help`` and every parse need not."""
+
+    def format_help(self):
+        if callable(self.epilog):
+            self.epilog = self.epilog()
+        return super().format_help()
+
+
+def _train_epilog() -> str:
+    from . import objectives
+
+    return ("methods: auto (the default: a search over method.candidates, the best on validation kept), "
+            + ", ".join(objectives.names()) + "; 'X+cal' in method.candidates plugs calibration into "
+            + ", ".join(o for o in objectives.names() if objectives.get(o).calibratable)
+            + ". Most used keys (--set KEY=VALUE): train.epochs, train.lr, train.batch_size, train.seed, "
+            "model.embed_dim, method.candidates, method.search (halving | exhaustive), model.shared_encoders, "
+            "data.missing.kind; every key with its help and default: calmrl config show --keys (docs/config.md)")
+
+
 def main(argv: list[str] | None = None) -> int:
     from . import __version__
 
     if list(sys.argv[1:] if argv is None else argv) in (["--version"], ["-V"]):    # without importing torch
         print(f"calmrl {__version__}")
         return 0
-    from . import objectives
 
     fmt = _DefaultsFormatter
-    p = argparse.ArgumentParser(prog="calmrl", description="Multimodal representation learning with missing "
+    p = _Parser(prog="calmrl", description="Multimodal representation learning with missing "
                                 "modalities, calibrated by a shared-latent model (CalMRL).", epilog=(
                                     "start here: calmrl train (the bundled UCI demo); your own tables: calmrl data "
                                     "import --table image=img.csv --table text=txt.csv --out store, then calmrl "
@@ -678,15 +698,7 @@ def main(argv: list[str] | None = None) -> int:
     common.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = p.add_subparsers(dest="cmd", metavar="COMMAND")
     t = sub.add_parser("train", help="train one or several methods and print the retrieval table", parents=[common],
-                       formatter_class=fmt, epilog=(
-                           "methods: auto (the default: a search over method.candidates, the best on validation "
-                           "kept), " + ", ".join(objectives.names()) + "; 'X+cal' in method.candidates plugs "
-                           "calibration into " + ", ".join(o for o in objectives.names() if objectives.get(o)
-                                                           .calibratable) + ". Most used keys (--set KEY=VALUE): "
-                           "train.epochs, train.lr, train.batch_size, train.seed, model.embed_dim, "
-                           "method.candidates, method.search (halving | exhaustive), model.shared_encoders, "
-                           "data.missing.kind; every key with its help and default: calmrl config show --keys "
-                           "(docs/config.md)"))
+                       formatter_class=fmt, epilog=_train_epilog)
     t.add_argument("--output-dir", default=None, help="where to write (output_dir; default runs/<dataset>)")
     t.add_argument("--config", default=None, help="YAML config (default: the bundled UCI Multiple Features one)")
     t.add_argument("--method", default=None, help="comma-separated methods, e.g. auto,calmrl,pmrl-drop,oracle "
