@@ -7,7 +7,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.calmrl-installed
 
-.PHONY: train test bench data suite setup clean
+.PHONY: train test bench data suite setup clean docs
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,11 @@ train: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# the generated tables of the docs (every config key; every registered objective), from the code
+docs: $(STAMP)
+	$(VENV)/bin/calmrl config show --keys --write docs/config.md
+	$(VENV)/bin/calmrl config show --objectives --write docs/objectives.md
 
 bench: $(STAMP)
 	cd benchmarks && for b in bench_core bench_training_overhead bench_trainer bench_threads bench_highdim bench_imputers bench_scaling bench_retrieval bench_validation; do ../$(PY) $$b.py; done

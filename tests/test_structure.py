@@ -98,14 +98,14 @@ def test_every_config_key_has_help_and_the_reference_page_is_current():
     missing = [k for k, h in walk(Config) if not h]
     assert not missing, f"config keys without help: {missing}"
     page = (ROOT.parents[1] / "docs" / "config.md").read_text()
-    assert config_reference() in page, "docs/config.md is out of date: regenerate it with calmrl config show --keys"
+    assert config_reference() in page, "docs/config.md is out of date: make docs"
 
 
 def test_the_objectives_table_of_the_docs_is_the_registrys():
     from calmrl.objectives import registry_table
 
     page = (ROOT.parents[1] / "docs" / "objectives.md").read_text()
-    assert registry_table() in page, "docs/objectives.md's table is out of date: calmrl config show --objectives"
+    assert registry_table() in page, "docs/objectives.md's table is out of date: make docs"
 
 
 def test_import_calmrl_version_and_help_do_not_import_torch_and_the_lazy_names_are_core_s():

@@ -218,17 +218,41 @@ def cmd_config(args) -> int:
     from .train.config import config_reference
     from .train.results import to_yaml
 
-    if args.keys:
-        print(config_reference())
+    if args.keys or args.objectives:
+        if args.keys:
+            table = config_reference()
+        else:
+            from .objectives import registry_table
+            table = registry_table()
+        if args.write:
+            _replace_table(Path(args.write), table)
+            print(f"wrote the table into {args.write}")
+        else:
+            print(table)
         return 0
-    if args.objectives:
-        from .objectives import registry_table
-        print(registry_table())
-        return 0
+    if args.write:
+        raise ValueError("--write goes with --keys or --objectives")
     cfg = _load_cfg(args.config, args.set)
     from .train.config import config_to_dict
     print(to_yaml(config_to_dict(cfg)), end="")
     return 0
+
+
+def _replace_table(page: Path, table: str) -> None:
+    """Put ``table`` in place of the Markdown table in ``page`` that has its header line (a
+    generated page: the text around the table is kept), atomically."""
+    text = page.read_text()
+    header = table.splitlines()[0]
+    start = text.find(header)
+    if start < 0:
+        raise ValueError(f"{page} has no table with the header {header!r} to replace")
+    end = start
+    lines = text[start:].split("\n")
+    n = next((i for i, line in enumerate(lines) if not line.startswith("|")), len(lines))
+    end = start + len("\n".join(lines[:n]))
+    tmp = page.with_name(page.name + ".tmp")
+    tmp.write_text(text[:start] + table + text[end:])
+    tmp.replace(page)
 
 
 def _data_name(cfg) -> str:
@@ -812,6 +836,8 @@ def main(argv: list[str] | None = None) -> int:
     cf.add_argument("--keys", action="store_true", help="every key with its type, default and help instead")
     cf.add_argument("--objectives", action="store_true",
                     help="every registered objective (temperature, calibration, guard, own settings) instead")
+    cf.add_argument("--write", default=None, metavar="PAGE",
+                    help="with --keys / --objectives: replace the table in this Markdown page (make docs)")
     cf.set_defaults(fn=cmd_config)
     args = p.parse_args(argv)
     if getattr(args, "fn", None) is None:       # `calmrl` alone: the help, not an error
