@@ -7,6 +7,7 @@ import pytest
 
 from calmrl.cli import main
 from calmrl.train import load_config, prepare_data, run
+from calmrl.train.config import apply_overrides
 
 FAST = ["model.embed_dim=32", "model.hidden_dim=64", "train.epochs=20", "calibrator.warmup_epochs=2",
         "calibrator.em_iters=3", "train.progress=false", "train.check_val_every=5", "train.threads=1"]
@@ -40,11 +41,12 @@ def test_calmrl_trains_far_above_chance_and_improves(cfg):
 @pytest.mark.slow
 def test_checkpoint_resume_gives_the_same_run(cfg, tmp_path):
     import dataclasses
-    cfg = dataclasses.replace(cfg, output_dir=str(tmp_path / "a"))
+    cfg = apply_overrides(cfg, ["train.epochs=10", "data.views=[fourier, karhunen, zernike]",
+                                f"output_dir={tmp_path / 'a'}"])
     full = run(cfg)
     cfg_b = dataclasses.replace(cfg, output_dir=str(tmp_path / "b"))
-    partial = run(cfg_b, max_epochs=7)
-    assert partial["epochs"] == 7
+    partial = run(cfg_b, max_epochs=4)
+    assert partial["epochs"] == 4
     resumed = run(cfg_b, resume=True)
     assert resumed["epochs"] == full["epochs"] == cfg.train.epochs
     a, b = full["pairs"]["average"], resumed["pairs"]["average"]
@@ -95,7 +97,8 @@ def test_cli_reports_bad_config(tmp_path, capsys):
 @pytest.mark.slow
 def test_bench_quick_writes_report_and_plots(tmp_path):
     from calmrl.experiments import bench
-    cfg = load_config(None, SIM + FAST + ["train.epochs=4", "calibrator.warmup_epochs=1", f"output_dir={tmp_path}"])
+    cfg = load_config(None, SIM + FAST + ["train.epochs=4", "calibrator.warmup_epochs=1", f"output_dir={tmp_path}",
+                                          "data.views=[fourier, karhunen, pixel, zernike]"])
     path = bench(cfg, tmp_path / "report", quick=True, log=lambda *_: None)
     text = path.read_text()
     for section in ("Average cross-modal R@1", "Anchor shift", "## Targets", "EM on synthetic data",

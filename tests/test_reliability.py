@@ -67,11 +67,11 @@ def test_modality_never_observed_in_training_is_an_error():
 
 
 @pytest.mark.slow
-def test_sigkill_mid_training_then_resume_matches_uninterrupted(tmp_path):
+def test_sigkill_mid_training_then_resume_matches_uninterrupted(tmp_path, capfd, caplog):
     """A real subprocess is killed with SIGKILL after some epochs; `--resume` finishes the run
     and the final metrics equal those of an uninterrupted run with the same seed."""
     # no validation during the run: checkpoints must come from the end of every training epoch
-    sets = ["model.embed_dim=16", "model.hidden_dim=32", "train.epochs=20", "calibrator.warmup_epochs=2",
+    sets = ["model.embed_dim=16", "model.hidden_dim=32", "train.epochs=12", "calibrator.warmup_epochs=2",
             "calibrator.em_iters=3", "train.progress=false", "train.check_val_every=50", "train.threads=1",
             "data.views=[fourier, karhunen, zernike]"]
 
@@ -93,7 +93,7 @@ def test_sigkill_mid_training_then_resume_matches_uninterrupted(tmp_path):
     # wait until a random epoch has been checkpointed, then a random fraction of an epoch more,
     # then kill without warning (mid-epoch or mid-checkpoint-write, wherever it lands)
     rng = random.Random()
-    target, extra = rng.randint(2, 14), rng.random()
+    target, extra = rng.randint(2, 7), rng.random()
     while time.time() < deadline and proc.poll() is None:
         try:
             if ckpt.exists() and torch.load(ckpt, weights_only=False, map_location="cpu").get("epoch", 0) >= target:
@@ -110,13 +110,13 @@ def test_sigkill_mid_training_then_resume_matches_uninterrupted(tmp_path):
     from calmrl.train.checkpoints import resume_checkpoint
     path, kept_ckpt, _ = resume_checkpoint(out / "calmrl")
     kept = kept_ckpt["epoch"]
-    assert 0 < kept < 19, (kept, target)   # a mid-run epoch was kept, not only the end of training
-    resumed = subprocess.run(cmd(out, resume=True), env=env, capture_output=True, text=True, timeout=600)
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert f"resuming from {path}: epoch {kept + 1} of 20" in resumed.stderr
+    assert 0 < kept < 11, (kept, target)   # a mid-run epoch was kept, not only the end of training
+    capfd.readouterr()
+    assert main(cmd(out, resume=True)[3:]) == 0          # the user's next command (in this process: its imports paid)
+    assert f"resuming from {path}: epoch {kept + 1} of 12" in capfd.readouterr().err + caplog.text
     a = json.loads((tmp_path / "ref" / "calmrl" / "results.json").read_text())
     b = json.loads((out / "calmrl" / "results.json").read_text())
-    assert b["epochs"] == a["epochs"] == 20
+    assert b["epochs"] == a["epochs"] == 12
     for key in ("R@1", "R@5", "MeanR"):
         assert abs(a["pairs"]["average"][key] - b["pairs"]["average"][key]) < 1e-6, key
 
