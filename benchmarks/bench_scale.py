@@ -45,7 +45,7 @@ def build_store(path: Path, n: int, seed: int = 0, chunk: int = 50_000) -> Path:
     import numpy as np
     from numpy.lib.format import open_memmap
 
-    from calmrl.integrity import store_checksums
+    from calmrl.integrity import digest, store_checksums
 
     if (path / "meta.json").exists() and json.loads((path / "meta.json").read_text()).get("n") == n:
         return path
@@ -70,6 +70,7 @@ def build_store(path: Path, n: int, seed: int = 0, chunk: int = 50_000) -> Path:
     np.save(tmp / "ids.npy", np.arange(n))
     meta = {"format_version": 1, "names": list(NAMES), "dims": list(WIDTHS), "n": n}
     meta["sha256"] = store_checksums(tmp, sorted(f.name for f in tmp.glob("*.npy")))
+    meta["meta_sha256"] = digest(meta)          # names, dims and order checksummed, as FeatureStore.write does
     (tmp / "meta.json").write_text(json.dumps(meta))
     os.replace(tmp, path)
     return path

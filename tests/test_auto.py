@@ -211,7 +211,16 @@ def test_validation_on_a_large_split_is_scored_on_a_bounded_sample_everywhere_al
     assert validation_table(A, ["a", "b", "c"], mask, cfg.eval)["a->b"]["n"] == 50
     small = load_config(None, ["eval.val_gallery_size=500"]).eval
     assert validation_table(A, ["a", "b", "c"], mask, small) == retrieval_table(A, ["a", "b", "c"], mask)
-    res = run(cfg, method="pmrl-drop")
+    import lightning as L
+
+    seen = []
+
+    class Count(L.Callback):
+        def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+            seen.append(len(batch["mask"]))
+
+    res = run(cfg, method="pmrl-drop", extra_callbacks=[Count()])
+    assert sum(seen) == 50                       # the epoch's validation embeds only the rows its score reads
     assert res["val_curve"][-1][1] == pytest.approx(res["val_average"]["R@1"], abs=1e-9)
     whole = run(load_config(None, BASE + ["train.epochs=1", "eval.val_gallery_size=0",
                                           f"output_dir={tmp_path / 'w'}"]), method="pmrl-drop")

@@ -177,6 +177,10 @@ def test_one_table_with_views_is_cut_into_modalities_and_checked_against_the_fit
     assert est.n_features_in_ == 64 and list(est.feature_names_in_) == list(table.columns)
     assert est.names_ == ["left", "right"]
     np.testing.assert_array_equal(est.transform(table), est.transform(frames))      # the same instances
+    s_raw, i_raw = est.retrieve(table.iloc[:5], table, k=3)                          # a table as wide as fitted: raw
+    s_emb, i_emb = est.retrieve(table.iloc[:5], est.transform(table), k=3)           # embeddings
+    np.testing.assert_array_equal(i_raw, i_emb)
+    assert i_raw.shape == (5, 3)
     with pytest.raises(ValueError, match="X has 63 features, but CalMRL is expecting 64"):
         est.transform(table.to_numpy()[:, :63])
     with pytest.raises(ValueError, match=r"views=\[40, 20\] add up to 60 columns; X has 64"):

@@ -266,14 +266,23 @@ def validation_score(model: torch.nn.Module, splits: Splits, cfg: Config) -> dic
     return split_score(model, splits.val, splits.names, cfg)
 
 
+def validation_rows(n: int, e) -> np.ndarray | None:
+    """The fixed sample a validation score reads on a split of ``n`` instances (sorted rows), or
+    ``None``: the whole split (``n <= eval.val_gallery_size``, or ``eval.gallery_size`` set).
+    The training loop's per-epoch validation embeds only these rows."""
+    if not e.gallery_size and e.val_gallery_size and n > e.val_gallery_size:
+        return np.sort(np.random.default_rng(0).choice(n, e.val_gallery_size, replace=False))
+    return None
+
+
 def validation_table(A: Tensor, names: list[str], mask: Tensor, e, **kw) -> dict:
     """The retrieval table of a validation score (every epoch's, auto's rungs, ``val_average``):
     on a split larger than ``eval.val_gallery_size``, on one fixed random sample of that many
     instances (queries and gallery the same instances, as one gallery; retrieval over the whole
     split costs n^2 per ordered view pair); ``eval.gallery_size``, when set, is used instead."""
-    n = len(A)
-    if not e.gallery_size and e.val_gallery_size and n > e.val_gallery_size:
-        rows = torch.as_tensor(np.sort(np.random.default_rng(0).choice(n, e.val_gallery_size, replace=False)))
+    rows = validation_rows(len(A), e)
+    if rows is not None:
+        rows = torch.as_tensor(rows)
         A, mask = A[rows], mask[rows]
     return retrieval_table(A, names, mask, ks=tuple(e.ks), chunk_size=e.chunk_size, backend=e.backend,
                            gallery_size=e.gallery_size, galleries=e.galleries, **kw)

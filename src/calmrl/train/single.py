@@ -23,7 +23,7 @@ import torch
 from .. import objectives
 from .checkpoints import check_resumable, init_from_checkpoint, load_checkpoint, resume_checkpoint
 from .config import Config, config_to_dict
-from .evaluate import evaluate_model, fit_unused_calibrator, validation_score
+from .evaluate import evaluate_model, fit_unused_calibrator, validation_rows, validation_score
 from .loaders import make_loader
 from .module import CalMRLModule, resolve_gate
 from .outdir import check_writable, replacing
@@ -94,7 +94,11 @@ def train_one(cfg: Config, splits: Splits, run_dir: Path, *, resume: bool = Fals
         t0 = time.time()
         known = splits.train_full.mask if objectives.get(cfg.method.name).needs == "true_hidden" else None
         try:
-            trainer.fit(model, make_loader(splits.train, cfg, True, known), make_loader(splits.val, cfg, False),
+            # per-epoch validation embeds only the rows its score reads (validation_rows: all of a split up
+            # to eval.val_gallery_size); the gate measures on the whole split (gate_loader)
+            rows = validation_rows(splits.val.n, cfg.eval)
+            val = splits.val if rows is None else splits.val.subset(rows)
+            trainer.fit(model, make_loader(splits.train, cfg, True, known), make_loader(val, cfg, False),
                         ckpt_path=str(resume_path) if resume_path else None)
         except torch.linalg.LinAlgError as e:       # a diverged loss reaches the decompositions first
             raise FloatingPointError(f"training diverged at epoch {trainer.current_epoch} (non-finite embeddings "
