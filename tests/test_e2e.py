@@ -161,7 +161,7 @@ def test_baselines_train_on_real_data_and_report_their_own_scoring(cfg, tmp_path
     each is far above chance under its own similarity and results carry pairs_own."""
     import dataclasses
     from calmrl.train.config import apply_overrides
-    c = apply_overrides(cfg, ["data.missing.kind=none", "data.views=[pixel, fourier, karhunen]", "train.epochs=12",
+    c = apply_overrides(cfg, ["data.missing.kind=none", "data.views=[pixel, fourier, karhunen]", "train.epochs=8",
                               f"output_dir={tmp_path}"])
     splits = prepare_data(c)
     chance = 100.0 / splits.test.n
