@@ -245,7 +245,8 @@ def _run_auto(cfg, splits, bar: SearchBar, *, resume, max_epochs, extra_callback
             bar.plan(len(cands) * epochs, "exhaustive")
             for c in cands:
                 bar.candidate(c.label)
-                log.info("auto: training candidate %s", c.label)
+                if bar.bar is None:                 # no bar to name it
+                    log.warning("auto: training candidate %s", c.label)
                 if _train(c, splits, run_dir, resume=resume, max_epochs=max_epochs, final=True,
                           extra_callbacks=extra_callbacks):
                     bar.scored(_val(c))
@@ -298,7 +299,7 @@ def _run_auto(cfg, splits, bar: SearchBar, *, resume, max_epochs, extra_callback
                 _say(bar, "auto: rung %d of %d (%d epochs): best %s %.2f; %d of %d continue", k + 1, len(rungs),
                      budget, ranked[0].label if ranked else "-", _val(ranked[0]) if ranked else float("nan"),
                      len(kept), len(arms_alive))
-                log.info("auto: rung %d scores: %s", k + 1,
+                log.debug("auto: rung %d scores: %s", k + 1,
                          ", ".join(f"{c.label} {_val(c):.2f}" + (" (=)" if _virtual(c) else "") for c in ranked))
                 _save(state_file, rungs, k, alive, cands, schedule)
                 if not alive:
