@@ -164,7 +164,7 @@ def test_scikit_learns_check_estimator_passes_but_for_the_listed_choices():
     assert sum(r["status"] == "passed" for r in out) >= 40
 
 
-def test_one_table_with_views_is_cut_into_modalities_and_checked_against_the_fit(fitted):
+def test_one_table_with_views_is_cut_into_modalities_and_checked_against_the_fit(fitted, tmp_path):
     import pandas as pd
 
     import calmrl
@@ -183,6 +183,12 @@ def test_one_table_with_views_is_cut_into_modalities_and_checked_against_the_fit
     assert i_raw.shape == (5, 3)
     with pytest.raises(ValueError, match="X has 63 features, but CalMRL is expecting 64"):
         est.transform(table.to_numpy()[:, :63])
+    est.save(tmp_path / "m")
+    back = calmrl.CalMRL.load(tmp_path / "m")                    # the width and names are checked after load too
+    assert back.n_features_in_ == 64 and list(back.feature_names_in_) == list(table.columns)
+    np.testing.assert_array_equal(back.transform(table), est.transform(table))
+    with pytest.raises(ValueError, match="X has 63 features, but CalMRL is expecting 64"):
+        back.transform(table.to_numpy()[:, :63])
     with pytest.raises(ValueError, match=r"views=\[40, 20\] add up to 60 columns; X has 64"):
         calmrl.CalMRL(views=[40, 20]).fit(table.to_numpy())
     with pytest.raises(TypeError, match="Sparse data was passed"):

@@ -240,7 +240,16 @@ class CalMRL(TransformerMixin, BaseEstimator):
         return export_model(self.model_.encoder, self.model_.calibrator, self.config_, self.dims_, path,
                             [(m.numpy(), s.numpy()) for m, s in self.model_.standardization]
                             if self.model_.standardization is not None else None,
-                            extra={"estimator": {"params": params, "results": results}})
+                            extra={"estimator": {"params": params, "results": results, **self._table_spec()}})
+
+    def _table_spec(self) -> dict:
+        """What ``validate_data`` set at fit time from one 2-D table (``views``), to check later inputs."""
+        out = {}
+        if hasattr(self, "n_features_in_"):
+            out["n_features_in"] = int(self.n_features_in_)
+        if hasattr(self, "feature_names_in_"):
+            out["feature_names_in"] = [str(c) for c in self.feature_names_in_]
+        return out
 
     @classmethod
     def load(cls, path) -> "CalMRL":
@@ -254,6 +263,10 @@ class CalMRL(TransformerMixin, BaseEstimator):
         est.names_, est.dims_, est.config_ = list(meta["names"]), list(meta["dims"]), _build(Config, meta["config"])
         est.model_ = CalMRLModel(enc, cal, meta["names"], meta.get("standardization"), est.config_.data.partial_views)
         est.results_ = saved.get("results")        # None for a model exported by `calmrl export`
+        if "n_features_in" in saved:                 # fitted on one 2-D table: its width and names are checked again
+            est.n_features_in_ = int(saved["n_features_in"])
+        if "feature_names_in" in saved:
+            est.feature_names_in_ = np.asarray(saved["feature_names_in"], dtype=object)
         return est
 
 
