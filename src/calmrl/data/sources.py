@@ -143,36 +143,30 @@ def stratified_split(n: int, labels: np.ndarray | None, val: float, test: float,
         raise ValueError(f"val fraction must be in (0, 1), test in [0, 1), their sum below 1; got {val}, {test}")
     idx = np.arange(n)
     n_rest = n - int(np.floor(n * (1 - val - test)))
-    if test == 0:
-        if n < 4 or round(n * val) < 2:
-            raise ValueError(f"{n} instances are too few to split into train / validation with fractions "
-                             f"{1 - val:.2f} / {val:.2f} (the validation split needs at least 2)")
-        try:
-            train, v = shuffle_split(n, val, seed, labels)
-        except ValueError as e:
-            if labels is None:
-                raise
-            counts = np.unique(labels, return_counts=True)[1]
-            raise ValueError(f"cannot stratify {n} instances with {len(counts)} classes (smallest class: "
-                             f"{counts.min()} instance(s)) into a validation split of about {n_rest} instances; use "
-                             f"more data, a larger data.val_fraction, or data.stratify=false ({e})") from None
-        return np.sort(train), np.sort(v), np.zeros(0, dtype=idx.dtype)
-    if n < 6 or round(n * test) < 2:
+    if test == 0 and (n < 4 or round(n * val) < 2):
+        raise ValueError(f"{n} instances are too few to split into train / validation with fractions "
+                         f"{1 - val:.2f} / {val:.2f} (the validation split needs at least 2)")
+    if test > 0 and (n < 6 or round(n * test) < 2):
         raise ValueError(f"{n} instances are too few to split into train / validation / test with fractions "
                          f"{1 - val - test:.2f} / {val:.2f} / {test:.2f} (the test split needs at least 2)")
     try:
-        train, rest = shuffle_split(n, val + test, seed, labels)
-        rest_y = labels[rest] if labels is not None else None
-        v, t = shuffle_split(len(rest), test / (val + test), seed, rest_y)
-        v, t = rest[v], rest[t]
+        if test == 0:
+            train, v = shuffle_split(n, val, seed, labels)
+            t = np.zeros(0, dtype=idx.dtype)
+        else:
+            train, rest = shuffle_split(n, val + test, seed, labels)
+            rest_y = labels[rest] if labels is not None else None
+            v, t = shuffle_split(len(rest), test / (val + test), seed, rest_y)
+            v, t = rest[v], rest[t]
     except ValueError as e:
         if labels is None:
             raise
         counts = np.unique(labels, return_counts=True)[1]
+        into, larger = (("a validation split", "a larger data.val_fraction") if test == 0 else
+                        ("validation and test splits", "larger data.val_fraction / data.test_fraction"))
         raise ValueError(f"cannot stratify {n} instances with {len(counts)} classes (smallest class: {counts.min()} "
-                         f"instance(s)) into validation and test splits of about {n_rest} instances: every class "
-                         "needs a few instances in each split; use more data, larger data.val_fraction / "
-                         f"data.test_fraction, or data.stratify=false ({e})") from None
+                         f"instance(s)) into {into} of about {n_rest} instances: every class needs a few instances "
+                         f"in each split; use more data, {larger}, or data.stratify=false ({e})") from None
     return np.sort(train), np.sort(v), np.sort(t)
 
 
