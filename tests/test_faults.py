@@ -78,8 +78,10 @@ def test_exported_model_embeds_raw_features_as_training_did(trained, tmp_path):
     std, _ = raw.standardize(module.standardization)              # what training fed the encoders
     ref, _ = embed_data(module.encoder, std)
     got = model.embed({n: np.asarray(v) for n, v in zip(raw.names, raw.views)})   # raw numpy input
-    torch.testing.assert_close(got.embeddings, ref, atol=1e-5, rtol=0)
+    assert isinstance(got.embeddings, np.ndarray) and isinstance(got.fused, np.ndarray)    # numpy in, numpy out
+    torch.testing.assert_close(torch.as_tensor(got.embeddings), ref, atol=1e-5, rtol=0)
     unstd = model.embed({n: torch.as_tensor(np.asarray(v)) for n, v in zip(std.names, std.views)}).embeddings
+    assert isinstance(unstd, torch.Tensor)                                             # torch in, torch out
     assert (unstd - ref).abs().max() > 0.1          # feeding standardised data twice would be wrong
 
 
@@ -277,6 +279,9 @@ def test_fit_in_memory_returns_a_model():
     assert r["pairs"]["average"]["MedR"] < 0.3 * r["n_val"]    # chance: 0.5
     out = model.embed({"fourier": d.views[0][:5], "karhunen": None})
     assert out.fused.shape == (5, 16) and not out.mask[:, 1].any()
+    assert isinstance(out.fused, np.ndarray) and out.fused.dtype == np.float32       # numpy in, numpy out
+    scores, idx = model.retrieve({"fourier": d.views[0][:5]}, out.fused, k=2)
+    assert isinstance(idx, np.ndarray) and idx[:, 0].tolist() == list(range(5))
 
 
 def test_impute_in_input_space_beats_mean_fill(tmp_path, capsys):

@@ -187,7 +187,7 @@ class CalMRL(TransformerMixin, BaseEstimator):
         :class:`calmrl.inference.Embedded`)."""
         self._check_fitted()
         out = self.model_.embed(self._aligned(X)[0])
-        return {k: getattr(out, k).numpy() for k in ("embeddings", "mask", "imputed", "confidence", "fused")}
+        return {k: np.asarray(getattr(out, k)) for k in ("embeddings", "mask", "imputed", "confidence", "fused")}
 
     def transform(self, X) -> np.ndarray:
         """The fused embedding of each instance, ``(n, d)``: its observed modalities and its imputed
@@ -196,7 +196,7 @@ class CalMRL(TransformerMixin, BaseEstimator):
         arrays, _ = self._aligned(X)
         if all(v is None or len(v) == 0 for v in arrays.values()):      # zero rows: (0, d)
             return np.zeros((0, self.model_.calibrator.D), np.float32)
-        return self.model_.embed(arrays).fused.numpy()
+        return np.asarray(self.model_.embed(arrays).fused)
 
     def fit_transform(self, X, y=None, **kw) -> np.ndarray:
         return self.fit(X, y, **kw).transform(X)
@@ -212,7 +212,7 @@ class CalMRL(TransformerMixin, BaseEstimator):
                      and np.ndim(gallery) == 2 and np.shape(gallery)[1] == getattr(self, "n_features_in_", -1))
         g = self._aligned(gallery)[0] if isinstance(gallery, Mapping) or raw_table else np.asarray(gallery)
         s, i = self.model_.retrieve(self._aligned(query)[0], g, k=k)
-        return s.numpy(), i.numpy()
+        return np.asarray(s), np.asarray(i)
 
     def score(self, X, y=None) -> float:
         """Cross-modal retrieval R@1 (%) on ``X``: every ordered pair of modalities, each over the
@@ -225,7 +225,8 @@ class CalMRL(TransformerMixin, BaseEstimator):
             raise ValueError("score(X) measures cross-modal retrieval, which reads no labels: call score(X) without y "
                              "(for a classifier's accuracy, put CalMRL in a Pipeline before one)")
         out = self.model_.embed(arrays)
-        return float(retrieval_table(out.embeddings, self.names_, out.mask)["average"]["R@1"])
+        return float(retrieval_table(torch.as_tensor(out.embeddings), self.names_,
+                                     torch.as_tensor(out.mask))["average"]["R@1"])
 
     # -- persistence
     def save(self, path) -> Path:

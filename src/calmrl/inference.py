@@ -5,6 +5,8 @@ a confidence, and retrieve with incomplete queries.
 >>> out = model.embed({"pixel": x_pix, "fourier": None})   # None / absent = missing
 >>> out.embeddings, out.mask, out.imputed, out.confidence
 >>> scores, idx = model.retrieve({"pixel": x_pix}, gallery_embeddings, k=10)
+
+Numpy (or pandas) in, numpy out; torch in (any input a tensor), torch out.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ __all__ = ["CalMRLModel", "Embedded", "retrieve_stores"]
 
 @dataclass
 class Embedded:
+    """What :meth:`CalMRLModel.embed` returns: numpy arrays when the inputs were numpy or
+    pandas, torch tensors when any input was a tensor."""
     embeddings: Tensor   # (n, M, d): observed cells encoded, missing cells zero
     mask: Tensor         # (n, M) observed
     imputed: Tensor      # (n, M, d): observed cells kept, missing cells imputed W E[beta] + mu
@@ -122,8 +126,12 @@ class CalMRLModel:
     @torch.no_grad()
     def embed(self, inputs: Mapping[str, object]) -> Embedded:
         """Encode the given modalities (name -> batch of raw features: numpy, pandas or torch;
-        missing: absent, ``None``, or a row of NaN) and impute the rest."""
-        return self._embed(*self._views(inputs))
+        missing: absent, ``None``, or a row of NaN) and impute the rest. The fields are numpy
+        arrays when no input was a torch tensor, tensors otherwise."""
+        out = self._embed(*self._views(inputs))
+        if _wants_numpy(inputs):
+            return Embedded(*(t.numpy() for t in (out.embeddings, out.mask, out.imputed, out.confidence, out.fused)))
+        return out
 
     def _embed(self, views: list, mask: Tensor) -> Embedded:
         """:meth:`embed` on inputs already prepared by :meth:`_views`."""
@@ -170,7 +178,7 @@ class CalMRLModel:
             views, qmask = [v[has] for v in views], qmask[has]
         q = self._embed(views, qmask).fused
         if isinstance(gallery, Mapping):
-            gallery = self.embed(gallery).fused
+            gallery = self._embed(*self._views(gallery)).fused
         gallery = torch.as_tensor(np.asarray(gallery) if not isinstance(gallery, Tensor) else gallery)
         if gallery.dim() != 2 or gallery.shape[1] != q.shape[1]:
             raise ValueError(f"gallery must be (n, {q.shape[1]}) embeddings or raw inputs by modality name, got "
@@ -182,9 +190,14 @@ class CalMRLModel:
             scores = torch.full((len(has), k), float("nan"), dtype=s_sub.dtype)
             index = torch.full((len(has), k), -1, dtype=i_sub.dtype)
             scores[has], index[has] = s_sub, i_sub
-            return scores, index
-        scores = q @ F.normalize(gallery.to(q.dtype), dim=-1).T
-        return scores.topk(k, dim=1)
+        else:
+            scores, index = (q @ F.normalize(gallery.to(q.dtype), dim=-1).T).topk(k, dim=1)
+        return (scores.numpy(), index.numpy()) if _wants_numpy(query) else (scores, index)
+
+
+def _wants_numpy(inputs: Mapping[str, object]) -> bool:
+    """Numpy in, numpy out: no input given as a torch tensor."""
+    return not any(isinstance(v, Tensor) for v in inputs.values() if v is not None)
 
 
 def retrieve_stores(model: CalMRLModel, query, gallery, gallery_modality: str, k: int, *,
