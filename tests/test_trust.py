@@ -137,7 +137,7 @@ def _tables(tmp_path, label_header="label", index=False, ids=None):
 
 def test_tables_keep_ids_labels_and_gaps_as_given(tmp_path, capsys):
     files, d = _tables(tmp_path)
-    with pytest.raises(ValueError, match="column 'label' named like class labels; name it as the label column \(--label-column label, or data.label_column=label"):
+    with pytest.raises(ValueError, match=r"column 'label' named like class labels; name it as the label column \(--label-column label, or data.label_column=label"):
         load_tables(files)
     with pytest.raises(ValueError, match="data.label_column 'klass' is not a column of any table"):
         load_tables(files, label_column="klass")

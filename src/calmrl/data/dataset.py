@@ -309,7 +309,7 @@ class MultiViewDataset(Dataset):
         d = self.data
         views = []
         for m, v in enumerate(d.views):
-            x = torch.as_tensor(np.asarray(v[i], dtype=np.float32))
+            x = torch.from_numpy(np.array(v[i], dtype=np.float32))      # a copy: a memory-mapped row is read-only
             views.append(x if d.mask[i, m] else torch.zeros_like(x))
         return {"views": views, "mask": torch.as_tensor(d.mask[i]), "index": i}
 
