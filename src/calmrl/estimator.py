@@ -88,7 +88,11 @@ class CalMRL(TransformerMixin, BaseEstimator):
     ``transform(X)`` gives the fused embedding ``(n, embed_dim)``; ``embed``, ``retrieve``,
     ``score`` (cross-modal R@1), ``save`` and ``load`` as in the module docstring of
     :mod:`calmrl.estimator`. Every keyword is a configuration key (``calmrl config show
-    --keys``); ``None`` keeps the configuration's default."""
+    --keys``); ``None`` keeps the configuration's default. Besides them: ``views`` (one 2-D
+    table cut into modalities: an int, a list of widths or ``{name: width}``), ``test_fraction``
+    (0 by default: a validation split for the choices and no test split; ``results_`` then
+    holds validation figures), ``progress`` (one bar for the whole search), ``config`` (a YAML
+    path or a ``Config``), ``overrides`` (``"key=value"`` strings) and ``output_dir``."""
 
     def __init__(self, method: str | None = None, *, epochs: int | None = None, lr: float | None = None,
                  batch_size: int | None = None, weight_decay: float | None = None, seed: int | None = None,
