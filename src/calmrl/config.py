@@ -327,8 +327,10 @@ class EvalConfig:
     galleries: int = _f(5, lo=1, help="eval.gallery_size: number of galleries drawn and averaged")
     val_gallery_size: int = _f(5000, lo=0, help="validation scores (each epoch's, auto's rungs, val_average) on a "
                                                 "validation split larger than this: on one fixed random sample of "
-                                                "this many instances (retrieval costs n^2 per view pair; 0: the "
-                                                "whole split; eval.gallery_size, when set, is used instead)")
+                                                "this many instances, the only rows each epoch's validation embeds "
+                                                "(retrieval costs n^2 per view pair; the gate still measures on the "
+                                                "whole split; 0: the whole split; eval.gallery_size, when set, is "
+                                                "used instead)")
     knn_k: int = _f(10, lo=1, help="neighbours of the kNN accuracy of the fused embedding (when labels exist)")
     max_instances: int = _f(20000, lo=0, help="a validation or test split larger than this is evaluated on a random "
                                               "sample of this many instances (drawn once from train.seed: the same "
