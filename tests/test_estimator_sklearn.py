@@ -141,6 +141,7 @@ def test_the_estimator_holds_back_validation_only_and_says_its_figures_are_valid
     assert est.get_params()["test_fraction"] == 0.0
     assert r["evaluated_on"] == "validation" and r["n_test"] == 0 and r["n_train"] + r["n_val"] == len(y)
     assert any("no test split (data.test_fraction=0)" in n for n in r["data_notes"])
+    assert est.config_.train.plots is False           # no figures drawn into the temporary directory it removes
     tr, va, te = stratified_split(400, y, 0.15, 0.0, 0)
     assert len(te) == 0 and len(va) == 60 and len(np.intersect1d(tr, va)) == 0 and len(tr) + len(va) == 400
     held = calmrl.CalMRL(method="pairwise-infonce", epochs=1, embed_dim=8, hidden_dim=16, threads=1,

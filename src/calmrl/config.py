@@ -307,7 +307,9 @@ class TrainConfig:
     threads: int = _f(0, lo=0, help="intra-op CPU threads per process (0 = auto: the cores this process may use "
                                     "that other processes are not keeping busy at the start, divided among its "
                                     "node's processes; benchmarks/bench_threads.py)")
-    progress: bool = _f(True, help="show a progress bar")
+    progress: bool = _f(True, help="show a progress bar (auto: one for the whole search)")
+    plots: bool = _f(True, help="write the run's figures (gate.png, auto's search.png; matplotlib, about 0.15 s "
+                                "each); calmrl.CalMRL turns them off when it trains in a temporary directory")
     check_val_every: int = _f(1, lo=1, help="epochs between the validation R@1 measured during training (the learning "
                                              "curve in results.json val_curve; auto ranks and plots its candidates by it)")
     init_from: str = _f("", help="continual training: start from this checkpoint's encoders and calibrator "

@@ -143,7 +143,9 @@ class CalMRL(TransformerMixin, BaseEstimator):
         mv = as_multiview(arrays, y, ids)
         with tempfile.TemporaryDirectory(prefix="calmrl-") as tmp:
             from dataclasses import replace
-            cfg = replace(cfg, output_dir=str(self.output_dir or tmp))
+            cfg = replace(cfg, output_dir=str(self.output_dir or tmp),
+                          # figures in a directory removed after fit would be drawn for nobody
+                          train=cfg.train if self.output_dir else replace(cfg.train, plots=False))
             splits = prepare_data(cfg, data=mv)
             results, module = run(cfg, splits=splits, return_model=True)
         self.model_ = CalMRLModel(module.encoder, module.calibrator, splits.names, splits.standardization,

@@ -338,10 +338,10 @@ def _run_auto(cfg, splits, bar: SearchBar, *, resume, max_epochs, extra_callback
                    "train_seconds": search_seconds}
         write_results(run_dir, results)
         from .outdir import process_rank
-        if process_rank() == 0 and choice["curves"]:
+        if process_rank() == 0 and choice["curves"] and cfg.train.plots:
             plot_search(choice, run_dir / "search.png")
     log.warning("auto: kept %s (validation R@1 %.2f; %d candidate-epochs for a %d-epoch model, %.2fx; every "
                 "candidate's curve in %s)", best.label, _val(best), cost, epochs, cost / epochs,
-                run_dir / "search.png")
+                run_dir / ("search.png" if cfg.train.plots else "results.json"))
     return results, best.model
 

@@ -81,7 +81,7 @@ def resume_checkpoint(run_dir: str | os.PathLike) -> tuple[Path | None, dict | N
     return None, None, notes
 
 
-_RESUME_FREE = ("output_dir", "train.progress", "train.threads", "train.num_workers", "train.accelerator",
+_RESUME_FREE = ("output_dir", "train.progress", "train.plots", "train.threads", "train.num_workers", "train.accelerator",
                 "train.devices", "train.num_nodes", "train.strategy", "train.check_val_every", "eval.",
                 # auto's search settings: they choose which candidates train, not how one trains
                 "method.candidates", "method.auto_lrs", "method.lr_factors", "method.search", "method.halving_eta",

@@ -132,7 +132,7 @@ def train_one(cfg: Config, splits: Splits, run_dir: Path, *, resume: bool = Fals
                     "n_test": 0 if splits.test_is_validation else splits.test.n,
                     "evaluated_on": "validation" if splits.test_is_validation else "test",
                     "data_notes": splits.notes})
-    if trainer.is_global_zero and results["gate_history"]:
+    if trainer.is_global_zero and results["gate_history"] and cfg.train.plots:
         plot_gate(results["gate_history"], splits.names, run_dir / "gate.png")
     write_results(run_dir, results)
     return results, model
