@@ -229,10 +229,13 @@ def _objective_sections() -> list:
     """One config section per objective that declares settings (``method.<section>.<key>``),
     built from the registry: an objective's own keys are checked, documented and saved like
     every other key without a line here."""
-    out = []
+    out, shared = [], {f.name for f in dataclasses.fields(_MethodKeys)}
     for o in objectives.REGISTRY.values():
         if not o.settings:
             continue
+        if o.section in shared:
+            raise ValueError(f"objective '{o.name}' declares settings, but method.{o.section} is a shared key; "
+                             "give the objective another name")
         cls_name = "".join(p.capitalize() for p in o.section.split("_")) + "Settings"
         cls = dataclasses.make_dataclass(
             cls_name, [(st.name, type(st.default), _f(st.default, choices=st.choices, lo=st.lo, hi=st.hi,

@@ -16,6 +16,16 @@ from lightning.pytorch.callbacks import Callback
 __all__ = ["SearchBar"]
 
 
+def _rank() -> int:
+    """This process's rank: the process group's once it exists, before that the launcher's
+    environment (torchrun: RANK; Lightning's own launcher: LOCAL_RANK)."""
+    import os
+
+    from ..core.distributed import is_distributed, rank
+
+    return rank() if is_distributed() else int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", 0)))
+
+
 class SearchBar(Callback):
     def __init__(self, enabled: bool = True, desc: str = "auto"):
         self.enabled, self.desc = enabled, desc
@@ -25,9 +35,7 @@ class SearchBar(Callback):
         self.best: float | None = None
 
     def _open(self):
-        import os
-
-        if self.bar is None and self.enabled and int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", 0))) == 0:
+        if self.bar is None and self.enabled and _rank() == 0:
             from tqdm.auto import tqdm
 
             self.bar = tqdm(total=self.total, desc=self.desc, unit="epoch", dynamic_ncols=True, leave=True)
