@@ -107,3 +107,27 @@ def test_the_method_config_is_a_dataclass_with_a_section_per_objective_that_decl
 
     cfg = load_config(None, ["method.symile.negatives=joint"])
     assert pickle.loads(pickle.dumps(cfg)) == cfg
+
+
+def test_a_hyphenated_objectives_section_is_spelled_either_way_and_overrides_merge_key_by_key():
+    """Registered before calmrl.config is imported (as its module would be), an objective named
+    with a hyphen gets method.<name with _>; the hyphen spelling reaches the same section, and a
+    later override of one key keeps the others."""
+    import subprocess
+    import sys
+
+    code = """
+from calmrl.objectives import Objective, Setting, register
+register(Objective("my-loss", "my-loss", "a probe", fn=lambda A, mask, ctx: (A.sum() * 0.0, {}),
+                   settings=(Setting("margin", 0.2, "a margin"), Setting("scale", 1.0, "a scale"))))
+from calmrl.config import apply_overrides, load_config
+cfg = load_config(None, ["method.my-loss.margin=0.5"])
+assert cfg.method.my_loss.margin == 0.5, cfg.method.my_loss
+cfg2 = apply_overrides(cfg, ["method.my-loss.scale=2.0"])
+assert (cfg2.method.my_loss.margin, cfg2.method.my_loss.scale) == (0.5, 2.0), cfg2.method.my_loss
+cfg3 = apply_overrides(cfg2, ["method.my_loss.margin=0.1"])
+assert (cfg3.method.my_loss.margin, cfg3.method.my_loss.scale) == (0.1, 2.0), cfg3.method.my_loss
+print("ok")
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]

@@ -446,8 +446,16 @@ def _build(cls, raw: dict, prefix: str = ""):
     if cls is Config:
         raw = _migrate(raw)
     if cls is MethodConfig:     # an objective's section may be spelled with its name: method.pairwise-infonce.x
-        raw = {(k.replace("-", "_") if isinstance(k, str) and k.replace("-", "_") in _SECTION_NAMES else k): v
-               for k, v in raw.items()}
+        merged = {}
+        for k, v in raw.items():
+            key = k.replace("-", "_") if isinstance(k, str) and k.replace("-", "_") in _SECTION_NAMES else k
+            if key != k and isinstance(merged.get(key), dict) and isinstance(v, dict):
+                merged[key] = {**merged[key], **v}        # both spellings: one section, key by key
+            elif key == k and isinstance(merged.get(key), dict) and isinstance(v, dict):
+                merged[key] = {**v, **merged[key]}
+            else:
+                merged[key] = v
+        raw = merged
     hints = get_type_hints(cls)
     fmap = {f.name: f for f in dataclasses.fields(cls)}
     unknown = [k for k in raw if k not in fmap]
