@@ -14,7 +14,7 @@ Keyword hyperparameters map onto the configuration keys (scikit-learn's own ``Ba
 auto's choice, the gate and the guard, and trains on the rest; it keeps **no test split**
 (``test_fraction=0``, unlike ``calmrl train``'s 15%): score the model on data of your own
 (``score``, ``cross_val_score``). ``results_`` then holds the validation split's figures, said in
-its ``notes`` and ``evaluated_on``; ``test_fraction=0.15`` restores a held-out test.
+``results_["data_notes"]`` and ``results_["evaluated_on"]``; ``test_fraction=0.15`` restores a held-out test.
 Nothing is written to the working directory: runs go to a temporary directory,
 removed after ``fit``, unless ``output_dir`` is given. Numpy or pandas in, numpy out.
 
