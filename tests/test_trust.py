@@ -345,3 +345,18 @@ def test_eval_from_another_directory_reads_the_runs_relative_data_path(tmp_path,
     (tmp_path / "proj" / "store1").rename(tmp_path / "proj" / "moved")
     assert main(["eval", "--checkpoint", "../proj/runs/pmrl-drop"]) == 2
     assert "data.path 'store1' of" in capsys.readouterr().err
+
+
+def test_without_a_test_split_train_and_eval_say_their_figures_are_validations(tmp_path, capsys):
+    """data.test_fraction=0 (the estimator's default): no test split is held back, and every
+    table says its figures are the validation split's, which chose the model."""
+    out = tmp_path / "o"
+    assert main(["train", "--method", "pmrl-drop"] + _args(out, "data.test_fraction=0", "train.epochs=1",
+                                                           "data.views=[fourier, karhunen]")) == 0
+    text = capsys.readouterr().out
+    assert "val 300, no test split ==" in text
+    for said in (text, (main(["eval", "--checkpoint", str(out / "pmrl-drop")]), capsys.readouterr().out)[1]):
+        assert "these figures are on the validation split, which chose the model" in said
+        assert "one correct item among the 300 validation instances" in said
+    res = json.loads((out / "pmrl-drop" / "results.json").read_text())
+    assert res["evaluated_on"] == "validation" and res["n_test"] == 0

@@ -401,6 +401,8 @@ def cmd_eval(args) -> int:
     else:
         res = evaluate_model(model, splits, cfg)
         res["data_notes"] = list(splits.notes)       # as train says them (e.g. a split evaluated on a sample)
+        if splits.test_is_validation:                # data.test_fraction=0: said as train says it
+            res.update(evaluated_on="validation", n_val=splits.val.n, n_test=0)
     from . import objectives
     label = objectives.method_label(cfg.method.name, cfg.method.calibrate)
     resolved = Path(model.checkpoint_path)

@@ -134,7 +134,7 @@ def format_table(results: list[dict], eval_only: bool = False) -> str:
     if on_val:
         lines.append("(no test split, data.test_fraction=0: these figures are on the validation split, which chose "
                      "the model)")
-        n_test = on_val
+        n_test = set(on_val)
     gal = {(r.get("gallery") or {}).get("size") for r in results} - {None}
     if len(gal) == 1:
         g = gal.pop()
