@@ -340,8 +340,8 @@ def _run_auto(cfg, splits, bar: SearchBar, *, resume, max_epochs, extra_callback
         from .outdir import process_rank
         if process_rank() == 0 and choice["curves"] and cfg.train.plots:
             plot_search(choice, run_dir / "search.png")
-    log.warning("auto: kept %s (validation R@1 %.2f; %d candidate-epochs for a %d-epoch model, %.2fx; every "
-                "candidate's curve in %s)", best.label, _val(best), cost, epochs, cost / epochs,
-                run_dir / ("search.png" if cfg.train.plots else "results.json"))
+    _say(bar, "auto: kept %s (validation R@1 %.2f; %d candidate-epochs for a %d-epoch model, %.2fx; every "
+         "candidate's curve in %s)", best.label, _val(best), cost, epochs, cost / epochs,
+         run_dir / "search.png" if cfg.train.plots else "the results' auto.curves")
     return results, best.model
 
