@@ -351,12 +351,14 @@ def test_without_a_test_split_train_and_eval_say_their_figures_are_validations(t
     """data.test_fraction=0 (the estimator's default): no test split is held back, and every
     table says its figures are the validation split's, which chose the model."""
     out = tmp_path / "o"
-    assert main(["train", "--method", "pmrl-drop"] + _args(out, "data.test_fraction=0", "train.epochs=1",
-                                                           "data.views=[fourier, karhunen]")) == 0
+    assert main(["train", "--method", "calmrl"] + _args(out, "data.test_fraction=0", "train.epochs=1",
+                                                        "data.views=[fourier, karhunen]", "method.gate=none",
+                                                        "calibrator.warmup_epochs=0")) == 0
     text = capsys.readouterr().out
     assert "val 300, no test split ==" in text
-    for said in (text, (main(["eval", "--checkpoint", str(out / "pmrl-drop")]), capsys.readouterr().out)[1]):
+    assert "is kept and shown (validation R@1" in text               # the guard's line names the split too
+    for said in (text, (main(["eval", "--checkpoint", str(out / "calmrl")]), capsys.readouterr().out)[1]):
         assert "these figures are on the validation split, which chose the model" in said
         assert "one correct item among the 300 validation instances" in said
-    res = json.loads((out / "pmrl-drop" / "results.json").read_text())
+    res = json.loads((out / "calmrl" / "results.json").read_text())
     assert res["evaluated_on"] == "validation" and res["n_test"] == 0

@@ -38,10 +38,11 @@ def _print_tables(results: list[dict], eval_only: bool = False, said: set | None
     seen = set(said or ())
     for r in results:
         g = r.get("guard") or {}
+        shown = "validation" if r.get("evaluated_on") == "validation" else "test"    # data.test_fraction=0: no test
         guard = ([f"guard: imputed columns took part, so the observed-only path was trained too; validation "
                   f"R@1 calibrated {g['val_R@1']['calibrated']:.2f} vs observed-only "
                   f"{g['val_R@1']['observed-only']:.2f}: the {g['kept']} run is kept and shown "
-                  f"(test R@1 {g['test_R@1']['calibrated']:.2f} vs {g['test_R@1']['observed-only']:.2f})"]
+                  f"({shown} R@1 {g['test_R@1']['calibrated']:.2f} vs {g['test_R@1']['observed-only']:.2f})"]
                  if g.get("alternative_trained") else [])
         if r.get("gate") == "none" and r.get("guard") is not None:
             guard.append("gate: imputed columns at weight 1 throughout (method.gate none, or auto continuing from a "
@@ -62,7 +63,8 @@ def _print_tables(results: list[dict], eval_only: bool = False, said: set | None
                                f"({a['cost_ratio']:.2f}x; the table below)")
             else:
                 guard.append("auto: candidates by validation R@1 " + ", ".join(
-                    f"{k} {v:.2f} (test {a['test_R@1'][k]:.2f})" for k, v in a["val_R@1"].items() if k in a["test_R@1"]))
+                    f"{k} {v:.2f} ({shown} {a['test_R@1'][k]:.2f})" for k, v in a["val_R@1"].items()
+                    if k in a["test_R@1"]))
             for k, err in (a.get("failed") or {}).items():
                 guard.append(f"auto: candidate {k} failed: {err}")
             guard.append(f"auto: kept {a['chosen']} ({a['checkpoint']})")
