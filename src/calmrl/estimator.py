@@ -170,7 +170,7 @@ class CalMRL(TransformerMixin, BaseEstimator):
             raise TypeError("Sparse data was passed, but dense data is required: give X.toarray() (each modality a "
                             "dense (n, d) array; a row of NaN marks it missing)")
         if self.views is None or isinstance(X, Mapping) or getattr(getattr(X, "columns", None), "nlevels", 1) == 2:
-            return _aligned(X, None)
+            return _aligned(X)
         from sklearn.utils.validation import validate_data
 
         index = None
@@ -179,7 +179,7 @@ class CalMRL(TransformerMixin, BaseEstimator):
             index = list(X.index)
         table = validate_data(self, X, reset=fitting, dtype=[np.float64, np.float32], ensure_all_finite="allow-nan",
                               ensure_min_samples=2 if fitting else 0, ensure_min_features=2 if fitting else 1)
-        return _aligned(split_views(table, self.views), None)[0], index
+        return _aligned(split_views(table, self.views))[0], index
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -345,11 +345,10 @@ def split_views(X, views) -> dict:
             for n, a, b in zip(names, edges[:-1], edges[1:])}
 
 
-def _aligned(X, views=None) -> tuple[dict, list | None]:
+def _aligned(X) -> tuple[dict, list | None]:
     """``({name: array}, index labels)``: DataFrames paired by their index (module docstring),
-    arrays by position (``None`` for the labels); one 2-D table cut by ``views``."""
-    if views is not None and not isinstance(X, Mapping):
-        X = split_views(X, views)
+    arrays by position (``None`` for the labels). One 2-D table with ``views`` is cut first, by
+    :meth:`CalMRL._aligned`."""
     columns = getattr(X, "columns", None)
     if getattr(columns, "nlevels", 1) == 2:           # one DataFrame, columns (modality, feature): splitters see n rows
         X = {m: X[m] for m in dict.fromkeys(columns.get_level_values(0))}
