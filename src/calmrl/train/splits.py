@@ -112,12 +112,12 @@ def prepare_data(cfg: Config, method: str | None = None, data: MultiViewData | N
         data.validate()
         if report:
             notes.append(f"partial views filled with training-split feature means: {report}")
-    no_test = cfg.data.test_fraction == 0
+    no_test = cfg.data.test_fraction == 0       # then ``test`` is the validation split itself, said in a note
     train, val = data.subset(tr), data.subset(va)
-    test = val if no_test else data.subset(te)
+    test = None if no_test else data.subset(te)
     fp["split"] = split_fingerprint(train.ids, val.ids, val.ids[:0] if no_test else test.ids)
     val = _capped(val, "validation", cfg, 1, notes)
-    test = val if no_test else _capped(test, "test", cfg, 2, notes)
+    test = None if no_test else _capped(test, "test", cfg, 2, notes)
     if no_test:
         notes.append(f"no test split (data.test_fraction=0): the figures reported are the validation split's "
                      f"({val.n} instances), which chose the model and so flatter it; score on data of your own")
@@ -132,7 +132,7 @@ def prepare_data(cfg: Config, method: str | None = None, data: MultiViewData | N
         stats = [standardization(x, name) for x, name in zip(summary, data.names)]
         train, _ = train.standardize(stats)
         val, _ = val.standardize(stats)
-        test, _ = test.standardize(stats)
+        test = None if no_test else test.standardize(stats)[0]
     if no_test:
         test = val
     M = len(data.names)
