@@ -212,8 +212,6 @@ class CalMRL(TransformerMixin, BaseEstimator):
         inputs by modality (each item its fused embedding) or embeddings ``(n, d)``; with
         ``views``, a 2-D table as wide as the one fitted is raw inputs."""
         self._check_fitted()
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-            raise ValueError(f"k must be a positive integer, got {k!r}")
         raw_table = (self.views is not None and not isinstance(gallery, Mapping)
                      and np.ndim(gallery) == 2 and np.shape(gallery)[1] == getattr(self, "n_features_in_", -1))
         g = self._aligned(gallery)[0] if isinstance(gallery, Mapping) or raw_table else np.asarray(gallery)

@@ -185,13 +185,12 @@ class CalMRLModel:
                              f"shape {tuple(gallery.shape)}")
         if k > gallery.shape[0]:
             raise ValueError(f"k={k} is more than the gallery's {gallery.shape[0]} items")
-        if not bool(has.all()):
-            s_sub, i_sub = (q @ F.normalize(gallery.to(q.dtype), dim=-1).T).topk(k, dim=1)
+        scores, index = (q @ F.normalize(gallery.to(q.dtype), dim=-1).T).topk(k, dim=1)
+        if not bool(has.all()):              # back to every query row: NaN / -1 where nothing was observed
+            s_sub, i_sub = scores, index
             scores = torch.full((len(has), k), float("nan"), dtype=s_sub.dtype)
             index = torch.full((len(has), k), -1, dtype=i_sub.dtype)
             scores[has], index[has] = s_sub, i_sub
-        else:
-            scores, index = (q @ F.normalize(gallery.to(q.dtype), dim=-1).T).topk(k, dim=1)
         return (scores.numpy(), index.numpy()) if _wants_numpy(query) else (scores, index)
 
 

@@ -143,9 +143,21 @@ def knn_accuracy(train_A: Tensor, train_mask: Tensor, train_y, test_A: Tensor, t
     train_A, train_mask, ytr = train_A[ltr], torch.as_tensor(train_mask)[ltr], ytr[ltr]
     test_A, test_mask, yte = test_A[lte], test_mask[lte], yte[lte]
     tr, te = fuse_observed(train_A, train_mask), fuse_observed(test_A, test_mask)
-    idx = (te @ tr.T).topk(min(k, tr.shape[0]), dim=1).indices
-    votes = F.one_hot(ytr[idx], int(max(ytr.max(), yte.max())) + 1).sum(1)
-    return 100.0 * float((votes.argmax(1) == yte).float().mean())
+    return _vote_accuracy(te, tr, yte, ytr, k, lambda q, g: q @ g.T, largest=True)
+
+
+def _vote_accuracy(q: Tensor, g: Tensor, yq: Tensor, yg: Tensor, k: int, score, *, largest: bool,
+                   chunk: int = 4096) -> float:
+    """Accuracy (%) of a majority vote among each query's ``k`` nearest gallery items (the
+    highest ``score(q_chunk, g)`` with ``largest``, else the lowest), a tie to the smallest
+    label; queries in chunks, so that no ``(n_q, n_g)`` matrix is held whole."""
+    kk, C = min(k, len(yg)), int(max(yg.max(), yq.max())) + 1
+    correct = []
+    for s in range(0, len(q), chunk):
+        idx = score(q[s:s + chunk], g).topk(kk, dim=1, largest=largest).indices
+        votes = F.one_hot(yg[idx], C).sum(1)
+        correct.append(votes.argmax(1) == yq[s:s + chunk])          # argmax: the first (smallest) label
+    return 100.0 * float(torch.cat(correct).float().mean())
 
 
 def raw_knn_accuracy(train, test, k: int = 10, chunk: int = 4096) -> float:
@@ -165,17 +177,10 @@ def raw_knn_accuracy(train, test, k: int = 10, chunk: int = 4096) -> float:
     if not ltr.any() or not lte.any():
         return float("nan")
     g, q = flat(train)[torch.as_tensor(ltr)], flat(test)[torch.as_tensor(lte)]
-    yg, yq = torch.as_tensor(ytr[ltr]), torch.as_tensor(yte[lte])
-    kk, C = min(k, len(yg)), int(max(yg.max(), yq.max())) + 1
     g2 = (g * g).sum(1)
-    hits = 0
-    for s in range(0, len(q), chunk):
-        qs = q[s:s + chunk]
-        d2 = (qs * qs).sum(1, keepdim=True) - 2 * qs @ g.T + g2          # squared distances, float64
-        idx = d2.topk(kk, dim=1, largest=False, sorted=True).indices
-        votes = F.one_hot(yg[idx], C).sum(1)
-        hits += int((votes.argmax(1) == yq[s:s + chunk]).sum())          # argmax: the first (smallest) label
-    return 100.0 * hits / len(yq)
+    return _vote_accuracy(q, g, torch.as_tensor(yte[lte]), torch.as_tensor(ytr[ltr]), k,
+                          lambda qs, gs: (qs * qs).sum(1, keepdim=True) - 2 * qs @ gs.T + g2,   # squared distances
+                          largest=False, chunk=chunk)
 
 
 def anchor_report(A_full: Tensor, mask: Tensor, calibrator: SharedLatentCalibrator | None = None, *,
