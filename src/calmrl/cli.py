@@ -248,7 +248,6 @@ def _replace_table(page: Path, table: str) -> None:
     start = text.find(header)
     if start < 0:
         raise ValueError(f"{page} has no table with the header {header!r} to replace")
-    end = start
     lines = text[start:].split("\n")
     n = next((i for i, line in enumerate(lines) if not line.startswith("|")), len(lines))
     end = start + len("\n".join(lines[:n]))
